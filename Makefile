@@ -1,0 +1,30 @@
+# chatproj: `make run` starts everything, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) manage.py runstack
+
+# Runs every test against real servers the fixtures start on free ports.
+# PYTEST_ARGS="-k e2e" narrows it; DATABASE_URL=postgres://... runs it on Postgres.
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check chat chatproj tests
+	$(VENV)/bin/ruff format --check chat chatproj tests
+
+clean:
+	rm -rf $(VENV) db.sqlite3 test_db.sqlite3*

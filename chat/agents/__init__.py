@@ -1,0 +1,22 @@
+"""The product's Python face: per-process agents around the Kafka chat stream."""
+
+from ..schemas import ChatEvent, ChatValidationError
+from .base import Agent
+from .kafka_chat import (
+    KafkaChatAgent,
+    KafkaPublishError,
+    PermanentPublishError,
+    PublishResult,
+    RetriablePublishError,
+)
+
+__all__ = [
+    "Agent",
+    "ChatEvent",
+    "ChatValidationError",
+    "KafkaChatAgent",
+    "KafkaPublishError",
+    "PermanentPublishError",
+    "PublishResult",
+    "RetriablePublishError",
+]

@@ -1,0 +1,271 @@
+"""KafkaChatAgent: validates chat frames and publishes chat events to Kafka.
+
+One producer per OS process, built lazily on first publish (so never in the parent of
+a prefork pool), with every Kafka call bounded by KAFKA_SEND_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from ..schemas import ChatEvent, ChatValidationError, parse_chat_frame
+from .base import Agent
+
+logger = logging.getLogger(__name__)
+
+TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._\-]{1,249}$")
+
+
+class KafkaPublishError(Exception):
+    """Publishing an event failed; `retriable` says whether trying again can help."""
+
+    retriable = False
+
+
+class RetriablePublishError(KafkaPublishError):
+    """The broker is unreachable, slow or electing a leader: try again later."""
+
+    retriable = True
+
+
+class PermanentPublishError(KafkaPublishError):
+    """The broker rejected the record for good (e.g. too large): retrying cannot help."""
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Where Kafka stored the event."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class KafkaChatAgent(Agent):
+    """Per-process Kafka producer of chat events, and validator of client frames."""
+
+    def __init__(
+        self,
+        *,
+        enabled: bool | None = None,
+        bootstrap_servers: str | list[str] | None = None,
+        client_id: str | None = None,
+        topic: str | None = None,
+        send_timeout: float | None = None,
+        max_message_length: int | None = None,
+        producer_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.enabled = settings.KAFKA_ENABLED if enabled is None else enabled
+        servers = bootstrap_servers or settings.KAFKA_BOOTSTRAP_SERVERS
+        if isinstance(servers, str):
+            servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self.bootstrap_servers: list[str] = list(servers)
+        self.client_id = client_id or settings.KAFKA_CLIENT_ID
+        self.topic = topic or settings.KAFKA_CHAT_TOPIC
+        self.send_timeout = float(
+            settings.KAFKA_SEND_TIMEOUT if send_timeout is None else send_timeout
+        )
+        self.max_message_length = (
+            settings.CHAT_MAX_MESSAGE_LENGTH
+            if max_message_length is None
+            else max_message_length
+        )
+        self.producer_config = dict(producer_config or {})
+        self._producer: KafkaProducer | None = None
+        self._producer_lock = threading.Lock()
+        self._validate_config()
+
+    def _validate_config(self) -> None:
+        if self.enabled and not self.bootstrap_servers:
+            raise ImproperlyConfigured(
+                "KAFKA_BOOTSTRAP_SERVERS is empty: set it to host:port[,host:port] "
+                "or set KAFKA_ENABLED=False."
+            )
+        for server in self.bootstrap_servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise ImproperlyConfigured(
+                    f"KAFKA_BOOTSTRAP_SERVERS entry {server!r} is not host:port."
+                )
+        if not TOPIC_PATTERN.match(self.topic):
+            raise ImproperlyConfigured(
+                f"KAFKA_CHAT_TOPIC {self.topic!r} is not a valid Kafka topic name "
+                "(1-249 of letters, digits, '.', '_', '-')."
+            )
+        if not self.send_timeout > 0:
+            raise ImproperlyConfigured(
+                f"KAFKA_SEND_TIMEOUT must be a positive number of seconds, "
+                f"not {self.send_timeout!r}."
+            )
+
+    # --- producer lifecycle -----------------------------------------------------
+
+    @property
+    def producer(self) -> KafkaProducer:
+        """This process's producer, built on first use within KAFKA_SEND_TIMEOUT."""
+        if self.closed:
+            raise RuntimeError("KafkaChatAgent is closed; call get_instance() again.")
+        if self._producer is None:
+            with self._producer_lock:
+                if self._producer is None:
+                    self._producer = self._build_producer()
+        return self._producer
+
+    def _build_producer(self) -> KafkaProducer:
+        timeout_ms = int(self.send_timeout * 1000)
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": f"{self.client_id}-{self.pid}",
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 0,
+            "max_block_ms": timeout_ms,
+            "bootstrap_timeout_ms": timeout_ms,
+            "request_timeout_ms": timeout_ms,
+            "delivery_timeout_ms": timeout_ms,
+            **self.producer_config,
+        }
+        try:
+            producer = KafkaProducer(**config)
+        except KafkaError as exc:
+            logger.warning(
+                "Kafka producer could not connect to %s within %.1fs: %s",
+                ",".join(self.bootstrap_servers),
+                self.send_timeout,
+                exc,
+            )
+            raise RetriablePublishError(f"Kafka unreachable: {exc}") from exc
+        logger.info(
+            "Kafka producer created in pid %d (client_id %s, servers %s)",
+            self.pid,
+            config["client_id"],
+            ",".join(self.bootstrap_servers),
+        )
+        return producer
+
+    def flush(self) -> None:
+        """Send what is buffered, waiting at most KAFKA_SEND_TIMEOUT. Idempotent."""
+        producer = self._producer
+        if producer is None:
+            return
+        try:
+            producer.flush(timeout=self.send_timeout)
+        except KafkaError as exc:
+            logger.warning("Kafka flush did not complete: %s", exc)
+
+    def close(self) -> None:
+        """Close the producer within KAFKA_SEND_TIMEOUT. Idempotent."""
+        with self._producer_lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=self.send_timeout)
+            except Exception:  # close must never raise during shutdown
+                logger.exception("Kafka producer close failed in pid %d", self.pid)
+            else:
+                logger.info("Kafka producer closed in pid %d", self.pid)
+        super().close()
+
+    # --- publishing ---------------------------------------------------------------
+
+    def publish(self, event: ChatEvent) -> PublishResult | None:
+        """Produce one event and wait for its acknowledgement (None when disabled)."""
+        if not self.enabled:
+            logger.info("KAFKA_ENABLED is off: skipped message_id=%s", event.message_id)
+            return None
+        try:
+            future = self.producer.send(
+                self.topic, key=event.key, value=event.value, headers=event.headers
+            )
+            metadata = future.get(timeout=self.send_timeout)
+        except KafkaPublishError:
+            raise
+        except KafkaError as exc:
+            error_cls = RetriablePublishError if exc.retriable else PermanentPublishError
+            logger.warning(
+                "Kafka publish of message_id=%s failed (%s): %s",
+                event.message_id,
+                "retriable" if exc.retriable else "permanent",
+                exc,
+            )
+            raise error_cls(f"{type(exc).__name__}: {exc}") from exc
+        logger.info(
+            "Published message_id=%s to %s[%d]@%d",
+            event.message_id,
+            metadata.topic,
+            metadata.partition,
+            metadata.offset,
+        )
+        return PublishResult(metadata.topic, metadata.partition, metadata.offset)
+
+    # --- the original README's API ------------------------------------------------
+
+    async def process_websocket_message(
+        self, *, text_data: Any, user_id: int
+    ) -> dict[str, Any]:
+        """Parse and validate a client frame; raise ChatValidationError on bad input."""
+        from .. import selectors
+
+        frame = parse_chat_frame(text_data, max_length=self.max_message_length)
+        if frame.receiver_id is not None and not await database_sync_to_async(
+            selectors.user_exists
+        )(user_id=frame.receiver_id):
+            raise ChatValidationError(
+                "unknown_receiver",
+                f"There is no user with id {frame.receiver_id}.",
+                frame.client_id,
+            )
+        return {
+            "type": frame.type,
+            "message": frame.message,
+            "receiver_id": frame.receiver_id,
+            "client_id": frame.client_id,
+            "sender_id": user_id,
+        }
+
+    async def send_chat_message(
+        self,
+        *,
+        sender_id: int,
+        receiver_id: int | None = None,
+        content: str,
+        room: str | None = None,
+    ) -> dict[str, Any]:
+        """Persist, broadcast and (via a worker) publish one message; return it.
+
+        A direct message without a room goes to the pair's own room `dm-<low>-<high>`.
+        """
+        from .. import services
+        from ..schemas import message_payload
+
+        if room is None:
+            if receiver_id is None:
+                raise ChatValidationError(
+                    "invalid_message", "Give a room or a receiver_id."
+                )
+            low, high = sorted((sender_id, receiver_id))
+            room = f"dm-{low}-{high}"
+        frame = {"message": content, "receiver_id": receiver_id}
+        data = await self.process_websocket_message(
+            text_data=json.dumps(frame), user_id=sender_id
+        )
+        message = await database_sync_to_async(services.message_create)(
+            room_name=room,
+            sender_id=sender_id,
+            receiver_id=data["receiver_id"],
+            content=data["message"],
+        )
+        return message_payload(message)
+

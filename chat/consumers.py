@@ -1,0 +1,96 @@
+"""ChatConsumer: the WebSocket endpoint /ws/chat/<room>/ (protocol in DESIGN.md)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from . import selectors, services
+from .agents import ChatValidationError, KafkaChatAgent
+from .broadcast import room_group, user_group
+from .schemas import message_payload
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    """One browser connection to one room, plus its user's personal group."""
+
+    room_name: str
+    user_id: int
+
+    async def connect(self) -> None:
+        """Refuse anonymous users; join the groups, then send the room's history."""
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            # Accept first so the client sees the close code (a refused handshake is
+            # just an HTTP 403 that browsers do not expose).
+            await self.accept()
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user_id = user.pk
+        self.room_name = self.scope["url_route"]["kwargs"]["room"]
+        self.groups = [room_group(self.room_name), user_group(self.user_id)]
+        for group in self.groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        history = await database_sync_to_async(_history_payload)(
+            room_name=self.room_name, user_id=self.user_id
+        )
+        await self.send_json({"type": "history", "room": self.room_name, "messages": history})
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None
+    ) -> None:
+        """Validate a frame through the agent, persist it, and ack the sender."""
+        agent = KafkaChatAgent.get_instance()
+        try:
+            data = await agent.process_websocket_message(
+                text_data=text_data if text_data is not None else bytes_data,
+                user_id=self.user_id,
+            )
+        except ChatValidationError as exc:
+            logger.info("Rejected frame from user %s: %s", self.user_id, exc)
+            await self.send_json(exc.as_frame())
+            return
+        message = await database_sync_to_async(services.message_create)(
+            room_name=self.room_name,
+            sender_id=self.user_id,
+            receiver_id=data["receiver_id"],
+            content=data["message"],
+        )
+        await self.send_json(
+            {
+                "type": "message.ack",
+                "client_id": data["client_id"],
+                "message_id": str(message.message_id),
+                "seq": message.seq,
+            }
+        )
+
+    async def chat_message(self, event: dict[str, Any]) -> None:
+        """A message for this connection's user (room broadcast or direct)."""
+        await self.send_json({"type": "chat.message", **event["message"]})
+
+    async def message_status(self, event: dict[str, Any]) -> None:
+        """A delivery status for a message this user sent."""
+        await self.send_json(
+            {
+                "type": "message.status",
+                "message_id": event["message_id"],
+                "status": event["status"],
+            }
+        )
+
+
+def _history_payload(*, room_name: str, user_id: int) -> list[dict[str, Any]]:
+    messages = selectors.room_history(
+        room_name=room_name, user_id=user_id, limit=settings.CHAT_HISTORY_SIZE
+    )
+    return [message_payload(m) for m in messages]

@@ -1,0 +1,76 @@
+"""Run the whole stack for development: `make run` calls this.
+
+Migrates, creates the demo users, starts an embedded Redis-compatible server and an
+embedded Kafka-compatible broker when the configured ones do not answer, then hands
+over to honcho (Procfile), which runs the web server and the Celery worker and stops
+every child on Ctrl-C.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from chatproj.embedded import kafka_address, port_answers, redis_address
+
+
+class Command(BaseCommand):
+    """`manage.py runstack [--port 8000]`."""
+
+    help = "Migrate, create demo users, start missing servers, run web + worker."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """Options."""
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+
+    def handle(self, *args: Any, port: int, **options: Any) -> None:
+        """Prepare, then exec honcho with the processes that are needed."""
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("create_demo_users")
+        processes = ["web", "worker"]
+        env = dict(os.environ, CHATPROJ_WEB_PORT=str(port), PYTHONUNBUFFERED="1")
+
+        redis_host, redis_port = redis_address(settings.REDIS_URL)
+        if port_answers(redis_host, redis_port):
+            self.stdout.write(f"Redis: using {settings.REDIS_URL}")
+        elif redis_host in ("127.0.0.1", "localhost"):
+            processes.insert(0, "redis")
+            env["CHATPROJ_REDIS_PORT"] = str(redis_port)
+            self.stdout.write(f"Redis: starting embedded valkey-server on port {redis_port}")
+        else:
+            raise CommandError(f"REDIS_URL {settings.REDIS_URL} does not answer.")
+
+        kafka_host, kafka_port = kafka_address(settings.KAFKA_BOOTSTRAP_SERVERS)
+        if not settings.KAFKA_ENABLED:
+            self.stdout.write("Kafka: disabled (KAFKA_ENABLED=False)")
+        elif port_answers(kafka_host, kafka_port):
+            self.stdout.write(f"Kafka: using {settings.KAFKA_BOOTSTRAP_SERVERS}")
+        elif kafka_host in ("127.0.0.1", "localhost"):
+            processes.insert(0, "kafka")
+            env["CHATPROJ_KAFKA_PORT"] = str(kafka_port)
+            self.stdout.write(f"Kafka: starting embedded Tansu broker on port {kafka_port}")
+        else:
+            raise CommandError(
+                f"KAFKA_BOOTSTRAP_SERVERS {settings.KAFKA_BOOTSTRAP_SERVERS} does not answer."
+            )
+
+        self.stdout.write(
+            f"\nchatproj on http://127.0.0.1:{port}/  (log in at "
+            f"http://127.0.0.1:{port}/accounts/login/, room: "
+            f"http://127.0.0.1:{port}/chat/lobby/)\n"
+            f"Kafka topic {settings.KAFKA_CHAT_TOPIC} on "
+            f"{settings.KAFKA_BOOTSTRAP_SERVERS}. Ctrl-C stops everything.\n"
+        )
+        sys.stdout.flush()
+        honcho = shutil.which("honcho", path=str(Path(sys.executable).parent))
+        if honcho is None:
+            raise CommandError("honcho is not installed: pip install -r requirements-dev.txt")
+        procfile = str(Path(settings.BASE_DIR) / "Procfile")
+        # The venv's bin first, so Procfile commands (daphne, celery, python) are its own.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        os.execve(honcho, [honcho, "-f", procfile, "start", *processes], env)

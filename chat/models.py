@@ -1,0 +1,67 @@
+"""Rooms and messages. The Message table is also the outbox of the Kafka stream."""
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+ROOM_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+
+
+class Room(models.Model):
+    """A chat room; `next_seq` is the sequence number its next message gets."""
+
+    name = models.CharField(
+        max_length=64, unique=True, validators=[RegexValidator(ROOM_NAME_PATTERN)]
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    next_seq = models.PositiveBigIntegerField(default=1)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Message(models.Model):
+    """One chat message, to a room or (with a receiver) directly to one user."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        PUBLISHED = "published"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+
+    message_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    seq = models.PositiveBigIntegerField()
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sent_messages"
+    )
+    receiver = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="received_messages",
+    )
+    content = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    published_at = models.DateTimeField(null=True, blank=True)
+    kafka_partition = models.IntegerField(null=True, blank=True)
+    kafka_offset = models.BigIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq_unique")
+        ]
+        indexes = [
+            # "pending/failed older than N seconds" for the outbox sweep
+            models.Index(fields=["status", "created_at"], name="message_status_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room_id}#{self.seq} {self.message_id}"

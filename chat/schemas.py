@@ -1,0 +1,155 @@
+"""Payloads that cross a boundary, written once: the client frame and the Kafka event."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    from .models import Message
+
+EVENT_SCHEMA_VERSION = 1
+MAX_DB_ID = 2**63 - 1
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO-8601 in UTC with a `Z` suffix."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class ChatValidationError(Exception):
+    """A client frame was rejected; `code` is one of the WebSocket protocol's error codes."""
+
+    def __init__(self, code: str, detail: str, client_id: str | None = None) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.client_id = client_id
+
+    def as_frame(self) -> dict[str, Any]:
+        """The `error` frame sent back to the client."""
+        return {
+            "type": "error",
+            "code": self.code,
+            "detail": self.detail,
+            "client_id": self.client_id,
+        }
+
+
+class ChatFrame(BaseModel):
+    """A chat message frame from a client (`sender` and unknown keys are ignored)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    type: Literal["chat.message"] = "chat.message"
+    message: str
+    receiver_id: int | None = Field(default=None, gt=0, le=MAX_DB_ID)
+    client_id: str | None = Field(default=None, max_length=128)
+
+
+def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
+    """Parse and validate a raw text frame; raise ChatValidationError with its code."""
+    if not isinstance(text_data, str):
+        raise ChatValidationError("invalid_message", "Send JSON text frames, not binary.")
+    try:
+        raw = json.loads(text_data)
+    except ValueError as exc:
+        raise ChatValidationError("invalid_json", f"The frame is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ChatValidationError(
+            "invalid_message", "The frame must be a JSON object like {\"message\": \"hi\"}."
+        )
+    client_id = raw.get("client_id")
+    client_id = client_id if isinstance(client_id, str) and len(client_id) <= 128 else None
+    raw.setdefault("type", "chat.message")
+    try:
+        frame = ChatFrame.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "frame"
+        raise ChatValidationError(
+            "invalid_message", f"Field '{where}': {first['msg']}.", client_id
+        ) from None
+    if not frame.message.strip():
+        raise ChatValidationError("empty", "The message is empty.", client_id)
+    if len(frame.message) > max_length:
+        raise ChatValidationError(
+            "too_long",
+            f"The message has {len(frame.message)} characters; the limit is {max_length}.",
+            client_id,
+        )
+    if "\x00" in frame.message:
+        raise ChatValidationError(
+            "invalid_message", "The message contains a NUL character.", client_id
+        )
+    return frame
+
+
+class ChatEvent(BaseModel):
+    """The Kafka event of one chat message (value of a record on KAFKA_CHAT_TOPIC)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal[1] = EVENT_SCHEMA_VERSION
+    message_id: UUID
+    room: str
+    seq: int
+    sender_id: int
+    receiver_id: int | None
+    content: str
+    created_at: datetime
+
+    @classmethod
+    def from_message(cls, message: Message) -> ChatEvent:
+        """Build the event of a persisted message."""
+        return cls(
+            message_id=message.message_id,
+            room=message.room.name,
+            seq=message.seq,
+            sender_id=message.sender_id,
+            receiver_id=message.receiver_id,
+            content=message.content,
+            created_at=message.created_at,
+        )
+
+    @property
+    def key(self) -> bytes:
+        """The conversation: one partition per conversation keeps its order."""
+        if self.receiver_id is None:
+            return f"room:{self.room}".encode()
+        low, high = sorted((self.sender_id, self.receiver_id))
+        return f"dm:{low}:{high}".encode()
+
+    @property
+    def value(self) -> bytes:
+        """UTF-8 JSON with an ISO-8601 UTC timestamp."""
+        data = self.model_dump(mode="json")
+        data["created_at"] = iso_utc(self.created_at)
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        """`message_id` for de-duplication downstream, and the content type."""
+        return [
+            ("message_id", str(self.message_id).encode()),
+            ("content-type", b"application/json"),
+        ]
+
+
+def message_payload(message: Message) -> dict[str, Any]:
+    """The `<message>` object of the WebSocket protocol."""
+    return {
+        "message_id": str(message.message_id),
+        "room": message.room.name,
+        "seq": message.seq,
+        "sender_id": message.sender_id,
+        "sender": message.sender.get_username(),
+        "receiver_id": message.receiver_id,
+        "content": message.content,
+        "created_at": iso_utc(message.created_at),
+        "status": message.status,
+    }

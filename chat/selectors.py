@@ -1,0 +1,34 @@
+"""Reads."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.db.models import Q, QuerySet
+
+from .models import Message, Room
+
+
+def user_exists(*, user_id: int) -> bool:
+    """Whether a user with this id exists."""
+    return get_user_model().objects.filter(pk=user_id).exists()
+
+
+def room_list() -> QuerySet[Room]:
+    """All rooms, by name."""
+    return Room.objects.order_by("name")
+
+
+def room_history(*, room_name: str, user_id: int, limit: int) -> list[Message]:
+    """The latest `limit` messages of a room that this user may see, oldest first."""
+    visible = Q(receiver__isnull=True) | Q(sender_id=user_id) | Q(receiver_id=user_id)
+    latest = (
+        Message.objects.filter(visible, room__name=room_name)
+        .select_related("room", "sender")
+        .order_by("-seq")[:limit]
+    )
+    return list(reversed(latest))
+
+
+def message_for_publish(*, message_id: str) -> Message:
+    """The message a publish task works on, with what its event needs."""
+    return Message.objects.select_related("room", "sender").get(message_id=message_id)

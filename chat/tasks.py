@@ -1,0 +1,94 @@
+"""Celery tasks: thin wrappers that take ids and call a service."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Task, shared_task
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from . import services
+from .agents import RetriablePublishError
+from .models import Message
+
+logger = logging.getLogger(__name__)
+
+
+def retry_countdown(
+    retry_number: int, *, delay: float, backoff: float, jitter: float = 0.0
+) -> float:
+    """Seconds before retry n (1-based): DELAY × BACKOFF^(n-1), plus optional jitter."""
+    countdown = delay * backoff ** (retry_number - 1)
+    if jitter:
+        countdown += random.uniform(0, jitter * countdown)
+    return countdown
+
+
+class KafkaPublishTask(Task):
+    """Retry policy from settings: KAFKA_RETRY_TRIES attempts, DELAY × BACKOFF^(n-1).
+
+    Celery's own `retry_backoff` only does factor × 2^n in whole seconds, so the
+    countdown is computed here and handed to Celery's retry (autoretry calls it).
+    """
+
+    acks_late = True
+    reject_on_worker_lost = True
+
+    @property
+    def max_retries(self) -> int:  # type: ignore[override]
+        """Retries after the first attempt."""
+        return max(settings.KAFKA_RETRY_TRIES - 1, 0)
+
+    @max_retries.setter
+    def max_retries(self, value: int) -> None:
+        pass  # the limit always comes from settings
+
+    def retry(self, *args: Any, countdown: float | None = None, **kwargs: Any) -> Any:
+        """Schedule the next attempt with the settings' countdown."""
+        if countdown is None and kwargs.get("eta") is None:
+            countdown = retry_countdown(
+                self.request.retries + 1,
+                delay=settings.KAFKA_RETRY_DELAY,
+                backoff=settings.KAFKA_RETRY_BACKOFF,
+                jitter=settings.KAFKA_RETRY_JITTER,
+            )
+        if self.request.retries < self.max_retries:
+            logger.warning(
+                "Retry %d/%d of %s%s in %.2fs: %s",
+                self.request.retries + 1,
+                self.max_retries,
+                self.name,
+                tuple(self.request.args or ()),
+                countdown,
+                kwargs.get("exc"),
+            )
+        return super().retry(*args, countdown=countdown, **kwargs)
+
+    def on_failure(
+        self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Retries exhausted or a permanent error: mark the message failed."""
+        message_id = (args or [None])[0] or kwargs.get("message_id")
+        services.message_mark_failed(
+            message_id=str(message_id), error=f"{type(exc).__name__}: {exc}"
+        )
+
+
+@shared_task(
+    bind=True,
+    base=KafkaPublishTask,
+    autoretry_for=(RetriablePublishError,),
+    retry_backoff=False,
+    retry_jitter=False,
+)
+def publish_chat_message(self: KafkaPublishTask, message_id: str) -> str | None:
+    """Publish one persisted message to Kafka (retried on broker trouble)."""
+    try:
+        message = services.message_publish(message_id=message_id)
+    except (Message.DoesNotExist, ValidationError, ValueError, TypeError):
+        logger.error("publish_chat_message: no message with id %r; dropped", message_id)
+        return None
+    return message.status

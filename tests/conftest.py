@@ -1,0 +1,182 @@
+"""Fixtures: real servers on free ports, a real Celery worker, a real ASGI server."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test import Client
+
+from chatproj.embedded import (
+    embedded_kafka,
+    embedded_redis,
+    free_port,
+    port_answers,
+)
+
+from .support import (
+    ChatUser,
+    ManagedProcess,
+    celery_worker_args,
+    unique_topic,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """REDIS_URL when given, else an embedded Redis-compatible server on a free port."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    port = free_port()
+    with embedded_redis(port):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """KAFKA_BOOTSTRAP_SERVERS when given, else an embedded Tansu broker on a free port."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    port = free_port()
+    with embedded_kafka(port):
+        yield f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stack_settings(redis_url: str, kafka_bootstrap: str) -> None:
+    """Point this process's channel layer, Celery producer and agent at the test servers."""
+    from channels.layers import channel_layers
+
+    from chatproj.celery import app
+
+    settings.REDIS_URL = redis_url
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [redis_url]},
+        }
+    }
+    channel_layers.backends = {}
+    settings.CELERY_BROKER_URL = redis_url
+    app.conf.broker_url = redis_url
+    settings.KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
+
+
+def _database_url(db: dict[str, Any]) -> str:
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where subprocess logs go (printed on failure)."""
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def process_env(
+    django_db_setup: None, django_db_blocker: Any, redis_url: str, kafka_bootstrap: str
+) -> dict[str, str]:
+    """Environment of subprocesses: the test database and the test servers."""
+    with django_db_blocker.unblock():
+        db = dict(connection.settings_dict)
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "chatproj.settings",
+        "DATABASE_URL": _database_url(db),
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_SEND_TIMEOUT": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture
+def start_worker(
+    process_env: dict[str, str], log_dir: Path, redis_url: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., ManagedProcess]]:
+    """Start a real `celery worker -P prefork` subprocess; env overrides by keyword."""
+    workers: list[ManagedProcess] = []
+
+    def start(concurrency: int = 2, **env: str) -> ManagedProcess:
+        env.setdefault("KAFKA_CHAT_TOPIC", unique_topic())
+        name = f"worker-{request.node.name[:60]}-{len(workers)}"
+        worker = ManagedProcess(
+            name, celery_worker_args(concurrency), {**process_env, **env}, log_dir
+        ).start()
+        worker.topic = env["KAFKA_CHAT_TOPIC"]  # type: ignore[attr-defined]
+        workers.append(worker)
+        wait_for(lambda: " ready." in worker.log(), 60, what=f"{name} ready")
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+    if getattr(request.node, "rep_call_failed", False):
+        for worker in workers:
+            sys.stderr.write(f"--- {worker.name} ---\n{worker.log()[-6000:]}\n")
+    # Leftover tasks (scheduled retries) must not leak into the next test's worker.
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    """Remember whether the test body failed, so fixtures can print process logs."""
+    report = yield
+    if report.when == "call":
+        item.rep_call_failed = report.failed  # type: ignore[attr-defined]
+    return report
+
+
+@pytest.fixture(scope="session")
+def asgi_server(process_env: dict[str, str], log_dir: Path) -> Iterator[str]:
+    """A real daphne serving chatproj.asgi on a free port; yields its base URL."""
+    port = free_port()
+    server = ManagedProcess(
+        "daphne",
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+         "chatproj.asgi:application"],
+        process_env,
+        log_dir,
+    ).start()  # fmt: skip
+    try:
+        wait_for(lambda: port_answers("127.0.0.1", port), 30, what="daphne listening")
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def chat_users(transactional_db: None) -> dict[str, ChatUser]:
+    """alice, bob and carol, each with a logged-in session cookie."""
+    users = {}
+    for name in ("alice", "bob", "carol"):
+        user = get_user_model().objects.create_user(username=name, password="pw-" + name)
+        client = Client()
+        client.force_login(user)
+        cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
+        users[name] = ChatUser(name=name, id=user.pk, cookie=cookie)
+    return users
+
+
+@pytest.fixture
+def kafka_port_down() -> int:
+    """A port where no Kafka broker listens (yet)."""
+    port = free_port()
+    assert not port_answers("127.0.0.1", port)
+    return port
+

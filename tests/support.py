@@ -1,0 +1,199 @@
+"""Helpers for tests that drive the real servers: waiting, Kafka reads, processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kafka import KafkaConsumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ChatUser:
+    """A test user and the session cookie of a logged-in browser."""
+
+    name: str
+    id: int
+    cookie: str
+
+
+def wait_for(
+    condition: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def unique_topic() -> str:
+    """A fresh topic name, so each test reads only its own events."""
+    return f"chat-test-{uuid.uuid4().hex[:12]}"
+
+
+def read_topic(
+    bootstrap: str, topic: str, *, expected: int, timeout: float = 20.0
+) -> list[Any]:
+    """Records of a topic from the beginning, until `expected` arrived or timeout.
+
+    Partitions are assigned by hand (no consumer group), so there is no join delay.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        consumer_timeout_ms=500,
+        request_timeout_ms=5000,
+    )
+    try:
+        partitions = wait_for(
+            lambda: consumer.partitions_for_topic(topic), timeout, what=f"topic {topic}"
+        )
+        assignment = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assignment)
+        consumer.seek_to_beginning(*assignment)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def event_of(record: Any) -> dict[str, Any]:
+    """The decoded JSON value of a Kafka record."""
+    return json.loads(record.value.decode("utf-8"))
+
+
+class ManagedProcess:
+    """A subprocess (worker, ASGI server) whose output goes to a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.args = args
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ManagedProcess:
+        """Start it in its own process group."""
+        self.log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.args,
+            env=self.env,
+            cwd=ROOT,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        """Pid of the main process."""
+        assert self.process is not None
+        return self.process.pid
+
+    def log(self) -> str:
+        """Everything it printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> None:
+        """Stop the whole process group (SIGKILL after `timeout`)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, sig)
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout)
+            except ProcessLookupError:
+                pass
+        self.log_file.close()
+
+
+def celery_worker_args(concurrency: int = 2) -> list[str]:
+    """Command line of a real prefork Celery worker with task events on."""
+    return [
+        sys.executable, "-m", "celery", "-A", "chatproj", "worker",
+        "-P", "prefork", "-c", str(concurrency), "-E",
+        "--without-mingle", "--without-gossip", "--loglevel", "INFO",
+    ]  # fmt: skip
+
+
+class WSClient:
+    """A real WebSocket client (websockets library) speaking the chat protocol."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.unread: list[dict[str, Any]] = []
+
+    @classmethod
+    async def connect(cls, server: str, room: str, cookie: str | None) -> WSClient:
+        """Open /ws/chat/<room>/ with the session cookie of a logged-in user."""
+        from websockets.asyncio.client import connect
+
+        headers = {"Cookie": f"sessionid={cookie}"} if cookie else {}
+        connection = await connect(
+            f"ws://{server}/ws/chat/{room}/",
+            origin=f"http://{server}",  # type: ignore[arg-type]
+            additional_headers=headers,
+            open_timeout=10,
+        )
+        return cls(connection)
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        """Send a JSON object, or a raw text/binary frame as given."""
+        await self.connection.send(json.dumps(frame) if isinstance(frame, dict) else frame)
+
+    async def expect(
+        self, match: Callable[[dict[str, Any]], bool] | str, timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """The first frame (unread first) that matches; a str matches the frame type."""
+        import asyncio
+
+        def matches(frame: dict[str, Any]) -> bool:
+            return frame.get("type") == match if isinstance(match, str) else match(frame)
+
+        for frame in self.unread:
+            if matches(frame):
+                self.unread.remove(frame)
+                return frame
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"no frame matching {match!r}; unread: {self.unread}")
+            try:
+                raw = await asyncio.wait_for(self.connection.recv(), remaining)
+            except TimeoutError:
+                continue
+            frame = json.loads(raw)
+            if matches(frame):
+                return frame
+            self.unread.append(frame)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self.connection.close()

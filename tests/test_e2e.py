@@ -1,0 +1,108 @@
+"""The whole path: real WebSocket client → daphne → DB → Celery worker → Kafka."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from chat.models import Message
+
+from .support import WSClient, event_of, read_topic
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_room_message_reaches_users_and_kafka(
+    asgi_server, start_worker, kafka_bootstrap, chat_users
+):
+    """A room message is persisted, broadcast, acked, published and readable from Kafka."""
+    worker = await sync_to_async(start_worker)()
+    alice = await WSClient.connect(asgi_server, "lobby", chat_users["alice"].cookie)
+    bob = await WSClient.connect(asgi_server, "lobby", chat_users["bob"].cookie)
+    assert (await alice.expect("history"))["messages"] == []
+    await bob.expect("history")
+
+    await alice.send({"message": "مرحبًا!", "client_id": "c-1", "sender_id": 999})
+    ack = await alice.expect("message.ack")
+    assert ack["client_id"] == "c-1" and ack["seq"] == 1
+    seen_by_bob = await bob.expect("chat.message")
+    assert seen_by_bob["content"] == "مرحبًا!"
+    assert seen_by_bob["sender_id"] == chat_users["alice"].id  # the frame's sender ignored
+    assert seen_by_bob["message_id"] == ack["message_id"]
+    await alice.expect("chat.message")
+    status = await alice.expect("message.status")
+    assert status == {
+        "type": "message.status",
+        "message_id": ack["message_id"],
+        "status": "published",
+    }
+
+    message = await sync_to_async(Message.objects.get)(message_id=ack["message_id"])
+    assert message.status == "published" and message.attempts == 1
+    [record] = await sync_to_async(read_topic)(kafka_bootstrap, worker.topic, expected=1)
+    assert record.key == b"room:lobby"
+    assert dict(record.headers) == {
+        "message_id": ack["message_id"].encode(),
+        "content-type": b"application/json",
+    }
+    assert (record.partition, record.offset) == (
+        message.kafka_partition,
+        message.kafka_offset,
+    )
+    event = event_of(record)
+    assert set(event) == {
+        "schema_version", "message_id", "room", "seq", "sender_id", "receiver_id",
+        "content", "created_at",
+    }  # fmt: skip
+    assert event["schema_version"] == 1
+    assert uuid.UUID(event["message_id"]) == message.message_id
+    assert (event["room"], event["seq"], event["receiver_id"]) == ("lobby", 1, None)
+    assert event["sender_id"] == chat_users["alice"].id
+    assert event["content"] == "مرحبًا!"
+    assert event["created_at"].endswith("Z")
+    assert datetime.fromisoformat(event["created_at"]) == message.created_at
+    await alice.close()
+    await bob.close()
+
+
+async def test_direct_message_is_private(asgi_server, start_worker, kafka_bootstrap, chat_users):
+    """A DM reaches sender and receiver only; a third user in the room never sees it."""
+    worker = await sync_to_async(start_worker)()
+    alice, bob, carol = [
+        await WSClient.connect(asgi_server, "lobby", chat_users[n].cookie)
+        for n in ("alice", "bob", "carol")
+    ]
+    for client in (alice, bob, carol):
+        await client.expect("history")
+    bob_id = chat_users["bob"].id
+    await alice.send({"message": "just for bob", "receiver_id": bob_id, "client_id": "d"})
+    ack = await alice.expect("message.ack")
+    dm = await bob.expect("chat.message")
+    assert dm["receiver_id"] == bob_id and dm["content"] == "just for bob"
+    await alice.expect(lambda f: f.get("message_id") == ack["message_id"] and "content" in f)
+    await alice.expect("message.status")
+    # A room message sent after the DM is the next thing carol sees.
+    await alice.send({"message": "for everyone"})
+    seen = await carol.expect("chat.message")
+    assert seen["content"] == "for everyone"
+    assert all(f.get("content") != "just for bob" for f in carol.unread)
+
+    records = await sync_to_async(read_topic)(kafka_bootstrap, worker.topic, expected=2)
+    low, high = sorted((chat_users["alice"].id, bob_id))
+    keys = {event_of(r)["content"]: r.key for r in records}
+    assert keys == {"just for bob": f"dm:{low}:{high}".encode(), "for everyone": b"room:lobby"}
+
+    # History after reconnecting: carol still does not see the DM, bob does.
+    carol2 = await WSClient.connect(asgi_server, "lobby", chat_users["carol"].cookie)
+    assert [m["content"] for m in (await carol2.expect("history"))["messages"]] == [
+        "for everyone"
+    ]
+    bob2 = await WSClient.connect(asgi_server, "lobby", chat_users["bob"].cookie)
+    history = (await bob2.expect("history"))["messages"]
+    assert [m["content"] for m in history] == ["just for bob", "for everyone"]
+    assert [m["seq"] for m in history] == [1, 2]
+    for client in (alice, bob, carol, carol2, bob2):
+        await client.close()
