@@ -110,6 +110,9 @@ KAFKA_SEND_TIMEOUT = env.float("KAFKA_SEND_TIMEOUT", default=5.0)
 KAFKA_RETRY_TRIES = env.int("KAFKA_RETRY_TRIES", default=3)
 KAFKA_RETRY_DELAY = env.float("KAFKA_RETRY_DELAY", default=1.0)
 KAFKA_RETRY_BACKOFF = env.float("KAFKA_RETRY_BACKOFF", default=2.0)
+# Extra KafkaProducer options as JSON, e.g. SASL/TLS or compression:
+# KAFKA_PRODUCER_OPTIONS='{"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"}'
+KAFKA_PRODUCER_OPTIONS = env.json("KAFKA_PRODUCER_OPTIONS", default={})
 # Fraction of each countdown added as random jitter (0 = exact countdowns).
 KAFKA_RETRY_JITTER = env.float("KAFKA_RETRY_JITTER", default=0.0)
 
@@ -148,6 +151,7 @@ LOGGING = {
         "chat": {"level": LOG_LEVEL},
         "chatproj": {"level": LOG_LEVEL},
         "celery": {"level": LOG_LEVEL},
-        "kafka": {"level": "WARNING"},
+        # kafka-python logs every failed connection attempt; the agent logs the outcome.
+        "kafka": {"level": env("KAFKA_LOG_LEVEL", default="CRITICAL")},
     },
 }

@@ -62,14 +62,15 @@ def read_topic(
         request_timeout_ms=5000,
     )
     try:
-        partitions = wait_for(
-            lambda: consumer.partitions_for_topic(topic), timeout, what=f"topic {topic}"
-        )
+        deadline = time.monotonic() + timeout
+        while not (partitions := consumer.partitions_for_topic(topic)):
+            if time.monotonic() > deadline:
+                return []  # the topic was never created: nothing was produced to it
+            time.sleep(0.1)
         assignment = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assignment)
         consumer.seek_to_beginning(*assignment)
         records: list[Any] = []
-        deadline = time.monotonic() + timeout
         while len(records) < expected and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend(batch)

@@ -16,6 +16,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+import kafka.errors
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
@@ -68,12 +69,16 @@ class KafkaChatAgent(Agent):
     ) -> None:
         super().__init__()
         self.enabled = settings.KAFKA_ENABLED if enabled is None else enabled
-        servers = bootstrap_servers or settings.KAFKA_BOOTSTRAP_SERVERS
+        servers = (
+            settings.KAFKA_BOOTSTRAP_SERVERS
+            if bootstrap_servers is None
+            else bootstrap_servers
+        )
         if isinstance(servers, str):
             servers = [s.strip() for s in servers.split(",") if s.strip()]
         self.bootstrap_servers: list[str] = list(servers)
-        self.client_id = client_id or settings.KAFKA_CLIENT_ID
-        self.topic = topic or settings.KAFKA_CHAT_TOPIC
+        self.client_id = settings.KAFKA_CLIENT_ID if client_id is None else client_id
+        self.topic = settings.KAFKA_CHAT_TOPIC if topic is None else topic
         self.send_timeout = float(
             settings.KAFKA_SEND_TIMEOUT if send_timeout is None else send_timeout
         )
@@ -82,7 +87,9 @@ class KafkaChatAgent(Agent):
             if max_message_length is None
             else max_message_length
         )
-        self.producer_config = dict(producer_config or {})
+        self.producer_config = (
+            settings.KAFKA_PRODUCER_OPTIONS if producer_config is None else producer_config
+        )
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
         self._validate_config()
@@ -103,6 +110,11 @@ class KafkaChatAgent(Agent):
             raise ImproperlyConfigured(
                 f"KAFKA_CHAT_TOPIC {self.topic!r} is not a valid Kafka topic name "
                 "(1-249 of letters, digits, '.', '_', '-')."
+            )
+        if not isinstance(self.producer_config, dict):
+            raise ImproperlyConfigured(
+                "KAFKA_PRODUCER_OPTIONS must be a JSON object of KafkaProducer options, "
+                f"not {self.producer_config!r}."
             )
         if not self.send_timeout > 0:
             raise ImproperlyConfigured(
@@ -139,6 +151,8 @@ class KafkaChatAgent(Agent):
         }
         try:
             producer = KafkaProducer(**config)
+        except (kafka.errors.KafkaConfigurationError, ValueError, TypeError) as exc:
+            raise ImproperlyConfigured(f"KAFKA_PRODUCER_OPTIONS: {exc}") from exc
         except KafkaError as exc:
             logger.warning(
                 "Kafka producer could not connect to %s within %.1fs: %s",

@@ -1,0 +1,221 @@
+"""publish_chat_message through a real prefork Celery worker, Redis and Kafka."""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from datetime import datetime
+from typing import Any
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+
+from chat import services
+from chat.models import Message
+from chat.tasks import publish_chat_message, retry_countdown
+from chatproj.celery import app
+from chatproj.embedded import embedded_kafka
+
+from .support import WSClient, event_of, read_topic, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class TaskEvents:
+    """Celery task events captured from the broker, as Flower sees them."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.receiver: Any = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.ready = threading.Event()
+
+    def _run(self) -> None:
+        with app.connection_for_read() as connection:
+            self.receiver = app.events.Receiver(
+                connection, handlers={"*": self.events.append}
+            )
+            self.ready.set()
+            self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def __enter__(self) -> TaskEvents:
+        self.thread.start()
+        self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.receiver.should_stop = True
+        self.thread.join(10)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        """Events of one type, in arrival order."""
+        return [e for e in self.events if e["type"] == kind]
+
+
+def measured_countdowns(events: TaskEvents) -> list[tuple[float, float]]:
+    """For each retry: (ETA − retry time, start − retry time) in seconds."""
+    retried = events.of("task-retried")
+    received = {e["retries"]: e for e in events.of("task-received")}
+    started = events.of("task-started")
+    result = []
+    for n, retry in enumerate(retried, start=1):
+        eta = datetime.fromisoformat(received[n]["eta"]).timestamp()
+        result.append((eta - retry["timestamp"], started[n]["timestamp"] - retry["timestamp"]))
+    return result
+
+
+def make_message(user_id: int, content: str = "hello", room: str = "tasks") -> Message:
+    """A persisted message (enqueued for publishing on commit)."""
+    return services.message_create(
+        room_name=room, sender_id=user_id, receiver_id=None, content=content
+    )
+
+
+def test_retry_countdown_formula():
+    """DELAY × BACKOFF^(n-1), fractional and non-2 backoffs included; jitter only adds."""
+    assert [retry_countdown(n, delay=1, backoff=2) for n in (1, 2, 3)] == [1, 2, 4]
+    assert [retry_countdown(n, delay=0.5, backoff=3) for n in (1, 2, 3)] == [0.5, 1.5, 4.5]
+    assert retry_countdown(4, delay=2, backoff=1) == 2
+    jittered = [retry_countdown(2, delay=1, backoff=2, jitter=0.5) for _ in range(50)]
+    assert all(2 <= c <= 3 for c in jittered) and len(set(jittered)) > 1
+
+
+@pytest.mark.parametrize(
+    ("tries", "delay", "backoff", "expected"),
+    [("3", "1", "2", [1.0, 2.0]), ("4", "0.5", "3", [0.5, 1.5, 4.5])],
+)
+async def test_broker_unreachable_retries_with_configured_countdowns_then_fails(
+    asgi_server, start_worker, chat_users, kafka_port_down, tries, delay, backoff, expected
+):
+    """Celery retries with DELAY × BACKOFF^(n-1) and gives up after TRIES attempts."""
+    await sync_to_async(start_worker)(
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{kafka_port_down}",
+        KAFKA_SEND_TIMEOUT="0.5",
+        KAFKA_RETRY_TRIES=tries,
+        KAFKA_RETRY_DELAY=delay,
+        KAFKA_RETRY_BACKOFF=backoff,
+    )
+    with TaskEvents() as events:
+        alice = await WSClient.connect(asgi_server, "retry", chat_users["alice"].cookie)
+        await alice.expect("history")
+        await alice.send({"message": "will it get through?"})
+        ack = await alice.expect("message.ack")
+        status = await alice.expect("message.status", timeout=30)
+        assert status == {"type": "message.status", "message_id": ack["message_id"],
+                          "status": "failed"}  # fmt: skip
+        await sync_to_async(wait_for)(lambda: events.of("task-failed"), 10)
+    message = await sync_to_async(Message.objects.get)(message_id=ack["message_id"])
+    assert message.status == "failed"
+    assert message.attempts == int(tries)
+    assert "Unable to bootstrap" in message.last_error or "Kafka" in message.last_error
+    countdowns = measured_countdowns(events)
+    assert len(countdowns) == int(tries) - 1
+    for (eta_delay, start_delay), want in zip(countdowns, expected, strict=True):
+        assert eta_delay == pytest.approx(want, abs=0.25)
+        assert start_delay >= want - 0.05
+    await alice.close()
+
+
+def test_broker_back_before_last_attempt_publishes_exactly_once(
+    start_worker, chat_users, kafka_port_down
+):
+    """The broker returns during the retries: the message is published exactly once."""
+    worker = start_worker(
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{kafka_port_down}",
+        KAFKA_SEND_TIMEOUT="0.5",
+        KAFKA_RETRY_TRIES="3",
+        KAFKA_RETRY_DELAY="1",
+        KAFKA_RETRY_BACKOFF="2",
+    )
+    with TaskEvents() as events:
+        message = make_message(chat_users["alice"].id, "late but once")
+        wait_for(lambda: events.of("task-retried"), 20, what="first retry")
+        with embedded_kafka(kafka_port_down):
+            wait_for(lambda: events.of("task-succeeded"), 20, what="success")
+            message.refresh_from_db()
+            assert message.status == "published"
+            assert message.attempts == 2
+            records = read_topic(f"127.0.0.1:{kafka_port_down}", worker.topic, expected=2,
+                                 timeout=3)  # fmt: skip
+    assert [event_of(r)["message_id"] for r in records] == [str(message.message_id)]
+    assert not events.of("task-failed")
+
+
+def test_record_too_large_fails_at_once(start_worker, chat_users):
+    """A non-retriable error (record larger than allowed) fails after one attempt."""
+    worker = start_worker(KAFKA_PRODUCER_OPTIONS='{"max_request_size": 1200}')
+    with TaskEvents() as events:
+        big = make_message(chat_users["alice"].id, "x" * 3000)
+        small = make_message(chat_users["alice"].id, "fits")
+        wait_for(lambda: events.of("task-failed") and events.of("task-succeeded"), 20)
+    big.refresh_from_db()
+    small.refresh_from_db()
+    assert (big.status, big.attempts) == ("failed", 1)
+    assert "MessageSizeTooLarge" in big.last_error
+    assert small.status == "published"
+    assert not events.of("task-retried")
+    assert "Giving up on message_id=" + str(big.message_id) in worker.log()
+
+
+def test_garbage_tasks_are_dropped_and_worker_keeps_working(
+    start_worker, chat_users, redis_url
+):
+    """Bad task arguments and undecodable queue entries never stop the worker."""
+    worker = start_worker()
+    for garbage in ("not-a-uuid", str(uuid.uuid4()), None, 12345, {"a": 1}):
+        publish_chat_message.delay(garbage)
+    app.send_task(publish_chat_message.name, args=[], kwargs={"junk": 1})  # unchecked
+    message = make_message(chat_users["bob"].id, "after the garbage")
+    wait_for(
+        lambda: Message.objects.get(pk=message.pk).status == "published", 20, what="publish"
+    )
+    log = worker.log()
+    assert log.count("no message with id") == 5
+    assert re.search(r"publish_chat_message\[.*\] raised unexpected: TypeError", log)
+
+
+def test_undecodable_queue_entry_loses_nothing(start_worker, chat_users, redis_url):
+    """Garbage written straight into the Redis queue stops the worker (a kombu limit),
+    but the messages behind it are restored and a restarted worker publishes them."""
+    worker = start_worker()
+    redis.Redis.from_url(redis_url).lpush("celery", b"\x00 definitely not a task")
+    message = make_message(chat_users["bob"].id, "behind the garbage")
+    wait_for(lambda: worker.process.poll() is not None, 30, what="worker exit")
+    assert "Unrecoverable error: JSONDecodeError" in worker.log()
+    start_worker()
+    wait_for(
+        lambda: Message.objects.get(pk=message.pk).status == "published", 20, what="publish"
+    )
+
+
+def test_each_prefork_child_builds_its_own_producer(start_worker, chat_users, kafka_bootstrap):
+    """With -c 2 each child creates one producer after fork; the parent creates none."""
+    worker = start_worker(concurrency=2)
+    created = re.compile(r"Kafka producer created in pid (\d+)")
+    instances = re.compile(r"KafkaChatAgent instance created in pid (\d+)")
+    sent: list[Message] = []
+
+    def both_children_published() -> bool:
+        sent.extend(make_message(chat_users["alice"].id, f"m{i}") for i in range(10))
+        return len(set(created.findall(worker.log()))) >= 2
+
+    wait_for(both_children_published, 30, interval=0.5, what="two producers")
+    stats = wait_for(lambda: app.control.inspect(timeout=2).stats(), 10)
+    [worker_stats] = stats.values()
+    children = set(worker_stats["pool"]["processes"])
+    wait_for(
+        lambda: Message.objects.filter(status="published").count() == len(sent), 30,
+        what="all published",
+    )
+    log = worker.log()
+    producer_pids = [int(p) for p in created.findall(log)]
+    assert len(producer_pids) == len(set(producer_pids)) == 2  # one per child
+    assert set(producer_pids) == children
+    assert worker.pid not in producer_pids
+    assert sorted(int(p) for p in instances.findall(log)) == sorted(producer_pids)
+    records = read_topic(kafka_bootstrap, worker.topic, expected=len(sent))
+    assert sorted(event_of(r)["message_id"] for r in records) == sorted(
+        str(m.message_id) for m in sent
+    )
