@@ -16,6 +16,14 @@ class RoomAdmin(admin.ModelAdmin):
 class MessageAdmin(admin.ModelAdmin):
     """Messages, filterable by delivery status."""
 
-    list_display = ("message_id", "room", "seq", "sender", "receiver", "status", "attempts")
+    list_display = (
+        "message_id",
+        "room",
+        "seq",
+        "sender",
+        "receiver",
+        "status",
+        "attempts",
+    )
     list_filter = ("status",)
     search_fields = ("message_id", "content")

@@ -34,7 +34,7 @@ def _group_send(group: str, event: dict[str, Any]) -> None:
 
 
 def broadcast_message(message: Message) -> None:
-    """Deliver a message to those who should see it: the room, or sender and receiver."""
+    """Deliver a message to its audience: the room, or sender and receiver."""
     event = {"type": "chat.message", "message": message_payload(message)}
     if message.receiver_id is None:
         _group_send(room_group(message.room.name), event)

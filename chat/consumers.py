@@ -43,7 +43,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         history = await database_sync_to_async(_history_payload)(
             room_name=self.room_name, user_id=self.user_id
         )
-        await self.send_json({"type": "history", "room": self.room_name, "messages": history})
+        await self.send_json(
+            {"type": "history", "room": self.room_name, "messages": history}
+        )
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None

@@ -47,7 +47,9 @@ class Message(models.Model):
     content = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
 
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PENDING
+    )
     attempts = models.PositiveIntegerField(default=0)
     published_at = models.DateTimeField(null=True, blank=True)
     kafka_partition = models.IntegerField(null=True, blank=True)
@@ -56,11 +58,15 @@ class Message(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq_unique")
+            models.UniqueConstraint(
+                fields=["room", "seq"], name="message_room_seq_unique"
+            )
         ]
         indexes = [
             # "pending/failed older than N seconds" for the outbox sweep
-            models.Index(fields=["status", "created_at"], name="message_status_created"),
+            models.Index(
+                fields=["status", "created_at"], name="message_status_created"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,4 +1,4 @@
-"""Payloads that cross a boundary, written once: the client frame and the Kafka event."""
+"""Payloads that cross a boundary, written once: client frame and Kafka event."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 if TYPE_CHECKING:
     from .models import Message
 
-EVENT_SCHEMA_VERSION = 1
+EVENT_SCHEMA_VERSION: Literal[1] = 1
 MAX_DB_ID = 2**63 - 1
 
 
@@ -22,7 +22,7 @@ def iso_utc(moment: datetime) -> str:
 
 
 class ChatValidationError(Exception):
-    """A client frame was rejected; `code` is one of the WebSocket protocol's error codes."""
+    """A client frame was rejected; `code` is a WebSocket protocol error code."""
 
     def __init__(self, code: str, detail: str, client_id: str | None = None) -> None:
         super().__init__(f"{code}: {detail}")
@@ -54,17 +54,23 @@ class ChatFrame(BaseModel):
 def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
     """Parse and validate a raw text frame; raise ChatValidationError with its code."""
     if not isinstance(text_data, str):
-        raise ChatValidationError("invalid_message", "Send JSON text frames, not binary.")
+        raise ChatValidationError(
+            "invalid_message", "Send JSON text frames, not binary."
+        )
     try:
         raw = json.loads(text_data)
     except ValueError as exc:
-        raise ChatValidationError("invalid_json", f"The frame is not valid JSON: {exc}") from None
+        raise ChatValidationError(
+            "invalid_json", f"The frame is not valid JSON: {exc}"
+        ) from None
     if not isinstance(raw, dict):
         raise ChatValidationError(
-            "invalid_message", "The frame must be a JSON object like {\"message\": \"hi\"}."
+            "invalid_message", 'The frame must be a JSON object like {"message": "hi"}.'
         )
     client_id = raw.get("client_id")
-    client_id = client_id if isinstance(client_id, str) and len(client_id) <= 128 else None
+    client_id = (
+        client_id if isinstance(client_id, str) and len(client_id) <= 128 else None
+    )
     raw.setdefault("type", "chat.message")
     try:
         frame = ChatFrame.model_validate(raw)
@@ -79,7 +85,8 @@ def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
     if len(frame.message) > max_length:
         raise ChatValidationError(
             "too_long",
-            f"The message has {len(frame.message)} characters; the limit is {max_length}.",
+            f"The message has {len(frame.message)} characters; "
+            f"the limit is {max_length}.",
             client_id,
         )
     if "\x00" in frame.message:

@@ -28,7 +28,8 @@ def room_index(request: HttpRequest) -> HttpResponse:
 @login_required
 def room_detail(request: HttpRequest, room: str) -> HttpResponse:
     """The chat page of one room (the room is created with its first message)."""
-    users = get_user_model().objects.exclude(pk=request.user.pk).order_by("username")
+    others = get_user_model().objects.exclude(username=request.user.get_username())
+    users = others.order_by("username")
     return render(
         request,
         "chat/room.html",

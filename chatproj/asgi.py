@@ -2,16 +2,22 @@
 
 import os
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproj.settings")
 django_asgi_app = get_asgi_application()
+if settings.DEBUG:
+    # Development serves /static/ itself, like runserver does.
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
-from chat.routing import websocket_urlpatterns  # noqa: E402
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+
+from chat.routing import websocket_urlpatterns
 
 application = ProtocolTypeRouter(
     {

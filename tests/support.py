@@ -30,7 +30,10 @@ class ChatUser:
 
 
 def wait_for(
-    condition: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = ""
+    condition: Callable[[], T],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "",
 ) -> T:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -39,7 +42,9 @@ def wait_for(
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or condition}"
+            )
         time.sleep(interval)
 
 
@@ -96,7 +101,7 @@ class ManagedProcess:
 
     def start(self) -> ManagedProcess:
         """Start it in its own process group."""
-        self.log_file = open(self.log_path, "ab")
+        self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - open for the process lifetime
         self.process = subprocess.Popen(
             self.args,
             env=self.env,
@@ -166,7 +171,9 @@ class WSClient:
 
     async def send(self, frame: dict[str, Any] | str | bytes) -> None:
         """Send a JSON object, or a raw text/binary frame as given."""
-        await self.connection.send(json.dumps(frame) if isinstance(frame, dict) else frame)
+        await self.connection.send(
+            json.dumps(frame) if isinstance(frame, dict) else frame
+        )
 
     async def expect(
         self, match: Callable[[dict[str, Any]], bool] | str, timeout: float = 15.0
@@ -175,7 +182,9 @@ class WSClient:
         import asyncio
 
         def matches(frame: dict[str, Any]) -> bool:
-            return frame.get("type") == match if isinstance(match, str) else match(frame)
+            return (
+                frame.get("type") == match if isinstance(match, str) else match(frame)
+            )
 
         for frame in self.unread:
             if matches(frame):
@@ -185,7 +194,9 @@ class WSClient:
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                raise AssertionError(f"no frame matching {match!r}; unread: {self.unread}")
+                raise AssertionError(
+                    f"no frame matching {match!r}; unread: {self.unread}"
+                )
             try:
                 raw = await asyncio.wait_for(self.connection.recv(), remaining)
             except TimeoutError:

@@ -72,7 +72,12 @@ def test_forked_child_gets_its_own_instance():
     os.waitpid(pid, 0)
     result = json.loads(os.read(read_end, 1000))
     os.close(read_end)
-    assert result == {"new_object": True, "pid": pid, "same_twice": True, "no_producer": True}
+    assert result == {
+        "new_object": True,
+        "pid": pid,
+        "same_twice": True,
+        "no_producer": True,
+    }
     assert KafkaChatAgent.get_instance() is parent
 
 
@@ -121,7 +126,9 @@ def test_publish_writes_key_value_headers_and_returns_offset(kafka_bootstrap):
 
 def test_dead_broker_fails_fast_and_retriably(kafka_port_down):
     """With no broker, publish gives up within KAFKA_SEND_TIMEOUT, as retriable."""
-    agent = KafkaChatAgent(bootstrap_servers=f"127.0.0.1:{kafka_port_down}", send_timeout=1)
+    agent = KafkaChatAgent(
+        bootstrap_servers=f"127.0.0.1:{kafka_port_down}", send_timeout=1
+    )
     started = time.monotonic()
     with pytest.raises(RetriablePublishError, match="unreachable"):
         agent.publish(sample_event())
@@ -153,16 +160,28 @@ async def test_original_readme_examples_work(chat_users, start_worker, kafka_boo
         "client_id": None, "sender_id": alice,
     }  # fmt: skip
     with pytest.raises(ChatValidationError) as rejected:
-        await agent.process_websocket_message(text_data='{"message": ""}', user_id=alice)
-    assert (rejected.value.code, rejected.value.detail) == ("empty", "The message is empty.")
+        await agent.process_websocket_message(
+            text_data='{"message": ""}', user_id=alice
+        )
+    assert (rejected.value.code, rejected.value.detail) == (
+        "empty",
+        "The message is empty.",
+    )
 
-    sent = await agent.send_chat_message(sender_id=alice, receiver_id=bob, content="مرحبًا!")
+    sent = await agent.send_chat_message(
+        sender_id=alice, receiver_id=bob, content="مرحبًا!"
+    )
     low, high = sorted((alice, bob))
     assert sent["room"] == f"dm-{low}-{high}" and sent["seq"] == 1
-    [record] = await sync_to_async(read_topic)(kafka_bootstrap, worker.topic, expected=1)
+    [record] = await sync_to_async(read_topic)(
+        kafka_bootstrap, worker.topic, expected=1
+    )
     assert event_of(record)["message_id"] == sent["message_id"]
     await sync_to_async(wait_for)(
-        lambda: Message.objects.get(message_id=sent["message_id"]).status == "published", 10
+        lambda: (
+            Message.objects.get(message_id=sent["message_id"]).status == "published"
+        ),
+        10,
     )
     with pytest.raises(ChatValidationError) as rejected:
         await agent.send_chat_message(sender_id=alice, receiver_id=424242, content="hi")

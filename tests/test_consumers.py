@@ -60,7 +60,9 @@ async def test_bad_frames_get_error_codes_and_connection_keeps_working(
     assert (await alice.expect("error"))["client_id"] == "e-1"
     await alice.send({"message": "x" * 4000, "client_id": "max"})
     assert (await alice.expect("message.ack"))["client_id"] == "max"
-    count = await sync_to_async(Message.objects.filter(sender_id=chat_users["alice"].id).count)()
+    count = await sync_to_async(
+        Message.objects.filter(sender_id=chat_users["alice"].id).count
+    )()
     assert count == len(BAD_FRAMES) + 1
     await alice.close()
 
@@ -115,17 +117,25 @@ async def test_subclass_with_super_calls_works(chat_users, start_worker):
 
     await sync_to_async(start_worker)()
     app = AuthMiddlewareStack(
-        URLRouter([re_path(r"^ws/chat/(?P<room>[\w.-]+)/$", ChatConsumerWithKafka.as_asgi())])
+        URLRouter(
+            [re_path(r"^ws/chat/(?P<room>[\w.-]+)/$", ChatConsumerWithKafka.as_asgi())]
+        )
     )
     communicator = WebsocketCommunicator(
-        app, "/ws/chat/sub/", headers=[(b"cookie", f"sessionid={chat_users['bob'].cookie}".encode())]
+        app,
+        "/ws/chat/sub/",
+        headers=[(b"cookie", f"sessionid={chat_users['bob'].cookie}".encode())],
     )
     connected, _ = await communicator.connect()
     assert connected
     assert (await communicator.receive_json_from(5))["type"] == "history"
     await communicator.send_json_to({"message": "from a subclass", "client_id": "s"})
     frames = [await communicator.receive_json_from(10) for _ in range(3)]
-    assert {f["type"] for f in frames} == {"message.ack", "chat.message", "message.status"}
+    assert {f["type"] for f in frames} == {
+        "message.ack",
+        "chat.message",
+        "message.status",
+    }
     await communicator.disconnect()
     assert ChatConsumerWithKafka.events == ["connect", "receive", "disconnect"]
 
@@ -160,9 +170,13 @@ async def test_kafka_disabled_messages_flow_and_are_skipped(
     assert status["status"] == "skipped"
     message = await sync_to_async(Message.objects.get)(message_id=ack["message_id"])
     assert message.status == "skipped" and message.kafka_offset is None
-    assert "KAFKA_ENABLED is off: skipped message_id=" + ack["message_id"] in worker.log()
+    assert (
+        "KAFKA_ENABLED is off: skipped message_id=" + ack["message_id"] in worker.log()
+    )
     assert "Kafka producer created" not in worker.log()
-    records = await sync_to_async(read_topic)(kafka_bootstrap, worker.topic, expected=1, timeout=3)
+    records = await sync_to_async(read_topic)(
+        kafka_bootstrap, worker.topic, expected=1, timeout=3
+    )
     assert records == []
     await alice.close()
     await bob.close()

@@ -30,7 +30,9 @@ async def test_room_message_reaches_users_and_kafka(
     assert ack["client_id"] == "c-1" and ack["seq"] == 1
     seen_by_bob = await bob.expect("chat.message")
     assert seen_by_bob["content"] == "مرحبًا!"
-    assert seen_by_bob["sender_id"] == chat_users["alice"].id  # the frame's sender ignored
+    assert (
+        seen_by_bob["sender_id"] == chat_users["alice"].id
+    )  # the frame's sender ignored
     assert seen_by_bob["message_id"] == ack["message_id"]
     await alice.expect("chat.message")
     status = await alice.expect("message.status")
@@ -42,7 +44,9 @@ async def test_room_message_reaches_users_and_kafka(
 
     message = await sync_to_async(Message.objects.get)(message_id=ack["message_id"])
     assert message.status == "published" and message.attempts == 1
-    [record] = await sync_to_async(read_topic)(kafka_bootstrap, worker.topic, expected=1)
+    [record] = await sync_to_async(read_topic)(
+        kafka_bootstrap, worker.topic, expected=1
+    )
     assert record.key == b"room:lobby"
     assert dict(record.headers) == {
         "message_id": ack["message_id"].encode(),
@@ -68,7 +72,9 @@ async def test_room_message_reaches_users_and_kafka(
     await bob.close()
 
 
-async def test_direct_message_is_private(asgi_server, start_worker, kafka_bootstrap, chat_users):
+async def test_direct_message_is_private(
+    asgi_server, start_worker, kafka_bootstrap, chat_users
+):
     """A DM reaches sender and receiver only; a third user in the room never sees it."""
     worker = await sync_to_async(start_worker)()
     alice, bob, carol = [
@@ -78,11 +84,15 @@ async def test_direct_message_is_private(asgi_server, start_worker, kafka_bootst
     for client in (alice, bob, carol):
         await client.expect("history")
     bob_id = chat_users["bob"].id
-    await alice.send({"message": "just for bob", "receiver_id": bob_id, "client_id": "d"})
+    await alice.send(
+        {"message": "just for bob", "receiver_id": bob_id, "client_id": "d"}
+    )
     ack = await alice.expect("message.ack")
     dm = await bob.expect("chat.message")
     assert dm["receiver_id"] == bob_id and dm["content"] == "just for bob"
-    await alice.expect(lambda f: f.get("message_id") == ack["message_id"] and "content" in f)
+    await alice.expect(
+        lambda f: f.get("message_id") == ack["message_id"] and "content" in f
+    )
     await alice.expect("message.status")
     # A room message sent after the DM is the next thing carol sees.
     await alice.send({"message": "for everyone"})
@@ -93,7 +103,10 @@ async def test_direct_message_is_private(asgi_server, start_worker, kafka_bootst
     records = await sync_to_async(read_topic)(kafka_bootstrap, worker.topic, expected=2)
     low, high = sorted((chat_users["alice"].id, bob_id))
     keys = {event_of(r)["content"]: r.key for r in records}
-    assert keys == {"just for bob": f"dm:{low}:{high}".encode(), "for everyone": b"room:lobby"}
+    assert keys == {
+        "just for bob": f"dm:{low}:{high}".encode(),
+        "for everyone": b"room:lobby",
+    }
 
     # History after reconnecting: carol still does not see the DM, bob does.
     carol2 = await WSClient.connect(asgi_server, "lobby", chat_users["carol"].cookie)

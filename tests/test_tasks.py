@@ -62,7 +62,9 @@ def measured_countdowns(events: TaskEvents) -> list[tuple[float, float]]:
     result = []
     for n, retry in enumerate(retried, start=1):
         eta = datetime.fromisoformat(received[n]["eta"]).timestamp()
-        result.append((eta - retry["timestamp"], started[n]["timestamp"] - retry["timestamp"]))
+        result.append(
+            (eta - retry["timestamp"], started[n]["timestamp"] - retry["timestamp"])
+        )
     return result
 
 
@@ -76,7 +78,11 @@ def make_message(user_id: int, content: str = "hello", room: str = "tasks") -> M
 def test_retry_countdown_formula():
     """DELAY × BACKOFF^(n-1), fractional and non-2 backoffs included; jitter only adds."""
     assert [retry_countdown(n, delay=1, backoff=2) for n in (1, 2, 3)] == [1, 2, 4]
-    assert [retry_countdown(n, delay=0.5, backoff=3) for n in (1, 2, 3)] == [0.5, 1.5, 4.5]
+    assert [retry_countdown(n, delay=0.5, backoff=3) for n in (1, 2, 3)] == [
+        0.5,
+        1.5,
+        4.5,
+    ]
     assert retry_countdown(4, delay=2, backoff=1) == 2
     jittered = [retry_countdown(2, delay=1, backoff=2, jitter=0.5) for _ in range(50)]
     assert all(2 <= c <= 3 for c in jittered) and len(set(jittered)) > 1
@@ -87,7 +93,14 @@ def test_retry_countdown_formula():
     [("3", "1", "2", [1.0, 2.0]), ("4", "0.5", "3", [0.5, 1.5, 4.5])],
 )
 async def test_broker_unreachable_retries_with_configured_countdowns_then_fails(
-    asgi_server, start_worker, chat_users, kafka_port_down, tries, delay, backoff, expected
+    asgi_server,
+    start_worker,
+    chat_users,
+    kafka_port_down,
+    tries,
+    delay,
+    backoff,
+    expected,
 ):
     """Celery retries with DELAY × BACKOFF^(n-1) and gives up after TRIES attempts."""
     await sync_to_async(start_worker)(
@@ -169,7 +182,9 @@ def test_garbage_tasks_are_dropped_and_worker_keeps_working(
     app.send_task(publish_chat_message.name, args=[], kwargs={"junk": 1})  # unchecked
     message = make_message(chat_users["bob"].id, "after the garbage")
     wait_for(
-        lambda: Message.objects.get(pk=message.pk).status == "published", 20, what="publish"
+        lambda: Message.objects.get(pk=message.pk).status == "published",
+        20,
+        what="publish",
     )
     log = worker.log()
     assert log.count("no message with id") == 5
@@ -186,11 +201,15 @@ def test_undecodable_queue_entry_loses_nothing(start_worker, chat_users, redis_u
     assert "Unrecoverable error: JSONDecodeError" in worker.log()
     start_worker()
     wait_for(
-        lambda: Message.objects.get(pk=message.pk).status == "published", 20, what="publish"
+        lambda: Message.objects.get(pk=message.pk).status == "published",
+        20,
+        what="publish",
     )
 
 
-def test_each_prefork_child_builds_its_own_producer(start_worker, chat_users, kafka_bootstrap):
+def test_each_prefork_child_builds_its_own_producer(
+    start_worker, chat_users, kafka_bootstrap
+):
     """With -c 2 each child creates one producer after fork; the parent creates none."""
     worker = start_worker(concurrency=2)
     created = re.compile(r"Kafka producer created in pid (\d+)")
@@ -206,7 +225,8 @@ def test_each_prefork_child_builds_its_own_producer(start_worker, chat_users, ka
     [worker_stats] = stats.values()
     children = set(worker_stats["pool"]["processes"])
     wait_for(
-        lambda: Message.objects.filter(status="published").count() == len(sent), 30,
+        lambda: Message.objects.filter(status="published").count() == len(sent),
+        30,
         what="all published",
     )
     log = worker.log()

@@ -1,4 +1,4 @@
-"""Lifecycle shared by every agent: one instance per OS process, fork-safe, bounded shutdown."""
+"""Lifecycle shared by every agent: one instance per process, fork-safe shutdown."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Agent:
 
     @classmethod
     def get_instance(cls, **overrides: Any) -> Self:
-        """The process-wide instance, built on first call (keyword overrides apply then)."""
+        """The process-wide instance, built on first call (with these overrides)."""
         instance = cls._instances.get(cls)
         if instance is None or instance.closed or instance.pid != os.getpid():
             with cls._registry_lock:
@@ -35,7 +35,9 @@ class Agent:
                 if instance is None or instance.closed or instance.pid != os.getpid():
                     instance = cls(**overrides)
                     cls._instances[cls] = instance
-                    logger.info("%s instance created in pid %d", cls.__name__, instance.pid)
+                    logger.info(
+                        "%s instance created in pid %d", cls.__name__, instance.pid
+                    )
         return instance  # type: ignore[return-value]
 
     @classmethod
@@ -58,7 +60,7 @@ class Agent:
         """Deliver what is buffered; subclasses bound the wait. Idempotent."""
 
     def close(self) -> None:
-        """Release resources; idempotent. The next get_instance() builds a new instance."""
+        """Release resources; idempotent. The next get_instance() builds anew."""
         self.closed = True
         with self._registry_lock:
             if self._instances.get(type(self)) is self:

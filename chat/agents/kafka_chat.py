@@ -13,10 +13,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import kafka.errors
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-import kafka.errors
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
@@ -41,7 +41,7 @@ class RetriablePublishError(KafkaPublishError):
 
 
 class PermanentPublishError(KafkaPublishError):
-    """The broker rejected the record for good (e.g. too large): retrying cannot help."""
+    """The broker rejected the record for good (e.g. too large): do not retry."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,9 @@ class KafkaChatAgent(Agent):
             else max_message_length
         )
         self.producer_config = (
-            settings.KAFKA_PRODUCER_OPTIONS if producer_config is None else producer_config
+            settings.KAFKA_PRODUCER_OPTIONS
+            if producer_config is None
+            else producer_config
         )
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
@@ -113,7 +115,8 @@ class KafkaChatAgent(Agent):
             )
         if not isinstance(self.producer_config, dict):
             raise ImproperlyConfigured(
-                "KAFKA_PRODUCER_OPTIONS must be a JSON object of KafkaProducer options, "
+                "KAFKA_PRODUCER_OPTIONS must be a JSON object of KafkaProducer "
+                "options, "
                 f"not {self.producer_config!r}."
             )
         if not self.send_timeout > 0:
@@ -207,7 +210,9 @@ class KafkaChatAgent(Agent):
         except KafkaPublishError:
             raise
         except KafkaError as exc:
-            error_cls = RetriablePublishError if exc.retriable else PermanentPublishError
+            error_cls = (
+                RetriablePublishError if exc.retriable else PermanentPublishError
+            )
             logger.warning(
                 "Kafka publish of message_id=%s failed (%s): %s",
                 event.message_id,
@@ -282,4 +287,3 @@ class KafkaChatAgent(Agent):
             content=data["message"],
         )
         return message_payload(message)
-

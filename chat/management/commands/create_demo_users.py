@@ -15,7 +15,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Options."""
-        parser.add_argument("--password", default="chatdemo", help="password for all of them")
+        parser.add_argument(
+            "--password", default="chatdemo", help="password for all of them"
+        )
 
     def handle(self, *args: Any, password: str, **options: Any) -> None:
         """Create or update the users and print how to log in."""

@@ -26,7 +26,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Options."""
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+        parser.add_argument(
+            "--port", type=int, default=int(os.environ.get("PORT", 8000))
+        )
 
     def handle(self, *args: Any, port: int, **options: Any) -> None:
         """Prepare, then exec honcho with the processes that are needed."""
@@ -41,7 +43,9 @@ class Command(BaseCommand):
         elif redis_host in ("127.0.0.1", "localhost"):
             processes.insert(0, "redis")
             env["CHATPROJ_REDIS_PORT"] = str(redis_port)
-            self.stdout.write(f"Redis: starting embedded valkey-server on port {redis_port}")
+            self.stdout.write(
+                f"Redis: starting embedded valkey-server on port {redis_port}"
+            )
         else:
             raise CommandError(f"REDIS_URL {settings.REDIS_URL} does not answer.")
 
@@ -53,10 +57,13 @@ class Command(BaseCommand):
         elif kafka_host in ("127.0.0.1", "localhost"):
             processes.insert(0, "kafka")
             env["CHATPROJ_KAFKA_PORT"] = str(kafka_port)
-            self.stdout.write(f"Kafka: starting embedded Tansu broker on port {kafka_port}")
+            self.stdout.write(
+                f"Kafka: starting embedded Tansu broker on port {kafka_port}"
+            )
         else:
             raise CommandError(
-                f"KAFKA_BOOTSTRAP_SERVERS {settings.KAFKA_BOOTSTRAP_SERVERS} does not answer."
+                f"KAFKA_BOOTSTRAP_SERVERS {settings.KAFKA_BOOTSTRAP_SERVERS} "
+                "does not answer."
             )
 
         self.stdout.write(
@@ -69,8 +76,10 @@ class Command(BaseCommand):
         sys.stdout.flush()
         honcho = shutil.which("honcho", path=str(Path(sys.executable).parent))
         if honcho is None:
-            raise CommandError("honcho is not installed: pip install -r requirements-dev.txt")
+            raise CommandError(
+                "honcho is not installed: pip install -r requirements-dev.txt"
+            )
         procfile = str(Path(settings.BASE_DIR) / "Procfile")
-        # The venv's bin first, so Procfile commands (daphne, celery, python) are its own.
+        # The venv's bin first, so the Procfile's daphne, celery and python are its own.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         os.execve(honcho, [honcho, "-f", procfile, "start", *processes], env)

@@ -1,0 +1,115 @@
+"""Management commands: demo users, and `make run`'s runstack on a bare machine."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from http.cookiejar import CookieJar
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import authenticate
+from django.core.management import call_command
+
+from chatproj.embedded import free_port, port_answers
+
+from .support import ROOT, WSClient, wait_for
+
+
+@pytest.mark.django_db
+def test_create_demo_users_is_repeatable(capsys):
+    """alice, bob and carol can log in with the printed password, after two runs."""
+    call_command("create_demo_users")
+    call_command("create_demo_users", password="s3cret-pass")
+    assert "password: s3cret-pass" in capsys.readouterr().out
+    for name in ("alice", "bob", "carol"):
+        assert authenticate(username=name, password="s3cret-pass") is not None
+
+
+@pytest.mark.django_db
+def test_create_demo_users_refuses_empty_password():
+    """An empty password is refused with a message, not stored."""
+    with pytest.raises(SystemExit):
+        call_command("create_demo_users", password="")
+
+
+def login(base: str, username: str, password: str) -> str:
+    """Log in through the real login form; return the session cookie."""
+    jar = CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(f"{base}/accounts/login/", timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode(
+        {"username": username, "password": password, "csrfmiddlewaretoken": token}
+    ).encode()
+    request = urllib.request.Request(
+        f"{base}/accounts/login/",
+        data=form,
+        headers={"Referer": f"{base}/accounts/login/"},
+    )
+    landing = opener.open(request, timeout=10)
+    assert landing.url.rstrip("/") == base, "login did not redirect to the room list"
+    return next(c.value for c in jar if c.name == "sessionid")
+
+
+@pytest.mark.slow
+async def test_runstack_starts_missing_servers_and_stops_on_ctrl_c(tmp_path: Path):
+    """`make run`: with no Redis/Kafka answering, embedded ones start; chat works
+    end to end for a demo user; SIGINT stops every process it started."""
+    web, redis_port, kafka_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'run.sqlite3'}",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
+        "PORT": str(web),
+        "CELERY_CONCURRENCY": "1",
+    }
+    log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "runstack"], cwd=ROOT, env=env,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+    def output():
+        return (tmp_path / "run.log").read_text(errors="replace")
+
+    try:
+        wait_for(lambda: port_answers("127.0.0.1", web), 90, what="web server")
+        wait_for(
+            lambda: "celery@" in output() and " ready." in output(), 60, what="worker"
+        )
+        text = output()
+        assert f"http://127.0.0.1:{web}/" in text
+        assert "password: chatdemo" in text
+        assert f"starting embedded valkey-server on port {redis_port}" in text
+        assert f"starting embedded Tansu broker on port {kafka_port}" in text
+
+        cookie = login(f"http://127.0.0.1:{web}", "alice", "chatdemo")
+        client = await WSClient.connect(f"127.0.0.1:{web}", "lobby", cookie)
+        await client.expect("history")
+        await client.send({"message": "hello from make run"})
+        await client.expect("message.ack")
+        assert (await client.expect("message.status", timeout=30))[
+            "status"
+        ] == "published"
+        await client.close()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(30)
+        finally:
+            log.close()
+    leftovers = subprocess.run(
+        ["pgrep", "-s", str(process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert leftovers == [], output()
+    assert not port_answers("127.0.0.1", web)
+    assert not port_answers("127.0.0.1", redis_port)
+    assert not port_answers("127.0.0.1", kafka_port)
