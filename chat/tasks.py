@@ -57,11 +57,11 @@ class KafkaPublishTask(Task):
             )
         if self.request.retries < self.max_retries:
             logger.warning(
-                "Retry %d/%d of %s%s in %.2fs: %s",
+                "Retry %d/%d of %s message_id=%s in %.2fs: %s",
                 self.request.retries + 1,
                 self.max_retries,
                 self.name,
-                tuple(self.request.args or ()),
+                (self.request.args or [None])[0],
                 countdown,
                 kwargs.get("exc"),
             )

@@ -43,6 +43,14 @@ class TaskEvents:
     def __enter__(self) -> TaskEvents:
         self.thread.start()
         self.ready.wait(10)
+        # The subscription is live once an event we send ourselves comes back.
+        with app.events.default_dispatcher() as dispatcher:
+            wait_for(
+                lambda: dispatcher.send("test-probe") or self.of("test-probe"),
+                10,
+                interval=0.2,
+                what="event receiver subscribed",
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -56,15 +64,13 @@ class TaskEvents:
 
 def measured_countdowns(events: TaskEvents) -> list[tuple[float, float]]:
     """For each retry: (ETA − retry time, start − retry time) in seconds."""
-    retried = events.of("task-retried")
     received = {e["retries"]: e for e in events.of("task-received")}
-    started = events.of("task-started")
+    started = [e["timestamp"] for e in events.of("task-started")]
     result = []
-    for n, retry in enumerate(retried, start=1):
+    for n, retry in enumerate(events.of("task-retried"), start=1):
         eta = datetime.fromisoformat(received[n]["eta"]).timestamp()
-        result.append(
-            (eta - retry["timestamp"], started[n]["timestamp"] - retry["timestamp"])
-        )
+        next_start = min(t for t in started if t > retry["timestamp"])
+        result.append((eta - retry["timestamp"], next_start - retry["timestamp"]))
     return result
 
 
