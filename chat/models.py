@@ -30,6 +30,7 @@ class Message(models.Model):
         PUBLISHED = "published"
         FAILED = "failed"
         SKIPPED = "skipped"
+        DEAD = "dead"
 
     message_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
@@ -55,6 +56,10 @@ class Message(models.Model):
     kafka_partition = models.IntegerField(null=True, blank=True)
     kafka_offset = models.BigIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
+    # The outbox sweep re-enqueues a pending/failed message once next_sweep_at passes,
+    # backing off (capped) each time it had to.
+    next_sweep_at = models.DateTimeField(null=True, blank=True)
+    sweep_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [

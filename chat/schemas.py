@@ -93,7 +93,20 @@ def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
         raise ChatValidationError(
             "invalid_message", "The message contains a NUL character.", client_id
         )
+    if not _is_unicode(frame.message) or not _is_unicode(frame.client_id or ""):
+        raise ChatValidationError(
+            "invalid_message", "The frame has text that is not valid Unicode.", None
+        )
     return frame
+
+
+def _is_unicode(text: str) -> bool:
+    # JSON may carry lone surrogates ("\\ud800") that no database or UTF-8 can store.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ChatEvent(BaseModel):

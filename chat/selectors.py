@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 
@@ -32,3 +34,20 @@ def room_history(*, room_name: str, user_id: int, limit: int) -> list[Message]:
 def message_for_publish(*, message_id: str) -> Message:
     """The message a publish task works on, with what its event needs."""
     return Message.objects.select_related("room", "sender").get(message_id=message_id)
+
+
+def messages_pending_publish(*, now: datetime) -> QuerySet[Message]:
+    """Pending or failed messages whose next sweep is due, oldest due first."""
+    return Message.objects.filter(
+        status__in=[Message.Status.PENDING, Message.Status.FAILED],
+        next_sweep_at__lte=now,
+    ).order_by("next_sweep_at")
+
+
+def messages_dead() -> QuerySet[Message]:
+    """Messages that can never be published as they are, oldest first."""
+    return (
+        Message.objects.filter(status=Message.Status.DEAD)
+        .select_related("room", "sender")
+        .order_by("created_at")
+    )

@@ -70,7 +70,7 @@ class KafkaPublishTask(Task):
     def on_failure(
         self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        """Retries exhausted or a permanent error: mark the message failed."""
+        """Retries exhausted: mark the message failed (a dead one stays dead)."""
         message_id = (args or [None])[0] or kwargs.get("message_id")
         services.message_mark_failed(
             message_id=str(message_id), error=f"{type(exc).__name__}: {exc}"
@@ -92,3 +92,9 @@ def publish_chat_message(self: KafkaPublishTask, message_id: str) -> str | None:
         logger.error("publish_chat_message: no message with id %r; dropped", message_id)
         return None
     return message.status
+
+
+@shared_task(ignore_result=True)
+def sweep_outbox() -> int:
+    """Re-enqueue messages whose publication was lost or gave up (run by beat)."""
+    return len(services.outbox_sweep())

@@ -7,6 +7,7 @@ through environment variables of the same name (see .env.example and the README)
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -125,6 +126,19 @@ KAFKA_PRODUCER_OPTIONS = env.json("KAFKA_PRODUCER_OPTIONS", default={})
 # Fraction of each countdown added as random jitter (0 = exact countdowns).
 KAFKA_RETRY_JITTER = env.float("KAFKA_RETRY_JITTER", default=0.0)
 
+# After this many consecutive retriable failures a worker process stops calling the
+# broker for KAFKA_BREAKER_RESET seconds (attempts fail fast and are retried later).
+KAFKA_BREAKER_FAILURES = env.int("KAFKA_BREAKER_FAILURES", default=3)
+KAFKA_BREAKER_RESET = env.float("KAFKA_BREAKER_RESET", default=5.0)
+
+# --- Outbox sweep (the Message table is the outbox) -------------------------------
+# A message still pending this long after its last attempt is re-enqueued; a failed
+# one waits GRACE × 2^sweeps, at most OUTBOX_BACKOFF_MAX, between re-enqueues.
+OUTBOX_GRACE_SECONDS = env.float("OUTBOX_GRACE_SECONDS", default=60.0)
+OUTBOX_BACKOFF_MAX = env.float("OUTBOX_BACKOFF_MAX", default=300.0)
+OUTBOX_SWEEP_INTERVAL = env.float("OUTBOX_SWEEP_INTERVAL", default=10.0)
+OUTBOX_SWEEP_BATCH = env.int("OUTBOX_SWEEP_BATCH", default=1000)
+
 # --- Chat -------------------------------------------------------------------------
 CHAT_MAX_MESSAGE_LENGTH = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 CHAT_HISTORY_SIZE = env.int("CHAT_HISTORY_SIZE", default=50)
@@ -147,6 +161,13 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
 }
+CELERY_BEAT_SCHEDULE = {
+    "outbox-sweep": {
+        "task": "chat.tasks.sweep_outbox",
+        "schedule": OUTBOX_SWEEP_INTERVAL,
+        "options": {"expires": OUTBOX_SWEEP_INTERVAL},
+    }
+}
 
 # --- Logging ----------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
@@ -168,3 +189,17 @@ LOGGING = {
         "kafka": {"level": env("KAFKA_LOG_LEVEL", default="CRITICAL")},
     },
 }
+
+# --- Consistency checks: fail at start-up, not during an outage --------------------
+if KAFKA_RETRY_TRIES < 1:
+    raise ImproperlyConfigured("KAFKA_RETRY_TRIES counts attempts: it must be >= 1.")
+_visibility = CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+_longest_countdown = KAFKA_RETRY_DELAY * KAFKA_RETRY_BACKOFF ** max(
+    KAFKA_RETRY_TRIES - 2, 0
+)
+if _visibility <= _longest_countdown:
+    raise ImproperlyConfigured(
+        f"CELERY_VISIBILITY_TIMEOUT ({_visibility} s) must exceed the longest retry "
+        f"countdown ({_longest_countdown:g} s), or Redis redelivers scheduled retries "
+        "early: raise it or shorten KAFKA_RETRY_*."
+    )

@@ -113,3 +113,43 @@ async def test_runstack_starts_missing_servers_and_stops_on_ctrl_c(tmp_path: Pat
     assert not port_answers("127.0.0.1", web)
     assert not port_answers("127.0.0.1", redis_port)
     assert not port_answers("127.0.0.1", kafka_port)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_republish_pending_and_dead_letters_commands(chat_users, capsys):
+    """Operators sweep on demand, list dead messages and re-drive them; bad ids are refused."""
+    from django.core.management.base import CommandError
+
+    from chat import services
+    from chat.models import Message
+
+    alice = chat_users["alice"].id
+    pending = services.message_create(
+        room_name="ops", sender_id=alice, receiver_id=None, content="p"
+    )
+    dead = services.message_create(
+        room_name="ops", sender_id=alice, receiver_id=None, content="d"
+    )
+    services.message_mark_dead(message=dead, reason="MessageSizeTooLargeError: too big")
+
+    call_command("republish_pending")
+    assert "Re-enqueued 0 message(s)." in capsys.readouterr().out  # still in grace
+    call_command("republish_pending", "--all")
+    out = capsys.readouterr().out
+    assert "Re-enqueued 1 message(s)." in out and str(pending.message_id) in out
+    with pytest.raises(SystemExit):
+        call_command("republish_pending", "--limit", "0")
+
+    call_command("dead_letters")
+    out = capsys.readouterr().out
+    assert (
+        "1 dead message(s)." in out and str(dead.message_id) in out and "too big" in out
+    )
+    with pytest.raises(CommandError, match="not a message id"):
+        call_command("dead_letters", "--redrive", "garbage")
+    call_command("dead_letters", "--redrive", str(pending.message_id))
+    captured = capsys.readouterr()
+    assert "Re-driven 0" in captured.out and "not a dead message" in captured.err
+    call_command("dead_letters", "--redrive-all")
+    assert "Re-driven 1 dead message(s)." in capsys.readouterr().out
+    assert Message.objects.get(pk=dead.pk).status == "pending"

@@ -36,6 +36,8 @@ BAD_FRAMES = [
     ('{"message": "hi", "receiver_id": 987654}', "unknown_receiver"),
     ('{"message": "hi", "type": "chat.delete"}', "invalid_message"),
     ('{"message": "nul \\u0000 inside"}', "invalid_message"),
+    ('{"message": "half a pair \\ud800"}', "invalid_message"),
+    ('{"message": "hi", "client_id": "\\udfff"}', "invalid_message"),
     (b"\x00\x01binary", "invalid_message"),
 ]
 

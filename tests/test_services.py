@@ -73,3 +73,89 @@ def test_mark_failed_ignores_unknown_and_published(chat_users):
     )
     message.refresh_from_db()
     assert message.status == "published"
+
+
+def queued_tasks(redis_url: str) -> list[str]:
+    """Message ids of the publish tasks waiting in the real Redis queue."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    return [
+        json.loads(raw)["headers"]["argsrepr"] for raw in client.lrange("celery", 0, -1)
+    ]
+
+
+def test_sweep_re_enqueues_due_messages_with_capped_backoff(
+    chat_users, settings, redis_url
+):
+    """Pending past the grace period and failed ones are re-enqueued, backing off to the cap."""
+    from datetime import timedelta
+
+    import redis
+    from django.utils import timezone
+
+    settings.OUTBOX_GRACE_SECONDS = 10
+    settings.OUTBOX_BACKOFF_MAX = 35
+    redis.Redis.from_url(redis_url).delete("celery")
+    alice = chat_users["alice"].id
+    pending = services.message_create(
+        room_name="s", sender_id=alice, receiver_id=None, content="p"
+    )
+    finals = []
+    for status in ("published", "dead", "skipped"):
+        m = services.message_create(
+            room_name="s", sender_id=alice, receiver_id=None, content=status
+        )
+        Message.objects.filter(pk=m.pk).update(status=status)
+        finals.append(m)
+    assert len(queued_tasks(redis_url)) == 4  # one publish task each, on commit
+    now = timezone.now()
+
+    assert services.outbox_sweep(now=now) == []  # within the grace period
+    later = now + timedelta(seconds=11)
+    assert services.outbox_sweep(now=later) == [str(pending.message_id)]
+    assert len(queued_tasks(redis_url)) == 5
+    pending.refresh_from_db()
+    assert pending.sweep_count == 1
+    assert pending.next_sweep_at == later + timedelta(seconds=20)  # GRACE × 2^1
+
+    waits = []
+    t = later
+    for _ in range(4):
+        t = pending.next_sweep_at
+        assert services.outbox_sweep(now=t - timedelta(seconds=0.5)) == []
+        assert services.outbox_sweep(now=t) == [str(pending.message_id)]
+        pending.refresh_from_db()
+        waits.append((pending.next_sweep_at - t).total_seconds())
+    assert waits == [35, 35, 35, 35]  # 40, 80, ... capped at OUTBOX_BACKOFF_MAX
+
+    services.message_mark_failed(message_id=str(pending.message_id), error="down")
+    pending.refresh_from_db()
+    assert pending.status == "failed" and pending.last_error == "down"
+    assert services.outbox_sweep(now=pending.next_sweep_at) == [str(pending.message_id)]
+    assert services.outbox_sweep(now=t + timedelta(days=365), limit=10) == [
+        str(pending.message_id)
+    ]  # final statuses are never swept
+
+
+def test_redrive_puts_dead_messages_back(chat_users, redis_url):
+    """Only dead messages are re-driven; they go back to pending and to the queue."""
+    import redis
+
+    redis.Redis.from_url(redis_url).delete("celery")
+    alice = chat_users["alice"].id
+    dead = services.message_create(
+        room_name="d", sender_id=alice, receiver_id=None, content="d"
+    )
+    alive = services.message_create(
+        room_name="d", sender_id=alice, receiver_id=None, content="a"
+    )
+    services.message_mark_dead(message=dead, reason="too large")
+    assert services.message_redrive(
+        message_ids=[str(dead.message_id), str(alive.message_id)]
+    ) == [str(dead.message_id)]
+    dead.refresh_from_db()
+    assert dead.status == "pending" and dead.next_sweep_at is not None
+    assert len(queued_tasks(redis_url)) == 3

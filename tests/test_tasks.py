@@ -162,20 +162,49 @@ def test_broker_back_before_last_attempt_publishes_exactly_once(
     assert not events.of("task-failed")
 
 
-def test_record_too_large_fails_at_once(start_worker, chat_users):
-    """A non-retriable error (record larger than allowed) fails after one attempt."""
-    worker = start_worker(KAFKA_PRODUCER_OPTIONS='{"max_request_size": 1200}')
+async def test_record_too_large_is_dead_after_one_attempt_and_copied_to_dlq(
+    asgi_server, start_worker, chat_users, kafka_bootstrap
+):
+    """A permanent error (record too large) is not retried: the message is `dead`,
+    the sender is told, and a copy with the reason lands in `<topic>.dlq`."""
+    worker = await sync_to_async(start_worker)(
+        KAFKA_PRODUCER_OPTIONS='{"max_request_size": 1200}'
+    )
+    alice = await WSClient.connect(asgi_server, "big", chat_users["alice"].cookie)
+    await alice.expect("history")
     with TaskEvents() as events:
-        big = make_message(chat_users["alice"].id, "x" * 3000)
-        small = make_message(chat_users["alice"].id, "fits")
-        wait_for(lambda: events.of("task-failed") and events.of("task-succeeded"), 20)
-    big.refresh_from_db()
-    small.refresh_from_db()
-    assert (big.status, big.attempts) == ("failed", 1)
-    assert "MessageSizeTooLarge" in big.last_error
-    assert small.status == "published"
+        await alice.send({"message": "x" * 3000, "client_id": "big"})
+        big = await alice.expect("message.ack")
+        await alice.send({"message": "fits", "client_id": "small"})
+        small = await alice.expect("message.ack")
+        statuses = {}
+        for _ in range(2):
+            frame = await alice.expect("message.status")
+            statuses[frame["message_id"]] = frame["status"]
+        assert statuses == {big["message_id"]: "dead", small["message_id"]: "published"}
+        await sync_to_async(wait_for)(lambda: events.of("task-failed"), 10)
+    dead = await sync_to_async(Message.objects.get)(message_id=big["message_id"])
+    assert (dead.status, dead.attempts) == ("dead", 1)
+    assert "MessageSizeTooLarge" in dead.last_error
     assert not events.of("task-retried")
-    assert "Giving up on message_id=" + str(big.message_id) in worker.log()
+    assert (
+        "ERROR [" in worker.log()
+        and f"Dead message_id={big['message_id']}" in worker.log()
+    )
+    [copy] = await sync_to_async(read_topic)(
+        kafka_bootstrap, worker.topic + ".dlq", expected=1
+    )
+    headers = dict(copy.headers)
+    assert headers["message_id"] == big["message_id"].encode()
+    assert b"MessageSizeTooLarge" in headers["error"]
+    body = event_of(copy)
+    assert body["message_id"] == big["message_id"] and body["content_length"] == 3000
+    assert body["content"] == "x" * 200 and "MessageSizeTooLarge" in body["error"]
+    published = await sync_to_async(read_topic)(
+        kafka_bootstrap, worker.topic, expected=2, timeout=3
+    )
+    assert [event_of(r)["message_id"] for r in published] == [small["message_id"]]
+    await alice.close()
 
 
 def test_garbage_tasks_are_dropped_and_worker_keeps_working(

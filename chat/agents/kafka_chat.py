@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kafka.errors
+import pybreaker
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -25,7 +26,8 @@ from .base import Agent
 
 logger = logging.getLogger(__name__)
 
-TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._\-]{1,249}$")
+TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._\-]{1,245}$")  # leaves room for ".dlq"
+DLQ_CONTENT_PREVIEW = 200
 
 
 class KafkaPublishError(Exception):
@@ -95,6 +97,15 @@ class KafkaChatAgent(Agent):
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
         self._validate_config()
+        # Fail fast while the broker is known to be down, instead of spending
+        # KAFKA_SEND_TIMEOUT of a worker on every attempt (retries come later).
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=settings.KAFKA_BREAKER_FAILURES,
+            reset_timeout=settings.KAFKA_BREAKER_RESET,
+            exclude=[PermanentPublishError, ImproperlyConfigured],
+            throw_new_error_on_trip=False,
+            name=f"kafka-{self.pid}",
+        )
 
     def _validate_config(self) -> None:
         if self.enabled and not self.bootstrap_servers:
@@ -111,7 +122,7 @@ class KafkaChatAgent(Agent):
         if not TOPIC_PATTERN.match(self.topic):
             raise ImproperlyConfigured(
                 f"KAFKA_CHAT_TOPIC {self.topic!r} is not a valid Kafka topic name "
-                "(1-249 of letters, digits, '.', '_', '-')."
+                "(1-245 of letters, digits, '.', '_', '-')."
             )
         if not isinstance(self.producer_config, dict):
             raise ImproperlyConfigured(
@@ -150,6 +161,8 @@ class KafkaChatAgent(Agent):
             "bootstrap_timeout_ms": timeout_ms,
             "request_timeout_ms": timeout_ms,
             "delivery_timeout_ms": timeout_ms,
+            # Reconnect within a second once the broker is back (default: up to 30 s).
+            "reconnect_backoff_max_ms": 1000,
             **self.producer_config,
         }
         try:
@@ -202,32 +215,96 @@ class KafkaChatAgent(Agent):
         if not self.enabled:
             logger.info("KAFKA_ENABLED is off: skipped message_id=%s", event.message_id)
             return None
-        try:
-            future = self.producer.send(
-                self.topic, key=event.key, value=event.value, headers=event.headers
-            )
-            metadata = future.get(timeout=self.send_timeout)
-        except KafkaPublishError:
-            raise
-        except KafkaError as exc:
-            error_cls = (
-                RetriablePublishError if exc.retriable else PermanentPublishError
-            )
-            logger.warning(
-                "Kafka publish of message_id=%s failed (%s): %s",
-                event.message_id,
-                "retriable" if exc.retriable else "permanent",
-                exc,
-            )
-            raise error_cls(f"{type(exc).__name__}: {exc}") from exc
+        result = self._produce(self.topic, event.key, event.value, event.headers, event)
         logger.info(
             "Published message_id=%s to %s[%d]@%d",
             event.message_id,
-            metadata.topic,
-            metadata.partition,
-            metadata.offset,
+            result.topic,
+            result.partition,
+            result.offset,
         )
+        return result
+
+    def publish_dead_letter(
+        self, event: ChatEvent, reason: str
+    ) -> PublishResult | None:
+        """Copy a message that can never be published to `<topic>.dlq` (best effort)."""
+        if not self.enabled:
+            return None
+        value = json.dumps(
+            {
+                **json.loads(event.value),
+                "content": event.content[:DLQ_CONTENT_PREVIEW],
+                "content_length": len(event.content),
+                "error": reason,
+            },
+            ensure_ascii=False,
+        ).encode()
+        headers = [*event.headers, ("error", reason[:500].encode())]
+        try:
+            result = self._produce(self.dlq_topic, event.key, value, headers, event)
+        except KafkaPublishError as exc:
+            logger.error(
+                "Dead-letter copy of message_id=%s not written: %s",
+                event.message_id,
+                exc,
+            )
+            return None
+        logger.error(
+            "Dead message_id=%s copied to %s[%d]@%d",
+            event.message_id,
+            result.topic,
+            result.partition,
+            result.offset,
+        )
+        return result
+
+    @property
+    def dlq_topic(self) -> str:
+        """Where messages that can never be published are copied."""
+        return f"{self.topic}.dlq"
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        event: ChatEvent,
+    ) -> PublishResult:
+        try:
+            metadata = self.breaker.call(
+                self._send_and_wait, topic, key, value, headers
+            )
+        except pybreaker.CircuitBreakerError as exc:
+            raise RetriablePublishError(
+                f"Kafka circuit open after repeated failures; next try in "
+                f"{settings.KAFKA_BREAKER_RESET:g}s ({exc})"
+            ) from exc
+        except KafkaPublishError as exc:
+            logger.warning(
+                "Kafka publish of message_id=%s to %s failed (%s): %s",
+                event.message_id,
+                topic,
+                "retriable" if exc.retriable else "permanent",
+                exc,
+            )
+            raise
         return PublishResult(metadata.topic, metadata.partition, metadata.offset)
+
+    def _send_and_wait(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> Any:
+        try:
+            future = self.producer.send(topic, key=key, value=value, headers=headers)
+            return future.get(timeout=self.send_timeout)
+        except KafkaError as exc:
+            # Only retriable errors count against the breaker: a record that is too
+            # large says nothing about the broker's health.
+            error_cls = (
+                RetriablePublishError if exc.retriable else PermanentPublishError
+            )
+            raise error_cls(f"{type(exc).__name__}: {exc}") from exc
 
     # --- the original README's API ------------------------------------------------
 

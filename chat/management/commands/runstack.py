@@ -2,8 +2,8 @@
 
 Migrates, creates the demo users, starts an embedded Redis-compatible server and an
 embedded Kafka-compatible broker when the configured ones do not answer, then hands
-over to honcho (Procfile), which runs the web server and the Celery worker and stops
-every child on Ctrl-C.
+over to honcho (Procfile), which runs the web server, the Celery worker and beat (the
+outbox sweep) and stops every child on Ctrl-C.
 """
 
 import os
@@ -34,7 +34,8 @@ class Command(BaseCommand):
         """Prepare, then exec honcho with the processes that are needed."""
         call_command("migrate", interactive=False, verbosity=0)
         call_command("create_demo_users")
-        processes = ["web", "worker"]
+        processes = ["web", "worker", "beat"]
+        (Path(settings.BASE_DIR) / ".run").mkdir(exist_ok=True)
         env = dict(os.environ, CHATPROJ_WEB_PORT=str(port), PYTHONUNBUFFERED="1")
 
         redis_host, redis_port = redis_address(settings.REDIS_URL)
