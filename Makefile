@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv clean chromium
+.PHONY: run test lint venv clean chromium reliability
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ chromium:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "Chromium not installed: browser tests will be skipped (apt-get install chromium)"; }
+
+# Re-measures the fault-injection scenarios and rewrites docs/RELIABILITY.md.
+reliability: $(STAMP)
+	$(PY) -m pytest tests/test_reliability.py --reliability-report docs/RELIABILITY.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chat chatproj tests

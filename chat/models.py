@@ -56,8 +56,9 @@ class Message(models.Model):
     kafka_partition = models.IntegerField(null=True, blank=True)
     kafka_offset = models.BigIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
-    # The outbox sweep re-enqueues a pending/failed message once next_sweep_at passes,
-    # backing off (capped) each time it had to.
+    # The outbox sweep re-enqueues a pending/failed message once next_sweep_at passes
+    # (never set: OUTBOX_GRACE_SECONDS after created_at), backing off (capped) each
+    # time it had to.
     next_sweep_at = models.DateTimeField(null=True, blank=True)
     sweep_count = models.PositiveIntegerField(default=0)
 

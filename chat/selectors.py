@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
@@ -36,12 +36,18 @@ def message_for_publish(*, message_id: str) -> Message:
     return Message.objects.select_related("room", "sender").get(message_id=message_id)
 
 
-def messages_pending_publish(*, now: datetime) -> QuerySet[Message]:
-    """Pending or failed messages whose next sweep is due, oldest due first."""
+def messages_pending_publish(*, now: datetime, grace: timedelta) -> QuerySet[Message]:
+    """Pending or failed messages whose sweep is due, oldest first.
+
+    Due means: past `next_sweep_at` (set by each attempt and each sweep), or, for a
+    message no worker ever touched, created more than `grace` ago.
+    """
+    due = Q(next_sweep_at__lte=now) | Q(
+        next_sweep_at__isnull=True, created_at__lte=now - grace
+    )
     return Message.objects.filter(
-        status__in=[Message.Status.PENDING, Message.Status.FAILED],
-        next_sweep_at__lte=now,
-    ).order_by("next_sweep_at")
+        due, status__in=[Message.Status.PENDING, Message.Status.FAILED]
+    ).order_by("created_at")
 
 
 def messages_dead() -> QuerySet[Message]:

@@ -68,7 +68,6 @@ def message_create(
             sender_id=sender_id,
             receiver_id=receiver_id,
             content=content,
-            next_sweep_at=timezone.now() + _grace(),
         )
         message = Message.objects.select_related("room", "sender").get(pk=message.pk)
         transaction.on_commit(partial(broadcast.broadcast_message, message))
@@ -174,7 +173,7 @@ def outbox_sweep(*, now: datetime | None = None, limit: int | None = None) -> li
     now = now or timezone.now()
     limit = settings.OUTBOX_SWEEP_BATCH if limit is None else limit
     with transaction.atomic():
-        pending = messages_pending_publish(now=now)
+        pending = messages_pending_publish(now=now, grace=_grace())
         due = list(pending.select_for_update(skip_locked=True)[:limit])
         for message in due:
             message.sweep_count += 1

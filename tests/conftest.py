@@ -115,11 +115,15 @@ def start_worker(
     """Start a real `celery worker -P prefork` subprocess; env overrides by keyword."""
     workers: list[ManagedProcess] = []
 
-    def start(concurrency: int = 2, **env: str) -> ManagedProcess:
+    def start(concurrency: int = 2, beat: bool = False, **env: str) -> ManagedProcess:
         env.setdefault("KAFKA_CHAT_TOPIC", unique_topic())
         name = f"worker-{request.node.name[:60]}-{len(workers)}"
+        schedule = log_dir / f"{name}.beat" if beat else None
         worker = ManagedProcess(
-            name, celery_worker_args(concurrency), {**process_env, **env}, log_dir
+            name,
+            celery_worker_args(concurrency, schedule),
+            {**process_env, **env},
+            log_dir,
         ).start()
         worker.topic = env["KAFKA_CHAT_TOPIC"]  # type: ignore[attr-defined]
         workers.append(worker)
@@ -184,3 +188,30 @@ def kafka_port_down() -> int:
     port = free_port()
     assert not port_answers("127.0.0.1", port)
     return port
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """--reliability-report PATH: write the fault tests' figures there (make reliability)."""
+    parser.addoption("--reliability-report", default=None, metavar="PATH")
+
+
+@pytest.fixture(scope="session")
+def reliability_rows(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    """Figures measured by the fault-injection tests, one row per scenario."""
+    rows: list[dict[str, Any]] = []
+    request.config.stash[RELIABILITY_ROWS] = rows
+    return rows
+
+
+RELIABILITY_ROWS = pytest.StashKey[list[dict[str, Any]]]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write docs/RELIABILITY.md when asked and every scenario ran."""
+    path = session.config.getoption("--reliability-report")
+    rows = session.config.stash.get(RELIABILITY_ROWS, [])
+    if path and rows:
+        from .faults import render_report
+
+        Path(path).write_text(render_report(rows, failed=session.testsfailed))
+        sys.stderr.write(f"\nreliability report written to {path}\n")

@@ -54,12 +54,19 @@ def unique_topic() -> str:
 
 
 def read_topic(
-    bootstrap: str, topic: str, *, expected: int, timeout: float = 20.0
+    bootstrap: str,
+    topic: str,
+    *,
+    expected: int = 0,
+    timeout: float = 20.0,
+    until: Callable[[list[Any]], bool] | None = None,
 ) -> list[Any]:
-    """Records of a topic from the beginning, until `expected` arrived or timeout.
+    """Records of a topic from the beginning, until `expected` arrived (or `until`
+    holds) or timeout.
 
     Partitions are assigned by hand (no consumer group), so there is no join delay.
     """
+    done = until or (lambda records: len(records) >= expected)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -76,7 +83,7 @@ def read_topic(
         consumer.assign(assignment)
         consumer.seek_to_beginning(*assignment)
         records: list[Any] = []
-        while len(records) < expected and time.monotonic() < deadline:
+        while not done(records) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend(batch)
         return records
@@ -139,12 +146,15 @@ class ManagedProcess:
         self.log_file.close()
 
 
-def celery_worker_args(concurrency: int = 2) -> list[str]:
-    """Command line of a real prefork Celery worker with task events on."""
+def celery_worker_args(
+    concurrency: int = 2, beat_schedule: Path | None = None
+) -> list[str]:
+    """Command line of a real prefork Celery worker with task events on (and beat)."""
+    beat = ["-B", "-s", str(beat_schedule)] if beat_schedule else []
     return [
         sys.executable, "-m", "celery", "-A", "chatproj", "worker",
         "-P", "prefork", "-c", str(concurrency), "-E",
-        "--without-mingle", "--without-gossip", "--loglevel", "INFO",
+        "--without-mingle", "--without-gossip", "--loglevel", "INFO", *beat,
     ]  # fmt: skip
 
 

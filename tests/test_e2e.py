@@ -117,5 +117,6 @@ async def test_direct_message_is_private(
     history = (await bob2.expect("history"))["messages"]
     assert [m["content"] for m in history] == ["just for bob", "for everyone"]
     assert [m["seq"] for m in history] == [1, 2]
+    assert [m["status"] for m in history] == ["published", "published"]
     for client in (alice, bob, carol, carol2, bob2):
         await client.close()

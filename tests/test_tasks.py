@@ -274,3 +274,6 @@ def test_each_prefork_child_builds_its_own_producer(
     assert sorted(event_of(r)["message_id"] for r in records) == sorted(
         str(m.message_id) for m in sent
     )
+    worker.stop()  # warm shutdown: each child flushes and closes its producer
+    closed = re.findall(r"Kafka producer closed in pid (\d+)", worker.log())
+    assert sorted(int(p) for p in closed) == sorted(producer_pids)

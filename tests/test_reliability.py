@@ -1,0 +1,284 @@
+"""Fault injection: broker outages, killed workers, a flushed queue. Nothing is lost.
+
+Each scenario counts sent vs. received by message_id and records its figures for
+docs/RELIABILITY.md (`make reliability`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.db.models import Max
+
+from chat import services
+from chat.models import Message
+from chatproj.celery import app
+from chatproj.embedded import embedded_kafka, free_port
+
+from .faults import ChatLoad, FaultProxy, verify_delivery
+from .support import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+FAST_RECOVERY = {
+    "KAFKA_SEND_TIMEOUT": "2",
+    "KAFKA_RETRY_TRIES": "3",
+    "KAFKA_RETRY_DELAY": "1",
+    "KAFKA_RETRY_BACKOFF": "2",
+    "KAFKA_BREAKER_FAILURES": "3",
+    "KAFKA_BREAKER_RESET": "2",
+    "OUTBOX_GRACE_SECONDS": "5",
+    "OUTBOX_BACKOFF_MAX": "8",
+    "OUTBOX_SWEEP_INTERVAL": "1",
+}
+
+
+@pytest.fixture
+def kafka_behind_proxy() -> Iterator[tuple[FaultProxy, str]]:
+    """A Tansu broker reachable only through a proxy that the test can cut."""
+    broker_port, proxy_port = free_port(), free_port()
+    server = embedded_kafka(broker_port)
+    # Clients must come back through the proxy, so the broker advertises it.
+    server.command[server.command.index("--advertised-listener-url") + 1] = (
+        f"tcp://127.0.0.1:{proxy_port}"
+    )
+    with server:
+        proxy = FaultProxy(proxy_port, broker_port).start()
+        try:
+            yield proxy, f"127.0.0.1:{proxy_port}"
+        finally:
+            proxy.stop()
+
+
+def all_published(ids: set[str]) -> bool:
+    """Whether every message of the run is published."""
+    return (
+        not Message.objects.filter(message_id__in=ids)
+        .exclude(status="published")
+        .exists()
+    )
+
+
+def last_published_at(ids: set[str]) -> float:
+    """Epoch seconds of the last publication among these messages."""
+    return (
+        Message.objects.filter(message_id__in=ids)
+        .aggregate(t=Max("published_at"))["t"]
+        .timestamp()
+    )
+
+
+async def check_and_record(
+    rows: list[dict[str, Any]],
+    scenario: str,
+    load: ChatLoad,
+    *,
+    bootstrap: str,
+    topic: str,
+    fault_ended: float,
+    max_missing_status: int = 0,
+    also_sent: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Wait for the run to settle, count, assert nothing lost, and record the row.
+
+    The live `message.status` frame is sent once, after the database says
+    published: a worker killed between the two loses that frame (the history
+    shows the status after a reconnect), so a kill scenario allows a few."""
+    sent = set(load.acked) | also_sent
+    await sync_to_async(wait_for)(lambda: all_published(sent), 120, interval=0.5,
+                                  what="every message published")  # fmt: skip
+    figures = await sync_to_async(verify_delivery)(
+        bootstrap=bootstrap, topic=topic, sent=sent
+    )
+    recovery = max(0.0, await sync_to_async(last_published_at)(sent) - fault_ended)
+
+    def missing_status() -> list[str]:
+        return [i for i in load.acked if load.last_status.get(i) != "published"]
+
+    await sync_to_async(wait_for)(
+        lambda: len(missing_status()) <= max_missing_status, 30,
+        what="senders told published",
+    )  # fmt: skip
+    row = {
+        "scenario": scenario,
+        "sent": len(sent),
+        "failed_statuses": load.statuses_seen["failed"],
+        "error_frames": len(load.errors),
+        "missing_status_frames": len(missing_status()),
+        "recovery_seconds": recovery,
+        **figures,
+    }
+    rows.append(row)
+    assert figures["lost"] == 0, row
+    assert figures["foreign"] == 0, (
+        row
+    )  # a duplicate is only ever a repeated message_id
+    assert figures["duplicates_after"] == 0, row
+    assert figures["delivered_after"] == len(sent), row
+    assert figures["out_of_order_after"] == 0, row
+    assert load.errors == [], row
+    return row
+
+
+def users_cookies(chat_users, count: int) -> list[str]:
+    """`count` session cookies, cycling through the test users."""
+    users = list(chat_users.values())
+    return [users[i % len(users)].cookie for i in range(count)]
+
+
+async def test_broker_down_15s_mid_stream(
+    asgi_server, start_worker, chat_users, kafka_behind_proxy, reliability_rows
+):
+    """≥300 messages from 4 clients; the broker is unreachable for 15 s in the middle."""
+    proxy, bootstrap = kafka_behind_proxy
+    worker = await sync_to_async(start_worker)(
+        beat=True, KAFKA_BOOTSTRAP_SERVERS=bootstrap, **FAST_RECOVERY
+    )
+    ended: list[float] = []
+
+    def restore() -> None:
+        proxy.restore()
+        ended.append(time.time())
+
+    async with ChatLoad(
+        asgi_server, users_cookies(chat_users, 4), ["r1", "r2"]
+    ) as load:
+        await load.stream(
+            per_client=80, interval=0.4, at={8.0: proxy.cut, 23.0: restore}
+        )
+        row = await check_and_record(
+            reliability_rows, "broker unreachable 15 s mid-stream", load,
+            bootstrap=bootstrap, topic=worker.topic, fault_ended=ended[0],
+        )  # fmt: skip
+    assert row["sent"] >= 300
+    assert "circuit open" in worker.log()  # the outage really happened
+
+
+async def test_broker_down_longer_than_retry_window(
+    asgi_server, start_worker, chat_users, kafka_behind_proxy, reliability_rows
+):
+    """Messages exhaust their retries (`failed`); the sweep publishes all after recovery."""
+    proxy, bootstrap = kafka_behind_proxy
+    worker = await sync_to_async(start_worker)(
+        beat=True, KAFKA_BOOTSTRAP_SERVERS=bootstrap, **FAST_RECOVERY
+    )
+    proxy.cut()
+    async with ChatLoad(asgi_server, users_cookies(chat_users, 2), ["long"]) as load:
+        await load.stream(per_client=20, interval=0.1)
+        sent = set(load.acked)
+        await sync_to_async(wait_for)(
+            lambda: Message.objects.filter(message_id__in=sent, status="failed").count()
+            == len(sent), 60, interval=0.5, what="all failed",
+        )  # fmt: skip
+        await sync_to_async(wait_for)(
+            lambda: load.statuses_seen["failed"] >= len(sent), 10
+        )
+        proxy.restore()
+        row = await check_and_record(
+            reliability_rows, "broker down past the retry window", load,
+            bootstrap=bootstrap, topic=worker.topic, fault_ended=time.time(),
+        )  # fmt: skip
+    assert row["failed_statuses"] >= row["sent"]
+    assert "Outbox sweep re-enqueued" in worker.log()
+
+
+async def test_kill_9_worker_child_and_whole_worker(
+    asgi_server, start_worker, chat_users, kafka_bootstrap, reliability_rows
+):
+    """kill -9 of a prefork child, then of the whole worker, mid-stream; restart; 0 lost."""
+    worker = await sync_to_async(start_worker)(
+        beat=True, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, **FAST_RECOVERY
+    )
+    topic = worker.topic
+    ended: list[float] = []
+    unpublished: list[int] = []
+
+    def pool_children() -> list[int]:
+        stats = wait_for(lambda: app.control.inspect(timeout=2).stats(), 10)
+        return [pid for w in stats.values() for pid in w["pool"]["processes"]]
+
+    def kill_child() -> None:
+        children = pool_children()
+        os.kill(children[0], signal.SIGKILL)
+
+        def replaced() -> bool:
+            now = pool_children()
+            return children[0] not in now and len(now) == len(children)
+
+        wait_for(replaced, 15, interval=0.5, what="the pool replaced the killed child")
+
+    burst: set[str] = set()
+
+    def kill_worker_and_restart() -> None:
+        # A burst right before the kill, so the worker dies with tasks in hand.
+        sender = chat_users["carol"].id
+        for n in range(60):
+            message = services.message_create(
+                room_name="k-burst", sender_id=sender, receiver_id=None, content=f"b{n}"
+            )
+            burst.add(str(message.message_id))
+        os.killpg(worker.pid, signal.SIGKILL)
+        unpublished.append(
+            Message.objects.filter(message_id__in=burst)
+            .exclude(status="published")
+            .count()
+        )
+        connection.close()
+        worker.process.wait(10)
+        start_worker(beat=True, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+                     KAFKA_CHAT_TOPIC=topic, **FAST_RECOVERY)  # fmt: skip
+        ended.append(time.time())
+
+    async with ChatLoad(
+        asgi_server, users_cookies(chat_users, 3), ["k1", "k2", "k3"]
+    ) as load:
+        await load.stream(
+            per_client=70,
+            interval=0.1,
+            at={2.0: kill_child, 4.5: kill_worker_and_restart},
+        )
+        await check_and_record(
+            reliability_rows, "kill -9 of a worker child, then of the whole worker", load,
+            bootstrap=kafka_bootstrap, topic=topic, fault_ended=ended[0],
+            max_missing_status=4,  # at most the tasks running in the killed processes
+            also_sent=frozenset(burst),
+        )  # fmt: skip
+    assert unpublished[0] > 0, "the kill must catch messages not yet published"
+
+
+async def test_redis_queue_flushed_mid_stream(
+    asgi_server, start_worker, chat_users, kafka_bootstrap, redis_url, reliability_rows
+):
+    """The task queue is wiped mid-stream (tasks lost); the sweep recovers every message."""
+    client = redis.Redis.from_url(redis_url)
+    flushed: list[int] = []
+    topic = f"flush-{free_port()}"
+
+    def flush_queue() -> None:
+        # No worker is consuming yet, so the queue holds every task sent so far.
+        flushed.append(client.llen("celery"))
+        client.delete("celery", "unacked", "unacked_index")
+
+    async with ChatLoad(
+        asgi_server, users_cookies(chat_users, 3), ["f1", "f2"]
+    ) as load:
+        await load.stream(per_client=70, interval=0.1, at={3.5: flush_queue})
+        started = time.time()
+        await sync_to_async(start_worker)(
+            beat=True, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_CHAT_TOPIC=topic,
+            **FAST_RECOVERY,
+        )  # fmt: skip
+        row = await check_and_record(
+            reliability_rows, "Redis task queue flushed mid-stream", load,
+            bootstrap=kafka_bootstrap, topic=topic, fault_ended=started,
+        )  # fmt: skip
+    assert flushed and flushed[0] >= 50, "the flush must really have dropped tasks"
+    assert row["sent"] == 210
