@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Development and tests run with DEBUG on; production (docker compose) sets it off.
+DEBUG ?= True
+export DEBUG
 
 .PHONY: run test lint venv clean chromium reliability
 

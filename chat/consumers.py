@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from . import selectors, services
+from . import metrics, selectors, services
 from .agents import ChatValidationError, KafkaChatAgent
 from .broadcast import room_group, user_group
 from .schemas import message_payload
@@ -40,6 +40,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        metrics.WEBSOCKET_CONNECTIONS.inc()
+        self.counted = True
         history = await database_sync_to_async(_history_payload)(
             room_name=self.room_name, user_id=self.user_id
         )
@@ -75,6 +77,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "seq": message.seq,
             }
         )
+
+    async def disconnect(self, code: int) -> None:
+        """Groups are left by Channels itself; only the gauge is ours."""
+        if getattr(self, "counted", False):
+            metrics.WEBSOCKET_CONNECTIONS.dec()
+            self.counted = False
 
     async def chat_message(self, event: dict[str, Any]) -> None:
         """A message for this connection's user (room broadcast or direct)."""

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import broadcast
+from . import broadcast, metrics
 from .agents import KafkaChatAgent, KafkaPublishError, PermanentPublishError
 from .models import Message, Room
 from .schemas import ChatEvent
@@ -72,11 +72,13 @@ def message_create(
         message = Message.objects.select_related("room", "sender").get(pk=message.pk)
         transaction.on_commit(partial(broadcast.broadcast_message, message))
         transaction.on_commit(partial(_enqueue_publish, str(message.message_id)))
+    metrics.MESSAGES_RECEIVED.inc()
     logger.info(
         "Message message_id=%s persisted in room %s seq %d",
         message.message_id,
         room_name,
         seq,
+        extra={"message_id": str(message.message_id)},
     )
     return message
 
@@ -109,6 +111,7 @@ def message_publish(*, message_id: str) -> Message:
     if result is None:
         message.status = Message.Status.SKIPPED
         message.save(update_fields=["status"])
+        metrics.MESSAGES_SKIPPED.inc()
     else:
         message.status = Message.Status.PUBLISHED
         message.published_at = timezone.now()
@@ -123,6 +126,10 @@ def message_publish(*, message_id: str) -> Message:
                 "kafka_offset",
                 "last_error",
             ]
+        )
+        metrics.MESSAGES_PUBLISHED.inc()
+        metrics.PUBLISH_LATENCY.observe(
+            (message.published_at - message.created_at).total_seconds()
         )
     broadcast.send_status(message)
     return message
@@ -143,6 +150,7 @@ def message_mark_failed(*, message_id: str, error: str) -> Message | None:
         sweep_count=message.sweep_count
     )
     message.save(update_fields=["status", "last_error", "next_sweep_at"])
+    metrics.MESSAGES_FAILED.inc()
     logger.error(
         "Retries exhausted for message_id=%s (sweep again at %s): %s",
         message_id,
@@ -159,7 +167,13 @@ def message_mark_dead(*, message: Message, reason: str) -> Message:
     message.last_error = reason[:2000]
     message.next_sweep_at = None
     message.save(update_fields=["status", "last_error", "next_sweep_at"])
-    logger.error("Dead message_id=%s: %s", message.message_id, reason)
+    metrics.MESSAGES_DEAD.inc()
+    logger.error(
+        "Dead message_id=%s: %s",
+        message.message_id,
+        reason,
+        extra={"message_id": str(message.message_id)},
+    )
     broadcast.send_status(message)
     return message
 
@@ -203,5 +217,9 @@ def message_redrive(*, message_ids: Iterable[str]) -> list[str]:
             transaction.on_commit(partial(_enqueue_publish, str(message.message_id)))
         Message.objects.bulk_update(dead, ["status", "sweep_count", "next_sweep_at"])
     for message in dead:
-        logger.warning("Re-driving dead message_id=%s", message.message_id)
+        logger.warning(
+            "Re-driving dead message_id=%s",
+            message.message_id,
+            extra={"message_id": str(message.message_id)},
+        )
     return [str(m.message_id) for m in dead]

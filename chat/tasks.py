@@ -10,7 +10,7 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from . import services
+from . import metrics, services
 from .agents import RetriablePublishError
 from .models import Message
 
@@ -56,6 +56,7 @@ class KafkaPublishTask(Task):
                 jitter=settings.KAFKA_RETRY_JITTER,
             )
         if self.request.retries < self.max_retries:
+            metrics.PUBLISH_RETRIES.inc()
             logger.warning(
                 "Retry %d/%d of %s message_id=%s in %.2fs: %s",
                 self.request.retries + 1,

@@ -1,11 +1,23 @@
 """Celery application; configuration comes from Django settings (CELERY_*)."""
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import setup_logging
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproj.settings")
 
 app = Celery("chatproj")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@setup_logging.connect
+def use_django_logging(**_: Any) -> None:
+    """Workers and beat log through Django's LOGGING (Celery's own setup is skipped)."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)

@@ -88,12 +88,18 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def process_env(
-    django_db_setup: None, django_db_blocker: Any, redis_url: str, kafka_bootstrap: str
+    django_db_setup: None,
+    django_db_blocker: Any,
+    redis_url: str,
+    kafka_bootstrap: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
-    """Environment of subprocesses: the test database and the test servers."""
+    """Environment of subprocesses: the test database and the test servers; web and
+    workers share one Prometheus multiprocess directory, as under `make run`."""
     with django_db_blocker.unblock():
         db = dict(connection.settings_dict)
     return {
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("prometheus")),
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "chatproj.settings",
         "DATABASE_URL": _database_url(db),

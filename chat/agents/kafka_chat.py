@@ -30,6 +30,21 @@ TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._\-]{1,245}$")  # leaves room for ".dlq
 DLQ_CONTENT_PREVIEW = 200
 
 
+def parse_bootstrap_servers(servers: str | list[str]) -> list[tuple[str, int]]:
+    """(host, port) pairs of KAFKA_BOOTSTRAP_SERVERS (ImproperlyConfigured if bad)."""
+    if isinstance(servers, str):
+        servers = [s.strip() for s in servers.split(",") if s.strip()]
+    pairs = []
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            raise ImproperlyConfigured(
+                f"KAFKA_BOOTSTRAP_SERVERS entry {server!r} is not host:port."
+            )
+        pairs.append((host, int(port)))
+    return pairs
+
+
 class KafkaPublishError(Exception):
     """Publishing an event failed; `retriable` says whether trying again can help."""
 
@@ -79,6 +94,7 @@ class KafkaChatAgent(Agent):
         if isinstance(servers, str):
             servers = [s.strip() for s in servers.split(",") if s.strip()]
         self.bootstrap_servers: list[str] = list(servers)
+        parse_bootstrap_servers(self.bootstrap_servers)  # fails loudly when malformed
         self.client_id = settings.KAFKA_CLIENT_ID if client_id is None else client_id
         self.topic = settings.KAFKA_CHAT_TOPIC if topic is None else topic
         self.send_timeout = float(
@@ -113,12 +129,6 @@ class KafkaChatAgent(Agent):
                 "KAFKA_BOOTSTRAP_SERVERS is empty: set it to host:port[,host:port] "
                 "or set KAFKA_ENABLED=False."
             )
-        for server in self.bootstrap_servers:
-            host, _, port = server.rpartition(":")
-            if not host or not port.isdigit():
-                raise ImproperlyConfigured(
-                    f"KAFKA_BOOTSTRAP_SERVERS entry {server!r} is not host:port."
-                )
         if not TOPIC_PATTERN.match(self.topic):
             raise ImproperlyConfigured(
                 f"KAFKA_CHAT_TOPIC {self.topic!r} is not a valid Kafka topic name "

@@ -35,8 +35,15 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("create_demo_users")
         processes = ["web", "worker", "beat"]
-        (Path(settings.BASE_DIR) / ".run").mkdir(exist_ok=True)
+        run_dir = Path(settings.BASE_DIR) / ".run"
+        run_dir.mkdir(exist_ok=True)
         env = dict(os.environ, CHATPROJ_WEB_PORT=str(port), PYTHONUNBUFFERED="1")
+        if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Web and worker children share one metrics directory, fresh each run.
+            metrics_dir = run_dir / "prometheus"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir()
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
         redis_host, redis_port = redis_address(settings.REDIS_URL)
         if port_answers(redis_host, redis_port):
@@ -70,7 +77,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"\nchatproj on http://127.0.0.1:{port}/  (log in at "
             f"http://127.0.0.1:{port}/accounts/login/, room: "
-            f"http://127.0.0.1:{port}/chat/lobby/)\n"
+            f"http://127.0.0.1:{port}/chat/lobby/; metrics: "
+            f"http://127.0.0.1:{port}/metrics, readiness: /readyz)\n"
             f"Kafka topic {settings.KAFKA_CHAT_TOPIC} on "
             f"{settings.KAFKA_BOOTSTRAP_SERVERS}. Ctrl-C stops everything.\n"
         )

@@ -1,0 +1,109 @@
+"""Liveness, readiness and metrics endpoints for operators and orchestrators."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import redis
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET
+
+from . import metrics
+from .agents.kafka_chat import parse_bootstrap_servers
+
+CHECK_TIMEOUT = 1.0  # seconds per dependency
+
+
+def check_database() -> None:
+    """The database answers a trivial query."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    finally:
+        connection.close()  # this runs in a pool thread: do not leak its connection
+
+
+def check_redis() -> None:
+    """Redis (channel layer and Celery broker) answers PING."""
+    client = redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=CHECK_TIMEOUT,
+        socket_connect_timeout=CHECK_TIMEOUT,
+    )
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def check_kafka() -> None:
+    """A Kafka bootstrap server accepts connections (skipped when Kafka is off)."""
+    if not settings.KAFKA_ENABLED:
+        return
+    errors = []
+    for host, port in parse_bootstrap_servers(settings.KAFKA_BOOTSTRAP_SERVERS):
+        try:
+            with socket.create_connection((host, port), timeout=CHECK_TIMEOUT):
+                return
+        except OSError as exc:
+            errors.append(f"{host}:{port}: {exc}")
+    raise ConnectionError("; ".join(errors) or "no bootstrap servers")
+
+
+CHECKS: dict[str, Callable[[], None]] = {
+    "database": check_database,
+    "redis": check_redis,
+    "kafka": check_kafka,
+}
+
+
+@csrf_exempt  # no side effects; a POST gets 405, not a CSRF page
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    """Liveness: the process serves requests (no dependency is touched)."""
+    return JsonResponse({"status": "ok"})
+
+
+@csrf_exempt  # no side effects; a POST gets 405, not a CSRF page
+@require_GET
+def readyz(request: HttpRequest) -> HttpResponse:
+    """Readiness: database, Redis and Kafka all answer within ~1 s each (else 503)."""
+    results: dict[str, dict[str, object]] = {}
+    with ThreadPoolExecutor(max_workers=len(CHECKS)) as pool:
+        started = time.monotonic()
+        futures = {name: pool.submit(check) for name, check in CHECKS.items()}
+        for name, future in futures.items():
+            remaining = max(0.0, CHECK_TIMEOUT + 0.5 - (time.monotonic() - started))
+            try:
+                future.result(timeout=remaining)
+                results[name] = {"ok": True}
+            except FutureTimeout:
+                results[name] = {"ok": False, "error": "timed out"}
+            except Exception as exc:  # every failure is reported, none raised
+                results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    ready = all(r["ok"] for r in results.values())
+    failed = [name for name, r in results.items() if not r["ok"]]
+    return JsonResponse(
+        {
+            "status": "ready" if ready else "unavailable",
+            "failed": failed,
+            "checks": results,
+        },
+        status=200 if ready else 503,
+    )
+
+
+@csrf_exempt  # no side effects; a POST gets 405, not a CSRF page
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus text exposition of every process on this host plus the backlog."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,91 @@
+"""Prometheus metrics of the chat pipeline.
+
+Worker children and the web server write to PROMETHEUS_MULTIPROC_DIR (prometheus
+multiprocess mode) when it is set, so one scrape of /metrics adds up every process
+of the host; the outbox backlog is read from the database at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+MESSAGES_RECEIVED = Counter(
+    "chat_messages_received", "Chat messages persisted (from WebSockets or the API)"
+)
+MESSAGES_PUBLISHED = Counter(
+    "chat_messages_published", "Chat messages acknowledged by Kafka"
+)
+MESSAGES_SKIPPED = Counter(
+    "chat_messages_skipped", "Chat messages not published (KAFKA_ENABLED off)"
+)
+PUBLISH_RETRIES = Counter("chat_publish_retries", "Publish attempts scheduled again")
+MESSAGES_FAILED = Counter(
+    "chat_messages_failed", "Messages whose retries were exhausted (the sweep retries)"
+)
+MESSAGES_DEAD = Counter("chat_messages_dead", "Messages that can never be published")
+PUBLISH_LATENCY = Histogram(
+    "chat_publish_latency_seconds",
+    "From persisting a message to Kafka's acknowledgement",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+WEBSOCKET_CONNECTIONS = Gauge(
+    "chat_websocket_connections",
+    "Open chat WebSocket connections",
+    multiprocess_mode="livesum",
+)
+
+
+class OutboxBacklogCollector:
+    """Pending and failed messages, counted in the database at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        """One gauge labelled by status."""
+        from django.db.models import Count
+
+        from .models import Message
+
+        family = GaugeMetricFamily(
+            "chat_outbox_backlog",
+            "Messages not yet in Kafka, by status",
+            labels=["status"],
+        )
+        counts = dict(
+            Message.objects.filter(
+                status__in=[Message.Status.PENDING, Message.Status.FAILED]
+            )
+            .values_list("status")
+            .annotate(n=Count("id"))
+        )
+        for status in (Message.Status.PENDING, Message.Status.FAILED):
+            family.add_metric([status], counts.get(status, 0))
+        yield family
+
+
+def multiprocess_registry() -> CollectorRegistry | None:
+    """A registry adding up all processes' files, when multiprocess mode is on."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def exposition() -> bytes:
+    """The text of a /metrics scrape: process metrics plus the outbox backlog."""
+    backlog = CollectorRegistry()
+    backlog.register(OutboxBacklogCollector())  # type: ignore[arg-type]
+    return generate_latest(multiprocess_registry() or REGISTRY) + generate_latest(
+        backlog
+    )
