@@ -45,34 +45,31 @@ class Command(BaseCommand):
             metrics_dir.mkdir()
             env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
-        redis_host, redis_port = redis_address(settings.REDIS_URL)
-        if port_answers(redis_host, redis_port):
-            self.stdout.write(f"Redis: using {settings.REDIS_URL}")
-        elif redis_host in ("127.0.0.1", "localhost"):
-            processes.insert(0, "redis")
-            env["CHATPROJ_REDIS_PORT"] = str(redis_port)
-            self.stdout.write(
-                f"Redis: starting embedded valkey-server on port {redis_port}"
-            )
-        else:
-            raise CommandError(f"REDIS_URL {settings.REDIS_URL} does not answer.")
-
-        kafka_host, kafka_port = kafka_address(settings.KAFKA_BOOTSTRAP_SERVERS)
-        if not settings.KAFKA_ENABLED:
-            self.stdout.write("Kafka: disabled (KAFKA_ENABLED=False)")
-        elif port_answers(kafka_host, kafka_port):
-            self.stdout.write(f"Kafka: using {settings.KAFKA_BOOTSTRAP_SERVERS}")
-        elif kafka_host in ("127.0.0.1", "localhost"):
-            processes.insert(0, "kafka")
-            env["CHATPROJ_KAFKA_PORT"] = str(kafka_port)
-            self.stdout.write(
-                f"Kafka: starting embedded Tansu broker on port {kafka_port}"
-            )
-        else:
-            raise CommandError(
-                f"KAFKA_BOOTSTRAP_SERVERS {settings.KAFKA_BOOTSTRAP_SERVERS} "
-                "does not answer."
-            )
+        embedded = [
+            ("redis", "REDIS_URL", settings.REDIS_URL, redis_address, "valkey-server"),
+            (
+                "kafka",
+                "KAFKA_BOOTSTRAP_SERVERS",
+                settings.KAFKA_BOOTSTRAP_SERVERS,
+                kafka_address,
+                "Tansu broker",
+            ),
+        ]
+        for process, setting, value, address, server in embedded:
+            if process == "kafka" and not settings.KAFKA_ENABLED:
+                self.stdout.write("kafka: disabled (KAFKA_ENABLED=False)")
+                continue
+            host, server_port = address(value)
+            if port_answers(host, server_port):
+                self.stdout.write(f"{process}: using {value}")
+            elif host in ("127.0.0.1", "localhost"):
+                processes.insert(0, process)
+                env[f"CHATPROJ_{process.upper()}_PORT"] = str(server_port)
+                self.stdout.write(
+                    f"{process}: starting embedded {server} on port {server_port}"
+                )
+            else:
+                raise CommandError(f"{setting} {value} does not answer.")
 
         self.stdout.write(
             f"\nchatproj on http://127.0.0.1:{port}/  (log in at "
