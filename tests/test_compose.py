@@ -1,0 +1,714 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine: the Compose
+schema, real entry points, environment wiring, pinned images and the shared service."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shlex
+from collections.abc import Iterator
+from functools import cache
+from itertools import takewhile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import click
+import environ
+import jsonschema
+import pytest
+import yaml
+from django.core.management import get_commands, load_command_class
+from django.urls import Resolver404, resolve
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+SETTINGS = ROOT / "chatproj" / "settings.py"
+ENV_EXAMPLE = ROOT / ".env.example"
+CODE_DIRS = (ROOT / "chat", ROOT / "chatproj")
+
+ANCHOR = "x-django"
+REQUIRED_DJANGO_SERVICES = {"migrate", "web", "worker", "beat", "flower"}
+# What a Django service may change in the shared definition.
+MAY_DIFFER = {"command", "ports", "healthcheck", "expose"}
+MIGRATE_MAY_DIFFER = MAY_DIFFER | {"depends_on", "restart"}
+CELERY_SUBCOMMANDS = {"worker", "beat", "flower"}
+EXPECTED_DEPENDS_ON = {
+    "postgres": "service_healthy",
+    "redis": "service_healthy",
+    "kafka": "service_healthy",
+    "migrate": "service_completed_successfully",
+    "kafka-init": "service_completed_successfully",
+}
+LOCAL_ADDRESS = re.compile(r"127\.0\.0\.1|localhost|sqlite:")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stack_settings() -> None:
+    """Replaces conftest's server start-up: these checks start no server."""
+
+
+# --- Loading -------------------------------------------------------------------------
+
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+
+
+def interpolate(value: Any, env: dict[str, str] | None = None) -> Any:
+    """Compose variable interpolation: values from `env`, else defaults, else ""."""
+    env = env or {}
+    if isinstance(value, dict):
+        return {key: interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        if env.get(name):
+            return env[name]
+        operator, argument = match.group(2) or "", match.group(3) or ""
+        if operator.endswith("-"):
+            return argument
+        return f"required-{name}" if operator.endswith("?") else ""
+
+    return _VARIABLE.sub(substitute, value)
+
+
+@cache
+def raw_compose() -> dict[str, Any]:
+    """docker-compose.yml as YAML (merge keys applied, variables not interpolated)."""
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def compose(**env: str) -> dict[str, Any]:
+    """docker-compose.yml as Compose sees it with this .env (else the defaults)."""
+    return interpolate(raw_compose(), env)
+
+
+def services(**env: str) -> dict[str, dict[str, Any]]:
+    """The services, interpolated."""
+    return compose(**env)["services"]
+
+
+def django_services(**env: str) -> dict[str, dict[str, Any]]:
+    """The services built from this repository (the Django image)."""
+    return {name: s for name, s in services(**env).items() if "build" in s}
+
+
+def django_env(**env: str) -> dict[str, str]:
+    """The environment of the shared Django definition, interpolated."""
+    return {k: str(v) for k, v in compose(**env)[ANCHOR]["environment"].items()}
+
+
+def argv(command: str | list[str]) -> list[str]:
+    """A Compose `command` as an argument list (Compose splits strings shell-like)."""
+    return shlex.split(command) if isinstance(command, str) else list(command)
+
+
+def container_port(service: dict[str, Any]) -> int:
+    """The container side of the service's single published port."""
+    (mapping,) = service["ports"]
+    return int(str(mapping).rsplit(":", 1)[-1].split("/")[0])
+
+
+# --- Entry points --------------------------------------------------------------------
+
+
+def celery_problems(args: list[str]) -> list[str]:
+    """Why `celery <args>` would not start one of our processes (empty: it would)."""
+    from celery import Celery
+    from celery.app.utils import find_app
+    from celery.bin.base import CLIContext
+    from celery.bin.celery import celery as celery_cli
+
+    app_name, rest = None, list(args)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if option in ("-A", "--app") and rest:
+            app_name = rest.pop(0)
+        elif option.startswith("--app="):
+            app_name = option.split("=", 1)[1]
+        else:
+            return [f"unexpected celery option {option!r} before the subcommand"]
+    if app_name is None or not rest:
+        return ["celery needs `-A <app> <subcommand>`"]
+    app = find_app(app_name)
+    if not isinstance(app, Celery):
+        return [f"-A {app_name} does not name a Celery app"]
+    sub, sub_args = rest[0], rest[1:]
+    if sub not in CELERY_SUBCOMMANDS or sub not in celery_cli.commands:
+        return [f"celery {sub!r} is not one of {sorted(CELERY_SUBCOMMANDS)}"]
+    if sub == "flower":
+        from flower.options import options
+
+        names = [a[2:].split("=", 1)[0] for a in sub_args if a.startswith("--")]
+        return [f"flower has no option --{n}" for n in names if n not in options]
+    parent = click.Context(
+        celery_cli, obj=CLIContext(app=app, no_color=True, workdir=None, quiet=True)
+    )
+    try:
+        celery_cli.commands[sub].make_context(sub, list(sub_args), parent=parent)
+    except click.ClickException as exc:
+        return [f"celery {sub}: {exc.format_message()}"]
+    return []
+
+
+def daphne_args(args: list[str]) -> Any:
+    """daphne's own parse of its command line (AssertionError when it rejects it)."""
+    from daphne.cli import CommandLineInterface
+
+    try:
+        return CommandLineInterface().parser.parse_args(args)
+    except SystemExit:
+        raise AssertionError(f"daphne rejects its arguments {args}") from None
+
+
+def daphne_problems(args: list[str]) -> list[str]:
+    """Why `daphne <args>` would not serve our ASGI application."""
+    from channels.routing import ProtocolTypeRouter
+    from daphne.utils import import_by_path
+
+    try:
+        parsed = daphne_args(args)
+    except AssertionError as exc:
+        return [str(exc)]
+    try:
+        application = import_by_path(parsed.application)
+    except (ImportError, AttributeError) as exc:
+        return [f"daphne application {parsed.application!r}: {exc}"]
+    if not isinstance(application, ProtocolTypeRouter):
+        return [f"{parsed.application} is not the Channels router"]
+    return []
+
+
+def manage_problems(args: list[str]) -> list[str]:
+    """Why `python manage.py <args>` would not run a management command."""
+    if not args or args[0] not in get_commands():
+        return [f"manage.py {args[:1]}: no such management command"]
+    command = load_command_class(get_commands()[args[0]], args[0])
+    try:
+        command.create_parser("manage.py", args[0]).parse_args(args[1:])
+    except Exception as exc:  # CommandError: unrecognized arguments
+        return [f"manage.py {args[0]}: {exc}"]
+    return []
+
+
+def entry_point_problems(args: list[str]) -> list[str]:
+    """Why this command line would not start a process of this project."""
+    if args[:1] == ["celery"]:
+        return celery_problems(args[1:])
+    if args[:1] == ["daphne"]:
+        return daphne_problems(args[1:])
+    if args[:2] == ["python", "manage.py"]:
+        return manage_problems(args[2:])
+    return [f"{shlex.join(args)!r} is not a known entry point"]
+
+
+# --- Settings and code ---------------------------------------------------------------
+
+
+def _has_default(call: ast.Call, positional_index: int) -> bool:
+    """The call passes a real default (not environ's NOTSET) for the variable."""
+    default = next((k.value for k in call.keywords if k.arg == "default"), None)
+    if default is None and len(call.args) > positional_index:
+        default = call.args[positional_index]
+    if default is None:
+        return False
+    names = {getattr(n, "attr", getattr(n, "id", None)) for n in ast.walk(default)}
+    return "NOTSET" not in names
+
+
+def _env_read(node: ast.AST, env_objects: set[str]) -> tuple[str, bool] | None:
+    """(variable, has default) when this node reads an environment variable."""
+    if isinstance(node, ast.Subscript):  # os.environ["NAME"]
+        if ast.unparse(node.value) == "os.environ" and isinstance(
+            node.slice, ast.Constant
+        ):
+            return str(node.slice.value), False
+        return None
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    first = node.args[0]
+    if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+        return None
+    func = ast.unparse(node.func)
+    if func in env_objects:  # env(var, cast=None, default=NOTSET)
+        return first.value, _has_default(node, 2)
+    if func.split(".")[0] in env_objects or func in ("os.environ.get", "os.getenv"):
+        return first.value, _has_default(node, 1)  # env.bool(var, default=NOTSET)
+    return None
+
+
+@cache
+def settings_env_reads() -> dict[str, bool]:
+    """Each environment variable settings.py reads: True when every read has a default."""
+    tree = ast.parse(SETTINGS.read_text())
+    env_objects, scheme_defaults = {"env"}, set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and ast.unparse(node.value.func).endswith("Env")
+        ):
+            env_objects |= {ast.unparse(t) for t in node.targets}
+            scheme_defaults |= {  # environ.Env(NAME=(cast, default))
+                k.arg
+                for k in node.value.keywords
+                if isinstance(k.value, ast.Tuple) and len(k.value.elts) == 2
+            }
+    reads: dict[str, bool] = {}
+    for node in ast.walk(tree):
+        found = _env_read(node, env_objects)
+        if found and re.fullmatch(r"[A-Z][A-Z0-9_]*", found[0]):
+            name, has_default = found
+            reads[name] = reads.get(name, True) and (
+                has_default or name in scheme_defaults
+            )
+    return reads
+
+
+@cache
+def code_string_constants() -> frozenset[str]:
+    """Every string literal in the project's Python code (chat/ and chatproj/)."""
+    found: set[str] = set()
+    for directory in CODE_DIRS:
+        for path in directory.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    found.add(node.value)
+    return frozenset(found)
+
+
+def env_example() -> dict[str, str | None]:
+    """Variables .env.example lists: value when set, None when only commented out."""
+    listed: dict[str, str | None] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = re.match(r"\s*(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if match:
+            name, value = match.group(2), match.group(3).strip()
+            if match.group(1):
+                listed.setdefault(name, None)
+            else:
+                listed[name] = value
+    return listed
+
+
+# --- Dockerfile ----------------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = "\n".join(
+        line
+        for line in DOCKERFILE.read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    )
+    instructions = []
+    for logical in re.sub(r"\\\n", " ", text).splitlines():
+        if logical.strip():
+            keyword, _, rest = logical.strip().partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def dockerfile_args(instruction: str) -> list[str]:
+    """Arguments of a CMD/ENTRYPOINT in exec (JSON) or shell form."""
+    if instruction.startswith("["):
+        return list(json.loads(instruction))
+    return shlex.split(instruction)
+
+
+def image_tag(image: str) -> str:
+    """The tag of an image reference ("" when there is none)."""
+    last = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return last.partition(":")[2]
+
+
+def shell_commands(run: str) -> Iterator[list[str]]:
+    """The simple commands of a RUN line (split on && ; ||)."""
+    for part in re.split(r"&&|\|\||;", run):
+        if part.strip():
+            yield shlex.split(part)
+
+
+# --- Compose file --------------------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_specification():
+    """docker-compose.yml is valid against the Compose specification's JSON schema."""
+    schema = json.loads(SCHEMA.read_text())
+    document = compose()
+    assert "version" not in document, "the Compose spec has no `version:` key"
+    errors = sorted(
+        jsonschema.Draft7Validator(schema).iter_errors(document),
+        key=lambda e: list(e.absolute_path),
+    )
+    assert not errors, "\n".join(
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+    )
+
+
+def test_django_services_reuse_the_shared_anchor():
+    """Every Django service merges `<<: *django` and changes only the allowed keys."""
+    root = yaml.compose(COMPOSE.read_text())
+    top = {key.value: value for key, value in root.value}
+    anchor = top[ANCHOR]
+    merges = {
+        key.value: any(
+            k.tag == "tag:yaml.org,2002:merge" and v is anchor for k, v in node.value
+        )
+        for key, node in top["services"].value
+    }
+    shared = compose()[ANCHOR]
+    found = django_services()
+    assert set(found) >= REQUIRED_DJANGO_SERVICES, set(found)
+    assert "notifications" not in services(), "notifications comes with a later issue"
+    for name, service in found.items():
+        assert merges[name], f"{name} does not use `<<: *django`"
+        allowed = MIGRATE_MAY_DIFFER if name == "migrate" else MAY_DIFFER
+        differs = {
+            key
+            for key in set(shared) | set(service)
+            if service.get(key) != shared.get(key)
+        }
+        assert differs <= allowed, f"{name} changes {sorted(differs - allowed)}"
+        assert "command" in service, f"{name} has no command"
+
+
+def test_service_commands_name_real_entry_points():
+    """Each Django service's command starts a real celery app, ASGI app or command."""
+    problems = {
+        name: entry_point_problems(argv(service["command"]))
+        for name, service in django_services().items()
+    }
+    assert not any(problems.values()), problems
+    subcommands = {
+        argv(s["command"])[3]
+        for s in django_services().values()
+        if argv(s["command"])[0] == "celery"
+    }
+    assert subcommands == CELERY_SUBCOMMANDS
+
+
+def test_entry_point_check_rejects_wrong_commands():
+    """The command check itself fails on a typo, an unknown app or command."""
+    wrong = [
+        "celery -A chatproj workr",
+        "celery -A chatproj worker --concurency 2",
+        "celery -A chatproj.nowhere worker",
+        "celery -A chatproj flower --no-such-option=1",
+        "daphne -b 0.0.0.0 -p 8000 chatproj.asgi:nothing_here",
+        "python manage.py migrat",
+        "gunicorn chatproj.wsgi",
+    ]
+    for command in wrong:
+        try:
+            problems = entry_point_problems(argv(command))
+        except Exception as exc:  # an import error is a failure too
+            problems = [repr(exc)]
+        assert problems, f"{command!r} passed the entry point check"
+
+
+def test_dockerfile_default_command_is_the_web_server():
+    """The image's CMD is the web service's daphne command and resolves."""
+    cmds = [rest for keyword, rest in dockerfile() if keyword == "CMD"]
+    assert cmds, "no CMD"
+    args = dockerfile_args(cmds[-1])
+    assert args[0] == "daphne" and not entry_point_problems(args), args
+    assert args == argv(services()["web"]["command"])
+
+
+def test_migrations_run_only_in_the_migrate_service():
+    """`migrate` runs once, in the migrate service; no other process migrates."""
+    for name, service in services().items():
+        command = " ".join(argv(service.get("command") or []))
+        if name == "migrate":
+            assert argv(service["command"])[:3] == ["python", "manage.py", "migrate"]
+            assert "--noinput" in command or "--no-input" in command
+        else:
+            assert "migrate" not in command, f"{name} runs migrations"
+    for keyword, rest in dockerfile():
+        assert keyword not in ("CMD", "ENTRYPOINT") or "migrate" not in rest
+
+
+# --- Environment ---------------------------------------------------------------------
+
+
+def test_settings_variables_are_set_in_compose_or_have_defaults():
+    """Each variable settings.py reads is set in the Django environment or defaulted."""
+    reads = settings_env_reads()
+    assert {"SECRET_KEY", "DEBUG", "DATABASE_URL", "REDIS_URL"} <= set(reads)
+    environment = raw_compose()[ANCHOR]["environment"]
+    unset = [n for n, has_default in reads.items() if not has_default]
+    missing = [n for n in unset if n not in environment]
+    assert not missing, f"set in the x-django environment or give a default: {missing}"
+
+
+def test_settings_variables_are_listed_in_env_example():
+    """.env.example lists (set or commented out) every variable settings.py reads."""
+    listed = env_example()
+    missing = sorted(set(settings_env_reads()) - set(listed))
+    assert not missing, f"add to .env.example: {missing}"
+
+
+def test_compose_runs_django_in_production_mode():
+    """DEBUG is off and SECRET_KEY must come from .env (`:?`), never a default."""
+    environment = raw_compose()[ANCHOR]["environment"]
+    assert environ.Env.parse_value(str(environment["DEBUG"]), bool) is False
+    assert re.fullmatch(r"\$\{SECRET_KEY:\?[^}]+\}", environment["SECRET_KEY"])
+    assert django_env()["LOG_FORMAT"] == "json"
+    assert django_env()["PROMETHEUS_MULTIPROC_DIR"] in {
+        str(t).split(":")[0] for t in raw_compose()[ANCHOR]["tmpfs"]
+    }, "the multiprocess metrics directory is a per-container tmpfs"
+
+
+def test_compose_overrides_every_local_address_of_env_example():
+    """.env reaches the containers (env_file): its local addresses are overridden."""
+    environment = raw_compose()[ANCHOR]["environment"]
+    local = [
+        name
+        for name, value in env_example().items()
+        if value is not None and LOCAL_ADDRESS.search(value)
+    ]
+    assert "DATABASE_URL" in local
+    assert not [n for n in local if n not in environment], local
+    for name, value in django_env().items():
+        # ALLOWED_HOSTS holds 127.0.0.1 on purpose: the healthcheck's Host header.
+        assert name == "ALLOWED_HOSTS" or not LOCAL_ADDRESS.search(value), name
+
+
+def test_every_compose_variable_is_read_by_the_code():
+    """Each Django variable in compose is read by settings, the code or Flower."""
+    from flower.options import options
+
+    known = set(settings_env_reads()) | code_string_constants()
+    unread = [
+        name
+        for name in django_env()
+        if name not in known
+        and not (name.startswith("FLOWER_") and name[7:].lower() in options)
+    ]
+    assert not unread, f"nothing reads {unread} (a typo?)"
+
+
+def test_urls_point_at_the_compose_services():
+    """DATABASE_URL, REDIS_URL, the broker and Kafka name services of this file."""
+    probe = {"POSTGRES_PASSWORD": "probe-pw", "POSTGRES_DB": "probe_db"}
+    env, postgres = django_env(**probe), services(**probe)["postgres"]["environment"]
+    database = environ.Env.db_url_config(env["DATABASE_URL"])
+    assert database["ENGINE"] == "django.db.backends.postgresql"
+    assert (database["HOST"], database["PORT"]) == ("postgres", 5432)
+    assert database["NAME"] == postgres["POSTGRES_DB"] == "probe_db"
+    assert database["PASSWORD"] == postgres["POSTGRES_PASSWORD"] == "probe-pw"
+    assert database["USER"] == postgres["POSTGRES_USER"]
+    for name in ("REDIS_URL", "CELERY_BROKER_URL"):
+        assert re.fullmatch(r"redis://redis:6379/\d+", env[name]), name
+    hosts = {s.rsplit(":", 1)[0] for s in env["KAFKA_BOOTSTRAP_SERVERS"].split(",")}
+    assert hosts <= set(services()), hosts
+
+
+# --- Images and Dockerfile -----------------------------------------------------------
+
+
+def test_images_are_pinned_to_a_tag_that_is_not_latest():
+    """Every service names its image with an explicit tag other than `latest`."""
+    for name, service in services().items():
+        image = service.get("image", "")
+        assert image, f"{name} has no image name"
+        assert image_tag(image) not in ("", "latest"), f"{name}: {image}"
+    assert image_tag("postgres") == "" and image_tag("r:5000/kafka") == ""
+
+
+def test_dockerfile_base_image_is_pinned():
+    """Each FROM names an image with a tag other than `latest`."""
+    stages: set[str] = set()
+    froms = [rest for keyword, rest in dockerfile() if keyword == "FROM"]
+    assert froms
+    for rest in froms:
+        words = [w for w in rest.split() if not w.startswith("--")]
+        if words[0] not in stages:
+            assert image_tag(words[0]) not in ("", "latest"), words[0]
+            assert words[0].startswith("python:3.11"), words[0]
+        if len(words) == 3 and words[1].upper() == "AS":
+            stages.add(words[2])
+
+
+def test_dockerfile_runs_as_non_root_user():
+    """The image's final USER is not root."""
+    users = [rest for keyword, rest in dockerfile() if keyword == "USER"]
+    assert users, "no USER: the container would run as root"
+    assert users[-1].split(":")[0] not in ("root", "0"), users[-1]
+
+
+def test_dockerfile_installs_only_runtime_requirements_and_collects_static():
+    """pip installs requirements.txt only; collectstatic runs with a build-only key."""
+    instructions = dockerfile()
+    assert not [r for _, r in instructions if "requirements-dev" in r]
+    assert "requirements-dev" not in (ROOT / "requirements.txt").read_text()
+    installs = [
+        cmd[cmd.index("install") + 1 :]
+        for keyword, rest in instructions
+        if keyword == "RUN"
+        for cmd in shell_commands(rest)
+        if "pip" in " ".join(cmd[:3]) and "install" in cmd
+    ]
+    assert installs, "no pip install"
+    for args in installs:
+        files = [
+            args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-r", "--requirement")
+        ]
+        positional = [a for a in args if not a.startswith("-") and a not in files]
+        assert files and not positional, args
+        assert all(Path(f).name == "requirements.txt" for f in files), files
+    collects = [
+        cmd
+        for keyword, rest in instructions
+        if keyword == "RUN"
+        for cmd in shell_commands(rest)
+        if "collectstatic" in cmd
+    ]
+    assert len(collects) == 1, "manage.py collectstatic runs once at build time"
+    env = dict(t.split("=", 1) for t in takewhile(lambda t: "=" in t, collects[0]))
+    command = collects[0][len(env) :]
+    assert command[:3] == ["python", "manage.py", "collectstatic"], command
+    assert "--noinput" in command or "--no-input" in command
+    assert env.get("DEBUG") == "False" and env.get("SECRET_KEY"), env
+    for keyword, rest in instructions:
+        assert not (keyword in ("ENV", "ARG") and "SECRET_KEY" in rest), rest
+
+
+def test_dockerignore_keeps_local_state_out():
+    """The build context leaves out the venv, git, databases, secrets and artifacts."""
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".venv", ".git", ".env", "db.sqlite3", "test-artifacts", ".run"):
+        assert entry in ignored, entry
+
+
+# --- Services ------------------------------------------------------------------------
+
+
+def test_worker_can_be_scaled():
+    """worker has no container_name or host ports and serves metrics internally."""
+    worker = services()["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert django_env()["WORKER_METRICS_PORT"] == "9808"
+    assert "--concurrency" in argv(worker["command"])
+    assert "5" in argv(services(CELERY_CONCURRENCY="5")["worker"]["command"])
+
+
+def test_dependencies_wait_for_health_and_one_shots():
+    """Django services wait for healthy servers and finished one-shots."""
+    all_services = services()
+    for name, service in django_services().items():
+        conditions = {d: c["condition"] for d, c in service["depends_on"].items()}
+        expected = (
+            {"postgres": "service_healthy"}
+            if name == "migrate"
+            else EXPECTED_DEPENDS_ON
+        )
+        assert conditions == expected, name
+    for service in all_services.values():
+        for dep, spec in (service.get("depends_on") or {}).items():
+            target = all_services[dep]
+            if spec["condition"] == "service_healthy":
+                assert target.get("healthcheck", {}).get("test"), f"{dep} unhealthy"
+            if spec["condition"] == "service_completed_successfully":
+                assert target.get("restart", "no") == "no", f"{dep} restarts"
+
+
+def test_servers_have_healthchecks_and_volumes():
+    """postgres, redis and kafka check themselves and keep data in named volumes."""
+    document = services()
+    probes = {
+        "postgres": "pg_isready",
+        "redis": "redis-cli ping",
+        "kafka": r"kafka-(topics\.sh .*--list|broker-api-versions\.sh)",
+    }
+    for name, probe in probes.items():
+        test = document[name]["healthcheck"]["test"]
+        assert re.search(probe, " ".join(argv(test))), name
+    volumes = set(compose().get("volumes") or {})
+    for name in ("postgres", "kafka"):
+        sources = {str(v).split(":")[0] for v in document[name]["volumes"]}
+        assert sources & volumes, f"{name} has no named volume"
+
+
+def test_web_port_and_healthcheck_match_the_server():
+    """daphne listens on the published port; the healthcheck URL exists and is allowed."""
+    web = services()["web"]
+    args = argv(web["command"])
+    parsed = daphne_args(args[1:])
+    assert parsed.host == "0.0.0.0"
+    assert parsed.port == container_port(web) == 8000
+    assert services(WEB_PORT="8080")["web"]["ports"] == ["8080:8000"]
+    check = " ".join(argv(web["healthcheck"]["test"]))
+    assert "urllib" in check
+    match = re.search(r"http://(127\.0\.0\.1|localhost):(\d+)(/[^'\"\s]*)", check)
+    assert match, check
+    host, port, path = match.groups()
+    assert int(port) == parsed.port
+    try:
+        resolve(path)
+    except Resolver404:
+        pytest.fail(f"the healthcheck path {path} is not a Django URL")
+    for allowed_hosts in ("", "chat.example.com"):
+        env = django_env(ALLOWED_HOSTS=allowed_hosts)
+        assert host in env["ALLOWED_HOSTS"].split(","), allowed_hosts
+
+
+def test_flower_requires_basic_auth():
+    """Flower listens on its published port and demands basic auth from .env."""
+    flower = services()["flower"]
+    args = argv(flower["command"])
+    ports = [a.split("=", 1)[1] for a in args if a.startswith("--port=")]
+    assert ports and int(ports[0]) == container_port(flower) == 5555
+    auth = raw_compose()[ANCHOR]["environment"].get("FLOWER_BASIC_AUTH", "")
+    assert any(a.startswith("--basic-auth") for a in args) or re.fullmatch(
+        r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", auth
+    ), "Flower without basic auth"
+
+
+def test_kafka_is_a_single_kraft_node_reachable_as_kafka_9092():
+    """The broker runs KRaft (broker+controller) and advertises what Django uses."""
+    kafka = services()["kafka"]
+    env = {k: str(v) for k, v in kafka["environment"].items()}
+    assert kafka["image"].startswith("apache/kafka:")
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{env['KAFKA_NODE_ID']}@")
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    advertised = {
+        listener.split("://", 1)[1]
+        for listener in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    }
+    bootstrap = django_env()["KAFKA_BOOTSTRAP_SERVERS"]
+    assert bootstrap == "kafka:9092"
+    assert set(bootstrap.split(",")) <= advertised
+
+
+def test_kafka_init_creates_the_chat_topic_and_its_dlq():
+    """kafka-init creates KAFKA_CHAT_TOPIC and <topic>.dlq with N partitions, once."""
+    from chat.agents import KafkaChatAgent
+
+    probe = {"KAFKA_CHAT_TOPIC": "probe_topic", "KAFKA_CHAT_PARTITIONS": "9"}
+    for env, partitions in (({}, None), (probe, 9)):
+        init = services(**env)["kafka-init"]
+        topic = django_env(**env)["KAFKA_CHAT_TOPIC"]
+        dlq = KafkaChatAgent.dlq_topic.fget(SimpleNamespace(topic=topic))
+        script = " ".join(argv(init.get("entrypoint") or []) + argv(init["command"]))
+        assert init["image"] == services()["kafka"]["image"]
+        assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
+        assert init.get("restart", "no") == "no"
+        assert "--create" in script and "--if-not-exists" in script
+        for name in (topic, dlq):
+            assert re.search(rf"(?<![\w.]){re.escape(name)}(?![\w.])", script), name
+        found = {int(n) for n in re.findall(r"--partitions\s+(\d+)", script)}
+        assert found and min(found) >= 2, found
+        assert partitions is None or found == {partitions}
+    assert django_env()["KAFKA_CHAT_TOPIC"] == "chat_messages"
