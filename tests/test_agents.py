@@ -188,3 +188,28 @@ async def test_original_readme_examples_work(chat_users, start_worker, kafka_boo
     assert rejected.value.code == "unknown_receiver"
     agent.flush()
     agent.close()
+
+
+def test_circuit_opens_after_repeated_failures_and_closes_when_broker_returns(
+    kafka_port_down,
+):
+    """After N retriable failures attempts fail at once; after the reset it retries."""
+    from chatproj.embedded import embedded_kafka
+
+    agent = KafkaChatAgent(
+        bootstrap_servers=f"127.0.0.1:{kafka_port_down}",
+        send_timeout=0.5,
+        breaker_failures=2,
+        breaker_reset=3600,
+    )
+    for _ in range(2):
+        with pytest.raises(RetriablePublishError, match="unreachable"):
+            agent.publish(sample_event())
+    started = time.monotonic()
+    with pytest.raises(RetriablePublishError, match="circuit open"):
+        agent.publish(sample_event())
+    assert time.monotonic() - started < 0.1  # no broker call at all
+    with embedded_kafka(kafka_port_down):
+        agent.breaker.close()  # as after reset_timeout: the next call goes through
+        assert agent.publish(sample_event()) is not None
+    agent.close()

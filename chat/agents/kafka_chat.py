@@ -83,6 +83,8 @@ class KafkaChatAgent(Agent):
         send_timeout: float | None = None,
         max_message_length: int | None = None,
         producer_config: dict[str, Any] | None = None,
+        breaker_failures: int | None = None,
+        breaker_reset: float | None = None,
     ) -> None:
         super().__init__()
         self.enabled = settings.KAFKA_ENABLED if enabled is None else enabled
@@ -91,10 +93,9 @@ class KafkaChatAgent(Agent):
             if bootstrap_servers is None
             else bootstrap_servers
         )
-        if isinstance(servers, str):
-            servers = [s.strip() for s in servers.split(",") if s.strip()]
-        self.bootstrap_servers: list[str] = list(servers)
-        parse_bootstrap_servers(self.bootstrap_servers)  # fails loudly when malformed
+        self.bootstrap_servers = [
+            f"{host}:{port}" for host, port in parse_bootstrap_servers(servers)
+        ]
         self.client_id = settings.KAFKA_CLIENT_ID if client_id is None else client_id
         self.topic = settings.KAFKA_CHAT_TOPIC if topic is None else topic
         self.send_timeout = float(
@@ -116,8 +117,10 @@ class KafkaChatAgent(Agent):
         # Fail fast while the broker is known to be down, instead of spending
         # KAFKA_SEND_TIMEOUT of a worker on every attempt (retries come later).
         self.breaker = pybreaker.CircuitBreaker(
-            fail_max=settings.KAFKA_BREAKER_FAILURES,
-            reset_timeout=settings.KAFKA_BREAKER_RESET,
+            fail_max=breaker_failures or settings.KAFKA_BREAKER_FAILURES,
+            reset_timeout=(
+                settings.KAFKA_BREAKER_RESET if breaker_reset is None else breaker_reset
+            ),
             exclude=[PermanentPublishError, ImproperlyConfigured],
             throw_new_error_on_trip=False,
             name=f"kafka-{self.pid}",
@@ -289,7 +292,7 @@ class KafkaChatAgent(Agent):
         except pybreaker.CircuitBreakerError as exc:
             raise RetriablePublishError(
                 f"Kafka circuit open after repeated failures; next try in "
-                f"{settings.KAFKA_BREAKER_RESET:g}s ({exc})"
+                f"{self.breaker.reset_timeout:g}s ({exc})"
             ) from exc
         except KafkaPublishError as exc:
             logger.warning(
