@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 
 from chat.agents import (
@@ -149,7 +149,7 @@ def test_disabled_agent_skips_without_a_producer():
 @pytest.mark.django_db(transaction=True)
 async def test_original_readme_examples_work(chat_users, start_worker, kafka_bootstrap):
     """The README's agent examples run as written and the message reaches Kafka."""
-    worker = await sync_to_async(start_worker)()
+    worker = await database_sync_to_async(start_worker)()
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
     agent = KafkaChatAgent.get_instance()
     data = await agent.process_websocket_message(
@@ -173,11 +173,11 @@ async def test_original_readme_examples_work(chat_users, start_worker, kafka_boo
     )
     low, high = sorted((alice, bob))
     assert sent["room"] == f"dm-{low}-{high}" and sent["seq"] == 1
-    [record] = await sync_to_async(read_topic)(
+    [record] = await database_sync_to_async(read_topic)(
         kafka_bootstrap, worker.topic, expected=1
     )
     assert event_of(record)["message_id"] == sent["message_id"]
-    await sync_to_async(wait_for)(
+    await database_sync_to_async(wait_for)(
         lambda: (
             Message.objects.get(message_id=sent["message_id"]).status == "published"
         ),

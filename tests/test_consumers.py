@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from chat.consumers import ChatConsumer
@@ -46,7 +46,7 @@ async def test_bad_frames_get_error_codes_and_connection_keeps_working(
     asgi_server, start_worker, chat_users
 ):
     """Every bad frame gets its error code; the next good frame still goes through."""
-    await sync_to_async(start_worker)()
+    await database_sync_to_async(start_worker)()
     alice = await WSClient.connect(asgi_server, "errors", chat_users["alice"].cookie)
     await alice.expect("history")
     for i, (frame, code) in enumerate(BAD_FRAMES):
@@ -62,7 +62,7 @@ async def test_bad_frames_get_error_codes_and_connection_keeps_working(
     assert (await alice.expect("error"))["client_id"] == "e-1"
     await alice.send({"message": "x" * 4000, "client_id": "max"})
     assert (await alice.expect("message.ack"))["client_id"] == "max"
-    count = await sync_to_async(
+    count = await database_sync_to_async(
         Message.objects.filter(sender_id=chat_users["alice"].id).count
     )()
     assert count == len(BAD_FRAMES) + 1
@@ -117,7 +117,7 @@ async def test_subclass_with_super_calls_works(chat_users, start_worker):
     from channels.routing import URLRouter
     from django.urls import re_path
 
-    await sync_to_async(start_worker)()
+    await database_sync_to_async(start_worker)()
     app = AuthMiddlewareStack(
         URLRouter(
             [re_path(r"^ws/chat/(?P<room>[\w.-]+)/$", ChatConsumerWithKafka.as_asgi())]
@@ -160,7 +160,7 @@ async def test_kafka_disabled_messages_flow_and_are_skipped(
     asgi_server, start_worker, kafka_bootstrap, chat_users
 ):
     """KAFKA_ENABLED=False: users still chat, status is `skipped`, nothing is produced."""
-    worker = await sync_to_async(start_worker)(KAFKA_ENABLED="False")
+    worker = await database_sync_to_async(start_worker)(KAFKA_ENABLED="False")
     alice = await WSClient.connect(asgi_server, "quiet", chat_users["alice"].cookie)
     bob = await WSClient.connect(asgi_server, "quiet", chat_users["bob"].cookie)
     await alice.expect("history")
@@ -170,13 +170,15 @@ async def test_kafka_disabled_messages_flow_and_are_skipped(
     assert (await bob.expect("chat.message"))["content"] == "no kafka today"
     status = await alice.expect("message.status")
     assert status["status"] == "skipped"
-    message = await sync_to_async(Message.objects.get)(message_id=ack["message_id"])
+    message = await database_sync_to_async(Message.objects.get)(
+        message_id=ack["message_id"]
+    )
     assert message.status == "skipped" and message.kafka_offset is None
     assert (
         "KAFKA_ENABLED is off: skipped message_id=" + ack["message_id"] in worker.log()
     )
     assert "Kafka producer created" not in worker.log()
-    records = await sync_to_async(read_topic)(
+    records = await database_sync_to_async(read_topic)(
         kafka_bootstrap, worker.topic, expected=1, timeout=3
     )
     assert records == []

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chat.models import Message
 
@@ -19,7 +19,7 @@ async def test_room_message_reaches_users_and_kafka(
     asgi_server, start_worker, kafka_bootstrap, chat_users
 ):
     """A room message is persisted, broadcast, acked, published and readable from Kafka."""
-    worker = await sync_to_async(start_worker)()
+    worker = await database_sync_to_async(start_worker)()
     alice = await WSClient.connect(asgi_server, "lobby", chat_users["alice"].cookie)
     bob = await WSClient.connect(asgi_server, "lobby", chat_users["bob"].cookie)
     assert (await alice.expect("history"))["messages"] == []
@@ -42,9 +42,11 @@ async def test_room_message_reaches_users_and_kafka(
         "status": "published",
     }
 
-    message = await sync_to_async(Message.objects.get)(message_id=ack["message_id"])
+    message = await database_sync_to_async(Message.objects.get)(
+        message_id=ack["message_id"]
+    )
     assert message.status == "published" and message.attempts == 1
-    [record] = await sync_to_async(read_topic)(
+    [record] = await database_sync_to_async(read_topic)(
         kafka_bootstrap, worker.topic, expected=1
     )
     assert record.key == b"room:lobby"
@@ -76,7 +78,7 @@ async def test_direct_message_is_private(
     asgi_server, start_worker, kafka_bootstrap, chat_users
 ):
     """A DM reaches sender and receiver only; a third user in the room never sees it."""
-    worker = await sync_to_async(start_worker)()
+    worker = await database_sync_to_async(start_worker)()
     alice, bob, carol = [
         await WSClient.connect(asgi_server, "lobby", chat_users[n].cookie)
         for n in ("alice", "bob", "carol")
@@ -100,7 +102,9 @@ async def test_direct_message_is_private(
     assert seen["content"] == "for everyone"
     assert all(f.get("content") != "just for bob" for f in carol.unread)
 
-    records = await sync_to_async(read_topic)(kafka_bootstrap, worker.topic, expected=2)
+    records = await database_sync_to_async(read_topic)(
+        kafka_bootstrap, worker.topic, expected=2
+    )
     low, high = sorted((chat_users["alice"].id, bob_id))
     keys = {event_of(r)["content"]: r.key for r in records}
     assert keys == {

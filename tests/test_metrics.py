@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from prometheus_client.parser import text_string_to_metric_families
 
 from .support import WSClient, wait_for
@@ -34,11 +34,11 @@ async def test_counters_move_across_web_and_worker_children(
 ):
     """A message moves received (web), published and latency (worker child), the
     connection gauge, and the backlog gauge is read from the database."""
-    await sync_to_async(start_worker)()
-    before = await sync_to_async(scrape)(asgi_server)
+    await database_sync_to_async(start_worker)()
+    before = await database_sync_to_async(scrape)(asgi_server)
     alice = await WSClient.connect(asgi_server, "metrics", chat_users["alice"].cookie)
     await alice.expect("history")
-    during = await sync_to_async(scrape)(asgi_server)
+    during = await database_sync_to_async(scrape)(asgi_server)
     assert (
         during["chat_websocket_connections"]
         == before.get("chat_websocket_connections", 0) + 1
@@ -55,7 +55,7 @@ async def test_counters_move_across_web_and_worker_children(
         )
         return after if done else None
 
-    after = await sync_to_async(wait_for)(moved, 10, what="published counter")
+    after = await database_sync_to_async(wait_for)(moved, 10, what="published counter")
     assert (
         after["chat_messages_received_total"]
         == before.get("chat_messages_received_total", 0) + 1
@@ -70,7 +70,7 @@ async def test_counters_move_across_web_and_worker_children(
     assert after["chat_outbox_backlog{status=pending}"] == 0
     assert after["chat_outbox_backlog{status=failed}"] == 0
     await alice.close()
-    gone = await sync_to_async(wait_for)(
+    gone = await database_sync_to_async(wait_for)(
         lambda: (
             scrape(asgi_server)["chat_websocket_connections"]
             == before.get("chat_websocket_connections", 0)
@@ -84,19 +84,19 @@ async def test_backlog_and_retries_show_an_outage(
     asgi_server, start_worker, chat_users, kafka_port_down
 ):
     """With Kafka unreachable, retries and failures count up and the backlog shows it."""
-    await sync_to_async(start_worker)(
+    await database_sync_to_async(start_worker)(
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{kafka_port_down}",
         KAFKA_SEND_TIMEOUT="0.5",
         KAFKA_RETRY_TRIES="2",
         KAFKA_RETRY_DELAY="0.5",
     )
-    before = await sync_to_async(scrape)(asgi_server)
+    before = await database_sync_to_async(scrape)(asgi_server)
     alice = await WSClient.connect(asgi_server, "metrics", chat_users["alice"].cookie)
     await alice.expect("history")
     await alice.send({"message": "stuck"})
     await alice.expect("message.ack")
     assert (await alice.expect("message.status", timeout=20))["status"] == "failed"
-    after = await sync_to_async(scrape)(asgi_server)
+    after = await database_sync_to_async(scrape)(asgi_server)
     assert (
         after["chat_publish_retries_total"]
         == before.get("chat_publish_retries_total", 0) + 1

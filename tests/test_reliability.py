@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.db import connection
 from django.db.models import Max
 
@@ -93,17 +93,19 @@ async def check_and_record(
     published: a worker killed between the two loses that frame (the history
     shows the status after a reconnect), so a kill scenario allows a few."""
     sent = set(load.acked) | also_sent
-    await sync_to_async(wait_for)(lambda: all_published(sent), 120, interval=0.5,
+    await database_sync_to_async(wait_for)(lambda: all_published(sent), 120, interval=0.5,
                                   what="every message published")  # fmt: skip
-    figures = await sync_to_async(verify_delivery)(
+    figures = await database_sync_to_async(verify_delivery)(
         bootstrap=bootstrap, topic=topic, sent=sent
     )
-    recovery = max(0.0, await sync_to_async(last_published_at)(sent) - fault_ended)
+    recovery = max(
+        0.0, await database_sync_to_async(last_published_at)(sent) - fault_ended
+    )
 
     def missing_status() -> list[str]:
         return [i for i in load.acked if load.last_status.get(i) != "published"]
 
-    await sync_to_async(wait_for)(
+    await database_sync_to_async(wait_for)(
         lambda: len(missing_status()) <= max_missing_status, 30,
         what="senders told published",
     )  # fmt: skip
@@ -139,7 +141,7 @@ async def test_broker_down_15s_mid_stream(
 ):
     """≥300 messages from 4 clients; the broker is unreachable for 15 s in the middle."""
     proxy, bootstrap = kafka_behind_proxy
-    worker = await sync_to_async(start_worker)(
+    worker = await database_sync_to_async(start_worker)(
         beat=True, KAFKA_BOOTSTRAP_SERVERS=bootstrap, **FAST_RECOVERY
     )
     ended: list[float] = []
@@ -167,18 +169,18 @@ async def test_broker_down_longer_than_retry_window(
 ):
     """Messages exhaust their retries (`failed`); the sweep publishes all after recovery."""
     proxy, bootstrap = kafka_behind_proxy
-    worker = await sync_to_async(start_worker)(
+    worker = await database_sync_to_async(start_worker)(
         beat=True, KAFKA_BOOTSTRAP_SERVERS=bootstrap, **FAST_RECOVERY
     )
     proxy.cut()
     async with ChatLoad(asgi_server, users_cookies(chat_users, 2), ["long"]) as load:
         await load.stream(per_client=20, interval=0.1)
         sent = set(load.acked)
-        await sync_to_async(wait_for)(
+        await database_sync_to_async(wait_for)(
             lambda: Message.objects.filter(message_id__in=sent, status="failed").count()
             == len(sent), 60, interval=0.5, what="all failed",
         )  # fmt: skip
-        await sync_to_async(wait_for)(
+        await database_sync_to_async(wait_for)(
             lambda: load.statuses_seen["failed"] >= len(sent), 10
         )
         proxy.restore()
@@ -194,7 +196,7 @@ async def test_kill_9_worker_child_and_whole_worker(
     asgi_server, start_worker, chat_users, kafka_bootstrap, reliability_rows
 ):
     """kill -9 of a prefork child, then of the whole worker, mid-stream; restart; 0 lost."""
-    worker = await sync_to_async(start_worker)(
+    worker = await database_sync_to_async(start_worker)(
         beat=True, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, **FAST_RECOVERY
     )
     topic = worker.topic
@@ -272,7 +274,7 @@ async def test_redis_queue_flushed_mid_stream(
     ) as load:
         await load.stream(per_client=70, interval=0.1, at={3.5: flush_queue})
         started = time.time()
-        await sync_to_async(start_worker)(
+        await database_sync_to_async(start_worker)(
             beat=True, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_CHAT_TOPIC=topic,
             **FAST_RECOVERY,
         )  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chat import services
 from chat.models import Message
@@ -109,7 +109,7 @@ async def test_broker_unreachable_retries_with_configured_countdowns_then_fails(
     expected,
 ):
     """Celery retries with DELAY × BACKOFF^(n-1) and gives up after TRIES attempts."""
-    await sync_to_async(start_worker)(
+    await database_sync_to_async(start_worker)(
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{kafka_port_down}",
         KAFKA_SEND_TIMEOUT="0.5",
         KAFKA_RETRY_TRIES=tries,
@@ -124,8 +124,10 @@ async def test_broker_unreachable_retries_with_configured_countdowns_then_fails(
         status = await alice.expect("message.status", timeout=30)
         assert status == {"type": "message.status", "message_id": ack["message_id"],
                           "status": "failed"}  # fmt: skip
-        await sync_to_async(wait_for)(lambda: events.of("task-failed"), 10)
-    message = await sync_to_async(Message.objects.get)(message_id=ack["message_id"])
+        await database_sync_to_async(wait_for)(lambda: events.of("task-failed"), 10)
+    message = await database_sync_to_async(Message.objects.get)(
+        message_id=ack["message_id"]
+    )
     assert message.status == "failed"
     assert message.attempts == int(tries)
     assert "Unable to bootstrap" in message.last_error or "Kafka" in message.last_error
@@ -167,7 +169,7 @@ async def test_record_too_large_is_dead_after_one_attempt_and_copied_to_dlq(
 ):
     """A permanent error (record too large) is not retried: the message is `dead`,
     the sender is told, and a copy with the reason lands in `<topic>.dlq`."""
-    worker = await sync_to_async(start_worker)(
+    worker = await database_sync_to_async(start_worker)(
         KAFKA_PRODUCER_OPTIONS='{"max_request_size": 1200}'
     )
     alice = await WSClient.connect(asgi_server, "big", chat_users["alice"].cookie)
@@ -182,8 +184,10 @@ async def test_record_too_large_is_dead_after_one_attempt_and_copied_to_dlq(
             frame = await alice.expect("message.status")
             statuses[frame["message_id"]] = frame["status"]
         assert statuses == {big["message_id"]: "dead", small["message_id"]: "published"}
-        await sync_to_async(wait_for)(lambda: events.of("task-failed"), 10)
-    dead = await sync_to_async(Message.objects.get)(message_id=big["message_id"])
+        await database_sync_to_async(wait_for)(lambda: events.of("task-failed"), 10)
+    dead = await database_sync_to_async(Message.objects.get)(
+        message_id=big["message_id"]
+    )
     assert (dead.status, dead.attempts) == ("dead", 1)
     assert "MessageSizeTooLarge" in dead.last_error
     assert not events.of("task-retried")
@@ -191,7 +195,7 @@ async def test_record_too_large_is_dead_after_one_attempt_and_copied_to_dlq(
         "ERROR [" in worker.log()
         and f"Dead message_id={big['message_id']}" in worker.log()
     )
-    [copy] = await sync_to_async(read_topic)(
+    [copy] = await database_sync_to_async(read_topic)(
         kafka_bootstrap, worker.topic + ".dlq", expected=1
     )
     headers = dict(copy.headers)
@@ -200,7 +204,7 @@ async def test_record_too_large_is_dead_after_one_attempt_and_copied_to_dlq(
     body = event_of(copy)
     assert body["message_id"] == big["message_id"] and body["content_length"] == 3000
     assert body["content"] == "x" * 200 and "MessageSizeTooLarge" in body["error"]
-    published = await sync_to_async(read_topic)(
+    published = await database_sync_to_async(read_topic)(
         kafka_bootstrap, worker.topic, expected=2, timeout=3
     )
     assert [event_of(r)["message_id"] for r in published] == [small["message_id"]]

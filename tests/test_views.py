@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.test import Client
 
 from chat.models import Message
@@ -74,7 +74,7 @@ async def test_room_page_chats_in_a_real_browser(
     asgi_server, start_worker, chat_users, browser
 ):
     """Two browsers: a room message and a DM arrive, statuses show, errors are shown."""
-    await sync_to_async(start_worker)()
+    await database_sync_to_async(start_worker)()
     alice = await open_room(browser, asgi_server, "alice", "lobby")
     bob = await open_room(browser, asgi_server, "bob", "lobby")
     carol = await open_room(browser, asgi_server, "carol", "lobby")
@@ -108,5 +108,7 @@ async def test_room_page_chats_in_a_real_browser(
     await bob.reload()
     await bob.wait_for_selector("#log li.dm:has-text('a secret for bob')")
     assert await bob.locator("#log li").count() == 2
-    count = await sync_to_async(Message.objects.filter(status="published").count)()
+    count = await database_sync_to_async(
+        Message.objects.filter(status="published").count
+    )()
     assert count == 2
