@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.core.exceptions import ValidationError
 
 from . import metrics, services
 from .agents import RetriablePublishError
@@ -88,8 +88,9 @@ class KafkaPublishTask(Task):
 def publish_chat_message(self: KafkaPublishTask, message_id: str) -> str | None:
     """Publish one persisted message to Kafka (retried on broker trouble)."""
     try:
-        message = services.message_publish(message_id=message_id)
-    except (Message.DoesNotExist, ValidationError, ValueError, TypeError):
+        canonical_id = str(uuid.UUID(str(message_id)))
+        message = services.message_publish(message_id=canonical_id)
+    except (ValueError, Message.DoesNotExist):
         logger.error("publish_chat_message: no message with id %r; dropped", message_id)
         return None
     return message.status
