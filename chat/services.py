@@ -19,6 +19,8 @@ from .models import Message, Room
 from .schemas import ChatEvent
 from .selectors import message_for_publish, messages_pending_publish
 
+logger = logging.getLogger(__name__)
+
 FINAL_STATUSES = (Message.Status.PUBLISHED, Message.Status.SKIPPED, Message.Status.DEAD)
 
 
@@ -36,9 +38,6 @@ def _enqueue_publish(message_id: str) -> None:
     from .tasks import publish_chat_message
 
     publish_chat_message.delay(message_id)
-
-
-logger = logging.getLogger(__name__)
 
 
 def room_get_or_create(*, name: str) -> Room:
@@ -70,8 +69,13 @@ def message_create(
             content=content,
         )
         message = Message.objects.select_related("room", "sender").get(pk=message.pk)
-        transaction.on_commit(partial(broadcast.broadcast_message, message))
-        transaction.on_commit(partial(_enqueue_publish, str(message.message_id)))
+        # robust: the message is committed; if Redis is down now, the sender still
+        # gets its ack and the outbox sweep enqueues the publication later.
+        # (lambdas, not partials: Django names a failed robust callback by __qualname__)
+        transaction.on_commit(lambda: broadcast.broadcast_message(message), robust=True)
+        transaction.on_commit(
+            lambda: _enqueue_publish(str(message.message_id)), robust=True
+        )
     metrics.MESSAGES_RECEIVED.inc()
     logger.info(
         "Message message_id=%s persisted in room %s seq %d",

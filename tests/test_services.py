@@ -159,3 +159,26 @@ def test_redrive_puts_dead_messages_back(chat_users, redis_url):
     dead.refresh_from_db()
     assert dead.status == "pending" and dead.next_sweep_at is not None
     assert len(queued_tasks(redis_url)) == 3
+
+
+def test_enqueue_failure_after_commit_loses_nothing(chat_users, monkeypatch, caplog):
+    """If Redis refuses the task after the commit, the message stays, pending, for the
+    outbox sweep, and the caller still gets it (the sender is acked)."""
+
+    def broker_down(message_id: str) -> None:
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(services, "_enqueue_publish", broker_down)
+    message = services.message_create(
+        room_name="r", sender_id=chat_users["alice"].id, receiver_id=None, content="x"
+    )
+    message.refresh_from_db()
+    assert message.status == "pending" and message.next_sweep_at is None
+    assert "Redis is down" in caplog.text
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    monkeypatch.undo()  # Redis is back: the sweep enqueues it for real
+    due = services.outbox_sweep(now=timezone.now() + timedelta(hours=1))
+    assert str(message.message_id) in due
