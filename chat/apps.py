@@ -10,5 +10,8 @@ class ChatConfig(AppConfig):
     name = "chat"
 
     def ready(self) -> None:
-        """Connect Celery worker lifecycle signals (producer shutdown)."""
+        """Connect worker lifecycle signals; check settings read lazily elsewhere."""
         from . import signals  # noqa: F401
+        from .rate_limit import message_rate_limiter
+
+        message_rate_limiter()  # a bad CHAT_RATE_LIMIT fails at start-up

@@ -12,6 +12,7 @@ from django.conf import settings
 from . import metrics, selectors, services
 from .agents import ChatValidationError, KafkaChatAgent
 from .broadcast import room_group, user_group
+from .rate_limit import message_rate_limiter
 from .schemas import message_payload
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except ChatValidationError as exc:
             logger.info("Rejected frame from user %s: %s", self.user_id, exc)
             await self.send_json(exc.as_frame())
+            return
+        limiter = message_rate_limiter()
+        if not limiter.allow(self.user_id):
+            logger.warning("Rate limited user %s", self.user_id)
+            error = ChatValidationError(
+                "rate_limited",
+                f"Too many messages: at most {limiter.describe()}; this one was "
+                "not sent, try again shortly.",
+                data["client_id"],
+            )
+            await self.send_json(error.as_frame())
             return
         message = await database_sync_to_async(services.message_create)(
             room_name=self.room_name,

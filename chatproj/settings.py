@@ -171,6 +171,8 @@ OUTBOX_SWEEP_BATCH = env.int("OUTBOX_SWEEP_BATCH", default=1000)
 # --- Chat -------------------------------------------------------------------------
 CHAT_MAX_MESSAGE_LENGTH = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 CHAT_HISTORY_SIZE = env.int("CHAT_HISTORY_SIZE", default=50)
+# Messages one user may send per window, e.g. "30/10seconds" (empty: no limit).
+CHAT_RATE_LIMIT = env("CHAT_RATE_LIMIT", default="30/10seconds")
 
 # --- Celery -----------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)

@@ -107,6 +107,8 @@ def process_env(
         "CELERY_BROKER_URL": redis_url,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "KAFKA_SEND_TIMEOUT": "2",
+        # Load tests send faster than a person; test_rate_limit sets its own.
+        "CHAT_RATE_LIMIT": "1000/second",
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -170,6 +172,29 @@ def asgi_server(process_env: dict[str, str], log_dir: Path) -> Iterator[str]:
         wait_for(lambda: port_answers("127.0.0.1", port), 30, what="daphne listening")
         yield f"127.0.0.1:{port}"
     finally:
+        server.stop()
+
+
+@pytest.fixture
+def start_web(process_env, log_dir):
+    """Start a dedicated daphne with environment overrides; yields its base URL maker."""
+    servers = []
+
+    def start(**env: str) -> str:
+        port = free_port()
+        server = ManagedProcess(
+            f"daphne-{port}",
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+             "chatproj.asgi:application"],
+            {**process_env, **env},
+            log_dir,
+        ).start()  # fmt: skip
+        servers.append(server)
+        wait_for(lambda: port_answers("127.0.0.1", port), 30, what="daphne")
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
         server.stop()
 
 

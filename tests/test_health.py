@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import urllib.request
 
 import pytest
 
-from chatproj.embedded import embedded_kafka, free_port, port_answers
-
-from .support import ManagedProcess, wait_for
+from chatproj.embedded import embedded_kafka, free_port
 
 
 def get(url: str) -> tuple[int, dict]:
@@ -21,29 +18,6 @@ def get(url: str) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-@pytest.fixture
-def start_web(process_env, log_dir):
-    """Start a dedicated daphne with environment overrides; yields a starter."""
-    servers = []
-
-    def start(**env: str) -> str:
-        port = free_port()
-        server = ManagedProcess(
-            f"daphne-{port}",
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-             "chatproj.asgi:application"],
-            {**process_env, **env},
-            log_dir,
-        ).start()  # fmt: skip
-        servers.append(server)
-        wait_for(lambda: port_answers("127.0.0.1", port), 30, what="daphne")
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.mark.django_db(transaction=True)
