@@ -25,6 +25,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     room_name: str
     user_id: int
+    counted = False  # whether this connection is in the connections gauge
 
     async def connect(self) -> None:
         """Refuse anonymous users; join the groups, then send the room's history."""
@@ -92,7 +93,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Groups are left by Channels itself; only the gauge is ours."""
-        if getattr(self, "counted", False):
+        if self.counted:
             metrics.WEBSOCKET_CONNECTIONS.dec()
             self.counted = False
 
