@@ -93,9 +93,9 @@ def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
         raise ChatValidationError(
             "invalid_message", "The message contains a NUL character.", client_id
         )
-    if not _is_unicode(frame.message) or not _is_unicode(frame.client_id or ""):
+    if not _is_unicode(frame.message):  # (pydantic already refuses such a client_id)
         raise ChatValidationError(
-            "invalid_message", "The frame has text that is not valid Unicode.", None
+            "invalid_message", "The message is not valid Unicode.", client_id
         )
     return frame
 

@@ -66,12 +66,6 @@ def redis_address(url: str) -> tuple[str, int]:
     return parsed.hostname or "127.0.0.1", parsed.port or 6379
 
 
-def kafka_address(bootstrap_servers: str) -> tuple[str, int]:
-    """(host, port) of the first bootstrap server."""
-    host, _, port = bootstrap_servers.split(",")[0].strip().rpartition(":")
-    return host or "127.0.0.1", int(port or 9092)
-
-
 def redis_command(port: int, host: str = "127.0.0.1") -> list[str]:
     """Command line of an in-memory valkey-server."""
     return [

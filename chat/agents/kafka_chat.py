@@ -117,7 +117,11 @@ class KafkaChatAgent(Agent):
         # Fail fast while the broker is known to be down, instead of spending
         # KAFKA_SEND_TIMEOUT of a worker on every attempt (retries come later).
         self.breaker = pybreaker.CircuitBreaker(
-            fail_max=breaker_failures or settings.KAFKA_BREAKER_FAILURES,
+            fail_max=(
+                settings.KAFKA_BREAKER_FAILURES
+                if breaker_failures is None
+                else breaker_failures
+            ),
             reset_timeout=(
                 settings.KAFKA_BREAKER_RESET if breaker_reset is None else breaker_reset
             ),
@@ -140,8 +144,7 @@ class KafkaChatAgent(Agent):
         if not isinstance(self.producer_config, dict):
             raise ImproperlyConfigured(
                 "KAFKA_PRODUCER_OPTIONS must be a JSON object of KafkaProducer "
-                "options, "
-                f"not {self.producer_config!r}."
+                f"options, not {self.producer_config!r}."
             )
         if not self.send_timeout > 0:
             raise ImproperlyConfigured(

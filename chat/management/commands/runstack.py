@@ -16,7 +16,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chatproj.embedded import kafka_address, port_answers, redis_address
+from chat.agents.kafka_chat import parse_bootstrap_servers
+from chatproj.embedded import port_answers, redis_address
 
 
 class Command(BaseCommand):
@@ -51,7 +52,7 @@ class Command(BaseCommand):
                 "kafka",
                 "KAFKA_BOOTSTRAP_SERVERS",
                 settings.KAFKA_BOOTSTRAP_SERVERS,
-                kafka_address,
+                lambda servers: parse_bootstrap_servers(servers)[0],
                 "Tansu broker",
             ),
         ]
