@@ -12,12 +12,14 @@ from django.conf import settings
 from . import metrics, selectors, services
 from .agents import ChatValidationError, KafkaChatAgent
 from .broadcast import room_group, user_group
+from .frame_context import handling_frame, message_create_once
 from .rate_limit import message_rate_limiter
-from .schemas import message_payload
+from .schemas import client_id_of, message_payload, parse_chat_frame
 
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_INTERNAL_ERROR = 1011
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -38,6 +40,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user_id = user.pk
         self.room_name = self.scope["url_route"]["kwargs"]["room"]
+        # The room exists from its first visitor on, so the agent API can address it.
+        await database_sync_to_async(services.room_get_or_create)(name=self.room_name)
         self.groups = [room_group(self.room_name), user_group(self.user_id)]
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -51,32 +55,61 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             {"type": "history", "room": self.room_name, "messages": history}
         )
 
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        """Handle one client frame (and what subclasses do with it) as one message.
+
+        A ChatValidationError, or a subclass choking on a frame that is itself bad,
+        answers with an error frame and the connection stays open. Anything else is
+        a bug: logged once, and only this connection closes (1011), leaving its
+        groups through the normal disconnect.
+        """
+        if not self.counted:  # a refused connection's last frames
+            return
+        with handling_frame(sender_id=self.user_id, admit=self._admit_message):
+            try:
+                await super().websocket_receive(message)
+            except ChatValidationError as exc:
+                await self._refuse(exc, message)
+            except Exception:
+                try:
+                    parse_chat_frame(
+                        message.get("text", message.get("bytes")),
+                        max_length=KafkaChatAgent.get_instance().max_message_length,
+                    )
+                except ChatValidationError as exc:  # a subclass choked on a bad frame
+                    await self._refuse(exc, message)
+                    return
+                logger.exception("Closing the connection of user %s", self.user_id)
+                await self.close(code=CLOSE_INTERNAL_ERROR)
+
+    async def _refuse(
+        self, error: ChatValidationError, message: dict[str, Any]
+    ) -> None:
+        if error.client_id is None:
+            error.client_id = client_id_of(message.get("text"))
+        logger.debug("Refused a frame of user %s: %s", self.user_id, error)
+        await self.send_json(error.as_frame())
+
+    def _admit_message(self) -> None:
+        limiter = message_rate_limiter()
+        if not limiter.allow(self.user_id):
+            logger.warning("Rate limited user %s", self.user_id)
+            raise ChatValidationError(
+                "rate_limited",
+                f"Too many messages: at most {limiter.describe()}; this one was "
+                "not sent, try again shortly.",
+            )
+
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None
     ) -> None:
         """Validate a frame through the agent, persist it, and ack the sender."""
         agent = KafkaChatAgent.get_instance()
-        try:
-            data = await agent.process_websocket_message(
-                text_data=text_data if text_data is not None else bytes_data,
-                user_id=self.user_id,
-            )
-        except ChatValidationError as exc:
-            logger.info("Rejected frame from user %s: %s", self.user_id, exc)
-            await self.send_json(exc.as_frame())
-            return
-        limiter = message_rate_limiter()
-        if not limiter.allow(self.user_id):
-            logger.warning("Rate limited user %s", self.user_id)
-            error = ChatValidationError(
-                "rate_limited",
-                f"Too many messages: at most {limiter.describe()}; this one was "
-                "not sent, try again shortly.",
-                data["client_id"],
-            )
-            await self.send_json(error.as_frame())
-            return
-        message = await database_sync_to_async(services.message_create)(
+        data = await agent.process_websocket_message(
+            text_data=text_data if text_data is not None else bytes_data,
+            user_id=self.user_id,
+        )
+        message, _ = await message_create_once(
             room_name=self.room_name,
             sender_id=self.user_id,
             receiver_id=data["receiver_id"],

@@ -9,6 +9,12 @@ from django.db import models
 ROOM_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 
 
+def dm_room_name(user_a: int, user_b: int) -> str:
+    """The conversation of two users' direct messages: `dm-<low id>-<high id>`."""
+    low, high = sorted((user_a, user_b))
+    return f"dm-{low}-{high}"
+
+
 class Room(models.Model):
     """A chat room; `next_seq` is the sequence number its next message gets."""
 

@@ -59,7 +59,7 @@ def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
         )
     try:
         raw = json.loads(text_data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         raise ChatValidationError(
             "invalid_json", f"The frame is not valid JSON: {exc}"
         ) from None
@@ -67,10 +67,7 @@ def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
         raise ChatValidationError(
             "invalid_message", 'The frame must be a JSON object like {"message": "hi"}.'
         )
-    client_id = raw.get("client_id")
-    client_id = (
-        client_id if isinstance(client_id, str) and len(client_id) <= 128 else None
-    )
+    client_id = _valid_client_id(raw.get("client_id"))
     raw.setdefault("type", "chat.message")
     try:
         frame = ChatFrame.model_validate(raw)
@@ -98,6 +95,19 @@ def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
             "invalid_message", "The message is not valid Unicode.", client_id
         )
     return frame
+
+
+def _valid_client_id(value: Any) -> str | None:
+    return value if isinstance(value, str) and len(value) <= 128 else None
+
+
+def client_id_of(text_data: Any) -> str | None:
+    """The frame's client_id if it has a usable one (for an error frame)."""
+    try:
+        raw = json.loads(text_data)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return _valid_client_id(raw.get("client_id")) if isinstance(raw, dict) else None
 
 
 def _is_unicode(text: str) -> bool:

@@ -15,6 +15,11 @@ def user_exists(*, user_id: int) -> bool:
     return get_user_model().objects.filter(pk=user_id).exists()
 
 
+def room_exists(*, name: str) -> bool:
+    """Whether a room of this name exists."""
+    return Room.objects.filter(name=name).exists()
+
+
 def room_list() -> QuerySet[Room]:
     """All rooms, by name."""
     return Room.objects.order_by("name")

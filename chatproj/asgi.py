@@ -1,6 +1,7 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels."""
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -13,11 +14,15 @@ from channels.security.websocket import AllowedHostsOriginValidator
 
 from chat.routing import websocket_urlpatterns
 
+
+def websocket_application(urlpatterns: list[Any]) -> Any:
+    """WebSocket routes behind the origin check and session authentication."""
+    return AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(urlpatterns)))
+
+
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": websocket_application(websocket_urlpatterns),
     }
 )

@@ -180,12 +180,11 @@ def start_web(process_env, log_dir):
     """Start a dedicated daphne with environment overrides; yields its base URL maker."""
     servers = []
 
-    def start(**env: str) -> str:
+    def start(app: str = "chatproj.asgi:application", **env: str) -> str:
         port = free_port()
         server = ManagedProcess(
             f"daphne-{port}",
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-             "chatproj.asgi:application"],
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app],
             {**process_env, **env},
             log_dir,
         ).start()  # fmt: skip

@@ -166,13 +166,15 @@ class WSClient:
         self.unread: list[dict[str, Any]] = []
 
     @classmethod
-    async def connect(cls, server: str, room: str, cookie: str | None) -> WSClient:
-        """Open /ws/chat/<room>/ with the session cookie of a logged-in user."""
+    async def connect(
+        cls, server: str, room: str, cookie: str | None, path: str = "ws/chat"
+    ) -> WSClient:
+        """Open /<path>/<room>/ with the session cookie of a logged-in user."""
         from websockets.asyncio.client import connect
 
         headers = {"Cookie": f"sessionid={cookie}"} if cookie else {}
         connection = await connect(
-            f"ws://{server}/ws/chat/{room}/",
+            f"ws://{server}/{path}/{room}/",
             origin=f"http://{server}",  # type: ignore[arg-type]
             additional_headers=headers,
             open_timeout=10,

@@ -213,3 +213,51 @@ def test_circuit_opens_after_repeated_failures_and_closes_when_broker_returns(
         agent.breaker.close()  # as after reset_timeout: the next call goes through
         assert agent.publish(sample_event()) is not None
     agent.close()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("receiver", "code"),
+    [
+        (3.0, "invalid_message"),
+        (True, "invalid_message"),
+        (None, "invalid_message"),
+        (["lobby"], "invalid_message"),
+        (424242, "unknown_receiver"),
+        (-1, "invalid_message"),
+        ("no-such-room", "unknown_receiver"),
+        ("not a room name", "unknown_receiver"),
+    ],
+)
+async def test_send_chat_message_refuses_bad_receivers(chat_users, receiver, code):
+    """A wrong type or an unknown room/user is a ChatValidationError, never TypeError."""
+    agent = KafkaChatAgent.get_instance()
+    with pytest.raises(ChatValidationError) as rejected:
+        await agent.send_chat_message(
+            sender_id=chat_users["alice"].id, receiver_id=receiver, content="hi"
+        )
+    assert rejected.value.code == code
+    assert not await database_sync_to_async(Message.objects.exists)()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("sender", [424242, "1", None])
+async def test_send_chat_message_refuses_unknown_senders(chat_users, sender):
+    """The sender must be an existing user id."""
+    with pytest.raises(ChatValidationError) as rejected:
+        await KafkaChatAgent.get_instance().send_chat_message(
+            sender_id=sender, receiver_id=chat_users["bob"].id, content="hi"
+        )
+    assert rejected.value.code == "unknown_sender"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_send_chat_message_to_a_room_by_name(chat_users):
+    """A str receiver_id is a room: the message goes there, with no receiver."""
+    from chat.services import room_get_or_create
+
+    await database_sync_to_async(room_get_or_create)(name="lobby")
+    sent = await KafkaChatAgent.get_instance().send_chat_message(
+        sender_id=chat_users["alice"].id, receiver_id="lobby", content="hello room"
+    )
+    assert (sent["room"], sent["receiver_id"], sent["seq"]) == ("lobby", None, 1)

@@ -42,3 +42,11 @@ def test_event_key_value_and_utc_timestamp():
     value = json.loads(event.value)
     assert value["created_at"] == "2026-05-01T09:00:00Z"
     assert datetime.fromisoformat(value["created_at"]) == local.astimezone(UTC)
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_deep_nesting_is_invalid_json_not_a_crash(depth):
+    """json.loads raises RecursionError on deep nesting: it is answered invalid_json."""
+    with pytest.raises(ChatValidationError) as exc:
+        parse_chat_frame("[" * depth + "]" * depth, max_length=10)
+    assert exc.value.code == "invalid_json"

@@ -21,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from ..models import dm_room_name
 from ..schemas import ChatEvent, ChatValidationError, parse_chat_frame
 from .base import Agent
 
@@ -348,35 +349,51 @@ class KafkaChatAgent(Agent):
         }
 
     async def send_chat_message(
-        self,
-        *,
-        sender_id: int,
-        receiver_id: int | None = None,
-        content: str,
-        room: str | None = None,
+        self, *, sender_id: int, receiver_id: int | str, content: str
     ) -> dict[str, Any]:
         """Persist, broadcast and (via a worker) publish one message; return it.
 
-        A direct message without a room goes to the pair's own room `dm-<low>-<high>`.
+        `receiver_id` is a user id (int: a direct message, in the pair's conversation
+        `dm-<low>-<high>`) or a room name (str: a message to that existing room).
+        Inside a ChatConsumer handling a frame, the frame's message is made once
+        (chat.frame_context). Bad input raises ChatValidationError, never TypeError.
         """
-        from .. import services
+        from .. import selectors
+        from ..frame_context import message_create_once
         from ..schemas import message_payload
 
-        if room is None:
-            if receiver_id is None:
+        if not _is_id(sender_id) or not await database_sync_to_async(
+            selectors.user_exists
+        )(user_id=sender_id):
+            raise ChatValidationError(
+                "unknown_sender", f"There is no user with id {sender_id!r}."
+            )
+        if isinstance(receiver_id, str):
+            room, direct_to = receiver_id, None
+            if not await database_sync_to_async(selectors.room_exists)(name=room):
                 raise ChatValidationError(
-                    "invalid_message", "Give a room or a receiver_id."
+                    "unknown_receiver", f"There is no room named {room!r}."
                 )
-            low, high = sorted((sender_id, receiver_id))
-            room = f"dm-{low}-{high}"
-        frame = {"message": content, "receiver_id": receiver_id}
+        elif _is_id(receiver_id):
+            room, direct_to = dm_room_name(sender_id, receiver_id), receiver_id
+        else:
+            raise ChatValidationError(
+                "invalid_message",
+                "receiver_id must be a user id (int, a direct message) or a room "
+                f"name (str, a room message), not {type(receiver_id).__name__}.",
+            )
         data = await self.process_websocket_message(
-            text_data=json.dumps(frame), user_id=sender_id
+            text_data=json.dumps({"message": content, "receiver_id": direct_to}),
+            user_id=sender_id,
         )
-        message = await database_sync_to_async(services.message_create)(
+        message, _ = await message_create_once(
             room_name=room,
             sender_id=sender_id,
             receiver_id=data["receiver_id"],
             content=data["message"],
         )
         return message_payload(message)
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

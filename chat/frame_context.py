@@ -1,0 +1,78 @@
+"""One client frame, one message: the consumer and the agent share the frame's message.
+
+The original README's `ChatConsumerWithKafka` calls `agent.send_chat_message(...)` for
+a frame and then `super().receive(text_data)` for the same frame. `ChatConsumer` marks
+the frame it is handling (`handling_frame`); inside it, the first call that persists a
+message for the frame's sender stores it here, and a later call with the same sender,
+conversation, receiver and content gets that same message instead of a second one.
+Calls with anything else create their own messages, as outside a frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from channels.db import database_sync_to_async
+
+from . import services
+
+if TYPE_CHECKING:
+    from .models import Message
+
+MessageKey = tuple[str, int, int | None, str]  # room, sender, receiver, content
+
+
+@dataclass
+class HandledFrame:
+    """The client frame a consumer is handling, and the message made for it."""
+
+    sender_id: int
+    # Called once before the frame's first message is made (the rate limit); it
+    # refuses by raising ChatValidationError.
+    admit: Callable[[], None] | None = None
+    messages: dict[MessageKey, Message] = field(default_factory=dict)
+
+
+_current_frame: ContextVar[HandledFrame | None] = ContextVar(
+    "chat_current_frame", default=None
+)
+
+
+@contextmanager
+def handling_frame(
+    *, sender_id: int, admit: Callable[[], None] | None = None
+) -> Iterator[HandledFrame]:
+    """Mark the frame of `sender_id` being handled by this task (ChatConsumer)."""
+    frame = HandledFrame(sender_id=sender_id, admit=admit)
+    token = _current_frame.set(frame)
+    try:
+        yield frame
+    finally:
+        _current_frame.reset(token)
+
+
+async def message_create_once(
+    *, room_name: str, sender_id: int, receiver_id: int | None, content: str
+) -> tuple[Message, bool]:
+    """Persist a message, or return the one this frame already made; (msg, created)."""
+    frame = _current_frame.get()
+    key: MessageKey = (room_name, sender_id, receiver_id, content)
+    in_frame = frame is not None and frame.sender_id == sender_id
+    if frame is not None and in_frame:
+        if key in frame.messages:
+            return frame.messages[key], False
+        if frame.admit is not None and not frame.messages:
+            frame.admit()
+    message = await database_sync_to_async(services.message_create)(
+        room_name=room_name,
+        sender_id=sender_id,
+        receiver_id=receiver_id,
+        content=content,
+    )
+    if frame is not None and in_frame:
+        frame.messages[key] = message
+    return message, True
