@@ -6,10 +6,16 @@ STAMP := $(VENV)/.installed
 # Development and tests run with DEBUG on; production (docker compose) sets it off.
 DEBUG ?= True
 export DEBUG
+# Written once when missing (DEBUG=True and a fresh SECRET_KEY), so manage.py works in
+# a fresh checkout; git-ignored, never committed.
+DOTENV := .env
 
 .PHONY: run test lint venv clean chromium reliability
 
 venv: $(STAMP)
+
+$(DOTENV): | $(STAMP)
+	$(PY) -m chatproj.devenv $(DOTENV)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,12 +23,12 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) $(DOTENV)
 	$(PY) manage.py runstack
 
 # Runs every test against real servers the fixtures start on free ports.
 # PYTEST_ARGS="-k e2e" narrows it; DATABASE_URL=postgres://... runs it on Postgres.
-test: $(STAMP) chromium
+test: $(STAMP) $(DOTENV) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The page tests drive Debian's Chromium; install it when we can (root), else they skip
