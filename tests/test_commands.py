@@ -58,6 +58,7 @@ def login(base: str, username: str, password: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.servers  # runstack starts its own
 async def test_runstack_starts_missing_servers_and_stops_on_ctrl_c(tmp_path: Path):
     """`make run`: with no Redis/Kafka answering, embedded ones start; chat works
     end to end for a demo user; SIGINT stops every process it started."""
@@ -116,6 +117,7 @@ async def test_runstack_starts_missing_servers_and_stops_on_ctrl_c(tmp_path: Pat
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("stack")
 def test_republish_pending_and_dead_letters_commands(chat_users, capsys):
     """Operators sweep on demand, list dead messages and re-drive them; bad ids are refused."""
     from django.core.management.base import CommandError

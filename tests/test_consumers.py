@@ -142,7 +142,7 @@ async def test_subclass_with_super_calls_works(chat_users, start_worker):
     assert ChatConsumerWithKafka.events == ["connect", "receive", "disconnect"]
 
 
-async def test_origin_not_allowed_is_rejected(chat_users):
+async def test_origin_not_allowed_is_rejected(chat_users, in_memory_channel_layer):
     """The AllowedHostsOriginValidator refuses a foreign Origin."""
     communicator = WebsocketCommunicator(
         application,

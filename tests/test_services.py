@@ -10,7 +10,8 @@ from django.db import connection
 from chat import services
 from chat.models import Message
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# message_create broadcasts and enqueues on commit: Redis must be there.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("stack")]
 
 
 def test_concurrent_senders_get_gap_free_unique_seq(chat_users, settings):
