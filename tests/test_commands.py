@@ -86,11 +86,11 @@ async def test_runstack_starts_missing_servers_and_stops_on_ctrl_c(tmp_path: Pat
         wait_for(
             lambda: "celery@" in output() and " ready." in output(), 60, what="worker"
         )
-        text = output()
+        text = output()  # what the developer is told: where to go, how to log in
         assert f"http://127.0.0.1:{web}/" in text
         assert "password: chatdemo" in text
-        assert f"starting embedded valkey-server on port {redis_port}" in text
-        assert f"starting embedded Tansu broker on port {kafka_port}" in text
+        assert port_answers("127.0.0.1", redis_port)  # the embedded servers it started
+        assert port_answers("127.0.0.1", kafka_port)
 
         cookie = login(f"http://127.0.0.1:{web}", "alice", "chatdemo")
         client = await WSClient.connect(f"127.0.0.1:{web}", "lobby", cookie)

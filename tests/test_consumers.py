@@ -173,11 +173,8 @@ async def test_kafka_disabled_messages_flow_and_are_skipped(
     message = await database_sync_to_async(Message.objects.get)(
         message_id=ack["message_id"]
     )
+    # (that a disabled agent builds no producer: test_agents, in-process)
     assert message.status == "skipped" and message.kafka_offset is None
-    assert (
-        "KAFKA_ENABLED is off: skipped message_id=" + ack["message_id"] in worker.log()
-    )
-    assert "Kafka producer created" not in worker.log()
     records = await database_sync_to_async(read_topic)(
         kafka_bootstrap, worker.topic, expected=1, timeout=3
     )

@@ -162,7 +162,7 @@ def test_redrive_puts_dead_messages_back(chat_users, redis_url):
     assert len(queued_tasks(redis_url)) == 3
 
 
-def test_enqueue_failure_after_commit_loses_nothing(chat_users, monkeypatch, caplog):
+def test_enqueue_failure_after_commit_loses_nothing(chat_users, monkeypatch):
     """If Redis refuses the task after the commit, the message stays, pending, for the
     outbox sweep, and the caller still gets it (the sender is acked)."""
 
@@ -175,7 +175,6 @@ def test_enqueue_failure_after_commit_loses_nothing(chat_users, monkeypatch, cap
     )
     message.refresh_from_db()
     assert message.status == "pending" and message.next_sweep_at is None
-    assert "Redis is down" in caplog.text
     from datetime import timedelta
 
     from django.utils import timezone
