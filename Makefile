@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEBUG ?= True
 export DEBUG
 
-.PHONY: run test lint venv clean chromium reliability
+.PHONY: run test test-fast lint venv clean chromium reliability
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ run: $(STAMP)
 # PYTEST_ARGS="-k e2e" narrows it; DATABASE_URL=postgres://... runs it on Postgres.
 test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The server-free tier: every test not marked `servers` (tests/conftest.py marks those
+# whose fixtures start Redis, Kafka, a worker or daphne). Starts no server; ~20 s.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not servers" $(PYTEST_ARGS)
 
 # The page tests drive Debian's Chromium; install it when we can (root), else they skip
 # (and fail under CI=true, so CI never passes without them).
