@@ -10,7 +10,7 @@ export DEBUG
 # a fresh checkout; git-ignored, never committed.
 DOTENV := .env
 
-.PHONY: run test lint venv clean chromium reliability
+.PHONY: run test test-fast lint venv clean chromium reliability
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ run: $(STAMP) $(DOTENV)
 # PYTEST_ARGS="-k e2e" narrows it; DATABASE_URL=postgres://... runs it on Postgres.
 test: $(STAMP) $(DOTENV) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The server-free tier: every test not marked `servers` (tests/conftest.py marks those
+# whose fixtures start Redis, Kafka, a worker or daphne). Starts no server; ~20 s.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not servers" $(PYTEST_ARGS)
 
 # The page tests drive Debian's Chromium; install it when we can (root), else they skip
 # (and fail under CI=true, so CI never passes without them).

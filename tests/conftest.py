@@ -1,4 +1,10 @@
-"""Fixtures: real servers on free ports, a real Celery worker, a real ASGI server."""
+"""Fixtures: real servers on free ports, a real Celery worker, a real ASGI server.
+
+Two tiers. A test that requests a server fixture (SERVER_FIXTURES, directly or through
+`stack`, `process_env`, `start_worker`, `asgi_server`, ...) is marked `servers`; every
+other test is server-free (`make test-fast`, `-m "not servers"`), and a guard fails it
+if it starts a server or connects to Redis anyway.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,15 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio.connection
+import redis.connection
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 
 from chatproj.embedded import (
+    EmbeddedServer,
     embedded_kafka,
     embedded_redis,
     free_port,
@@ -53,9 +62,14 @@ def kafka_bootstrap() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def stack_settings(redis_url: str, kafka_bootstrap: str) -> None:
-    """Point this process's channel layer, Celery producer and agent at the test servers."""
+# Fixtures that start (or stand for) a real server; whoever depends on one is `servers`.
+SERVER_FIXTURES = frozenset({"redis_url", "kafka_bootstrap"})
+
+
+@pytest.fixture(scope="session")
+def stack(redis_url: str, kafka_bootstrap: str) -> None:
+    """Point this process's channel layer, Celery producer and agent at the test
+    servers: for in-process tests whose code broadcasts or enqueues (message_create)."""
     from channels.layers import channel_layers
 
     from chatproj.celery import app
@@ -71,6 +85,19 @@ def stack_settings(redis_url: str, kafka_bootstrap: str) -> None:
     settings.CELERY_BROKER_URL = redis_url
     app.conf.broker_url = redis_url
     settings.KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
+
+
+@pytest.fixture
+def in_memory_channel_layer(settings: Any) -> Iterator[None]:
+    """channels' InMemoryChannelLayer, not Redis: for server-free consumer tests."""
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    }
+    channel_layers.backends = {}
+    yield
+    channel_layers.backends = {}  # rebuilt from the restored settings on next use
 
 
 def _database_url(db: dict[str, Any]) -> str:
@@ -90,6 +117,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def process_env(
     django_db_setup: None,
     django_db_blocker: Any,
+    stack: None,
     redis_url: str,
     kafka_bootstrap: str,
     tmp_path_factory: pytest.TempPathFactory,
@@ -146,6 +174,50 @@ def start_worker(
             sys.stderr.write(f"--- {worker.name} ---\n{worker.log()[-6000:]}\n")
     # Leftover tasks (scheduled retries) must not leak into the next test's worker.
     redis.Redis.from_url(redis_url).flushdb()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `servers` every test whose fixtures start a server (before `-m` selects)."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
+@pytest.fixture(autouse=True)
+def server_free_guard(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Fail a test not marked `servers` that starts a server or connects to Redis."""
+    if request.node.get_closest_marker("servers"):
+        yield
+        return
+    touched: list[str] = []
+    hint = (
+        f"{request.node.nodeid} is server-free (not marked `servers`) but %s: "
+        "request `stack` (or redis_url, kafka_bootstrap, process_env), or mark it "
+        "`servers`."
+    )
+
+    def no_start(self: Any, *args: Any, **kwargs: Any) -> Any:
+        touched.append(f"starts {getattr(self, 'name', self)}")
+        raise RuntimeError(hint % touched[-1])
+
+    def no_redis(self: Any, *args: Any, **kwargs: Any) -> Any:
+        touched.append(f"connects to Redis at {getattr(self, 'port', '?')}")
+        raise redis.ConnectionError(hint % touched[-1])
+
+    monkeypatch.setattr(EmbeddedServer, "start", no_start)
+    monkeypatch.setattr(ManagedProcess, "start", no_start)
+    for connection_class in (
+        redis.connection.AbstractConnection,
+        redis.asyncio.connection.AbstractConnection,
+    ):
+        for method in ("connect", "connect_check_health"):
+            monkeypatch.setattr(connection_class, method, no_redis)
+    yield
+    # Code that swallows errors (robust on_commit callbacks) must not hide a touch.
+    assert not touched, hint % ", ".join(touched)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -97,7 +97,7 @@ def test_misconfiguration_fails_loudly(overrides, complaint):
         KafkaChatAgent(**overrides)
 
 
-def test_unknown_producer_option_is_a_configuration_error(kafka_bootstrap):
+def test_unknown_producer_option_is_a_configuration_error():
     """A typo in KAFKA_PRODUCER_OPTIONS is reported as such, not retried."""
     agent = KafkaChatAgent(producer_config={"lingerms": 5})
     with pytest.raises(ImproperlyConfigured, match="KAFKA_PRODUCER_OPTIONS"):
@@ -190,6 +190,7 @@ async def test_original_readme_examples_work(chat_users, start_worker, kafka_boo
     agent.close()
 
 
+@pytest.mark.servers  # starts a broker itself
 def test_circuit_opens_after_repeated_failures_and_closes_when_broker_returns(
     kafka_port_down,
 ):

@@ -58,6 +58,7 @@ def login(base: str, username: str, password: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.servers  # runstack starts its own
 async def test_runstack_starts_missing_servers_and_stops_on_ctrl_c(tmp_path: Path):
     """`make run`: with no Redis/Kafka answering, embedded ones start; chat works
     end to end for a demo user; SIGINT stops every process it started."""
@@ -85,11 +86,11 @@ async def test_runstack_starts_missing_servers_and_stops_on_ctrl_c(tmp_path: Pat
         wait_for(
             lambda: "celery@" in output() and " ready." in output(), 60, what="worker"
         )
-        text = output()
+        text = output()  # what the developer is told: where to go, how to log in
         assert f"http://127.0.0.1:{web}/" in text
         assert "password: chatdemo" in text
-        assert f"starting embedded valkey-server on port {redis_port}" in text
-        assert f"starting embedded Tansu broker on port {kafka_port}" in text
+        assert port_answers("127.0.0.1", redis_port)  # the embedded servers it started
+        assert port_answers("127.0.0.1", kafka_port)
 
         cookie = login(f"http://127.0.0.1:{web}", "alice", "chatdemo")
         client = await WSClient.connect(f"127.0.0.1:{web}", "lobby", cookie)
@@ -116,6 +117,7 @@ async def test_runstack_starts_missing_servers_and_stops_on_ctrl_c(tmp_path: Pat
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("stack")
 def test_republish_pending_and_dead_letters_commands(chat_users, capsys):
     """Operators sweep on demand, list dead messages and re-drive them; bad ids are refused."""
     from django.core.management.base import CommandError

@@ -44,12 +44,6 @@ from .compose_support import (
     shell_commands,
 )
 
-
-@pytest.fixture(scope="session", autouse=True)
-def stack_settings() -> None:
-    """Replaces conftest's server start-up: these checks start no server."""
-
-
 # --- Compose file --------------------------------------------------------------------
 
 

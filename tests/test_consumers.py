@@ -142,7 +142,7 @@ async def test_subclass_with_super_calls_works(chat_users, start_worker):
     assert ChatConsumerWithKafka.events == ["connect", "receive", "disconnect"]
 
 
-async def test_origin_not_allowed_is_rejected(chat_users):
+async def test_origin_not_allowed_is_rejected(chat_users, in_memory_channel_layer):
     """The AllowedHostsOriginValidator refuses a foreign Origin."""
     communicator = WebsocketCommunicator(
         application,
@@ -173,11 +173,8 @@ async def test_kafka_disabled_messages_flow_and_are_skipped(
     message = await database_sync_to_async(Message.objects.get)(
         message_id=ack["message_id"]
     )
+    # (that a disabled agent builds no producer: test_agents, in-process)
     assert message.status == "skipped" and message.kafka_offset is None
-    assert (
-        "KAFKA_ENABLED is off: skipped message_id=" + ack["message_id"] in worker.log()
-    )
-    assert "Kafka producer created" not in worker.log()
     records = await database_sync_to_async(read_topic)(
         kafka_bootstrap, worker.topic, expected=1, timeout=3
     )
