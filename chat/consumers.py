@@ -111,7 +111,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
         message, _ = await message_create_once(
             room_name=self.room_name,
-            sender_id=self.user_id,
+            sender=self.scope["user"],
             receiver_id=data["receiver_id"],
             content=data["message"],
         )
@@ -134,15 +134,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """A message for this connection's user (room broadcast or direct)."""
         await self.send_json({"type": "chat.message", **event["message"]})
 
-    async def message_status(self, event: dict[str, Any]) -> None:
-        """A delivery status for a message this user sent."""
-        await self.send_json(
-            {
-                "type": "message.status",
-                "message_id": event["message_id"],
-                "status": event["status"],
-            }
-        )
+    async def message_statuses(self, event: dict[str, Any]) -> None:
+        """Delivery statuses of messages this user sent: a message.status frame each."""
+        for status in event["statuses"]:
+            await self.send_json(
+                {
+                    "type": "message.status",
+                    "message_id": status["message_id"],
+                    "status": status["status"],
+                }
+            )
 
 
 def _history_payload(*, room_name: str, user_id: int) -> list[dict[str, Any]]:

@@ -21,6 +21,8 @@ from channels.db import database_sync_to_async
 from . import services
 
 if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
     from .models import Message
 
 MessageKey = tuple[str, int, int | None, str]  # room, sender, receiver, content
@@ -56,9 +58,10 @@ def handling_frame(
 
 
 async def message_create_once(
-    *, room_name: str, sender_id: int, receiver_id: int | None, content: str
+    *, room_name: str, sender: AbstractBaseUser, receiver_id: int | None, content: str
 ) -> tuple[Message, bool]:
     """Persist a message, or return the one this frame already made; (msg, created)."""
+    sender_id = sender.pk
     frame = _current_frame.get()
     key: MessageKey = (room_name, sender_id, receiver_id, content)
     in_frame = frame is not None and frame.sender_id == sender_id
@@ -71,6 +74,7 @@ async def message_create_once(
         room_name=room_name,
         sender_id=sender_id,
         receiver_id=receiver_id,
+        sender=sender,
         content=content,
     )
     if frame is not None and in_frame:

@@ -79,7 +79,19 @@ class Message(models.Model):
             models.Index(
                 fields=["status", "created_at"], name="message_status_created"
             ),
+            # a conversation's publisher: its unpublished messages in seq order
+            models.Index(
+                fields=["room", "seq"],
+                condition=models.Q(status__in=["pending", "failed"]),
+                name="message_unpublished",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.room_id}#{self.seq} {self.message_id}"
+
+
+# A message in one of these is never published again (short of a re-drive).
+FINAL_STATUSES = (Message.Status.PUBLISHED, Message.Status.SKIPPED, Message.Status.DEAD)
+# Still to publish, in seq order, by the conversation's publisher.
+UNPUBLISHED_STATUSES = (Message.Status.PENDING, Message.Status.FAILED)

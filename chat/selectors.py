@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 
-from .models import Message, Room
+from .models import UNPUBLISHED_STATUSES, Message, Room
 
 
 def user_exists(*, user_id: int) -> bool:
     """Whether a user with this id exists."""
     return get_user_model().objects.filter(pk=user_id).exists()
+
+
+def user_get(*, user_id: int) -> Any | None:
+    """The user with this id, or None."""
+    return get_user_model().objects.filter(pk=user_id).first()
 
 
 def room_exists(*, name: str) -> bool:
@@ -36,8 +42,38 @@ def room_history(*, room_name: str, user_id: int, limit: int) -> list[Message]:
     return list(reversed(latest))
 
 
+class PublishState(NamedTuple):
+    """What a publish task needs to know first about its message."""
+
+    room_id: int
+    room_name: str
+    status: str
+
+
+def message_publish_state(*, message_id: str) -> PublishState | None:
+    """Conversation and status of a message (one indexed read), or None if unknown."""
+    row = (
+        Message.objects.filter(message_id=message_id)
+        .values_list("room_id", "room__name", "status")
+        .first()
+    )
+    return PublishState(*row) if row else None
+
+
+def messages_unpublished(*, room_id: int, limit: int) -> list[Message]:
+    """The conversation's first `limit` messages still to publish, in seq order."""
+    return list(
+        Message.objects.filter(room_id=room_id, status__in=UNPUBLISHED_STATUSES)
+        .only(
+            "id", "message_id", "room_id", "seq", "sender_id", "receiver_id",
+            "content", "created_at", "status", "sweep_count",
+        )
+        .order_by("seq")[:limit]
+    )  # fmt: skip
+
+
 def message_for_publish(*, message_id: str) -> Message:
-    """The message a publish task works on, with what its event needs."""
+    """A message with what its event and its status frame need."""
     return Message.objects.select_related("room", "sender").get(message_id=message_id)
 
 

@@ -1,27 +1,31 @@
-"""Writes: every change to rooms and messages goes through here."""
+"""Writes: every change to rooms and messages goes through here.
+
+Services never talk to Kafka: the publish task claims a batch here, has the agent
+publish it, and records the outcome here.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import broadcast, metrics
-from .agents import KafkaChatAgent, KafkaPublishError, PermanentPublishError
-from .models import Message, Room
-from .schemas import ChatEvent
+from . import broadcast, metrics, outbox
+from .models import FINAL_STATUSES, Message, Room
 from .selectors import message_for_publish, messages_pending_publish
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
-FINAL_STATUSES = (Message.Status.PUBLISHED, Message.Status.SKIPPED, Message.Status.DEAD)
+logger = logging.getLogger(__name__)
 
 
 def _grace() -> timedelta:
@@ -34,10 +38,8 @@ def outbox_backoff(*, sweep_count: int) -> timedelta:
     return timedelta(seconds=min(seconds, settings.OUTBOX_BACKOFF_MAX))
 
 
-def _enqueue_publish(message_id: str) -> None:
-    from .tasks import publish_chat_message
-
-    publish_chat_message.delay(message_id)
+def _enqueue_publish(room_id: int, message_id: str) -> None:
+    outbox.enqueue_publish(room_id=room_id, message_id=message_id)
 
 
 def room_get_or_create(*, name: str) -> Room:
@@ -48,36 +50,61 @@ def room_get_or_create(*, name: str) -> Room:
     return room
 
 
+def _take_seq(room_name: str) -> tuple[int, int] | None:
+    # One statement takes the next seq: the row lock (Postgres) or the write lock
+    # (SQLite IMMEDIATE) makes concurrent senders wait their turn, gap-free.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Room._meta.db_table} SET next_seq = next_seq + 1 "
+            "WHERE name = %s RETURNING id, next_seq - 1",
+            [room_name],
+        )
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else None
+
+
 def message_create(
-    *, room_name: str, sender_id: int, receiver_id: int | None, content: str
+    *,
+    room_name: str,
+    sender_id: int,
+    receiver_id: int | None,
+    content: str,
+    sender: AbstractBaseUser | None = None,
 ) -> Message:
     """Persist a message with the room's next seq; on commit broadcast and enqueue it.
 
-    The seq is taken by an UPDATE of the room row inside the transaction: Postgres
-    locks the row, SQLite (IMMEDIATE transactions) the database, so concurrent
-    senders get distinct, gap-free numbers.
+    Two statements in one transaction (UPDATE ... RETURNING the seq, INSERT), and no
+    re-read: the message is built from what the caller has. `sender`, the user object
+    when the caller has it, spares the broadcast a read of the sender's name.
     """
-    room = room_get_or_create(name=room_name)
     with transaction.atomic():
-        Room.objects.filter(pk=room.pk).update(next_seq=F("next_seq") + 1)
-        seq = Room.objects.values_list("next_seq", flat=True).get(pk=room.pk) - 1
-        message = Message.objects.create(
+        taken = _take_seq(room_name)
+        if taken is None:
+            room_get_or_create(name=room_name)
+            taken = _take_seq(room_name)
+            assert taken is not None
+        room_id, seq = taken
+        room = Room(id=room_id, name=room_name)
+        room._state.adding = False
+        message = Message(
             room=room,
             seq=seq,
             sender_id=sender_id,
             receiver_id=receiver_id,
             content=content,
         )
-        message = Message.objects.select_related("room", "sender").get(pk=message.pk)
+        if sender is not None and sender.pk == sender_id:
+            message.sender = sender  # type: ignore[assignment]
+        message.save(force_insert=True)
         # robust: the message is committed; if Redis is down now, the sender still
         # gets its ack and the outbox sweep enqueues the publication later.
         # (lambdas, not partials: Django names a failed robust callback by __qualname__)
         transaction.on_commit(lambda: broadcast.broadcast_message(message), robust=True)
         transaction.on_commit(
-            lambda: _enqueue_publish(str(message.message_id)), robust=True
+            lambda: _enqueue_publish(room_id, str(message.message_id)), robust=True
         )
     metrics.MESSAGES_RECEIVED.inc()
-    logger.info(
+    logger.debug(
         "Message message_id=%s persisted in room %s seq %d",
         message.message_id,
         room_name,
@@ -87,56 +114,42 @@ def message_create(
     return message
 
 
-def message_publish(*, message_id: str) -> Message:
-    """Publish a message's event to Kafka and record the outcome.
-
-    Raises KafkaPublishError when the broker did not take it: a retriable one for the
-    caller to retry; a permanent one after the message was marked dead.
-    A message already published, skipped or dead is left alone (a redelivered task).
-    """
-    message = message_for_publish(message_id=message_id)
-    if message.status in FINAL_STATUSES:
-        logger.info("message_id=%s already %s", message_id, message.status)
-        return message
-    Message.objects.filter(pk=message.pk).update(
+def messages_claim(*, messages: Sequence[Message]) -> None:
+    """Count a publish attempt for each, and push their sweep past this attempt."""
+    Message.objects.filter(pk__in=[m.pk for m in messages]).update(
         attempts=F("attempts") + 1, next_sweep_at=timezone.now() + _grace()
     )
-    agent = KafkaChatAgent.get_instance()
-    event = ChatEvent.from_message(message)
-    try:
-        result = agent.publish(event)
-    except PermanentPublishError as exc:
-        message_mark_dead(message=message, reason=str(exc))
-        agent.publish_dead_letter(event, str(exc))
-        raise
-    except KafkaPublishError as exc:
-        Message.objects.filter(pk=message.pk).update(last_error=str(exc)[:2000])
-        raise
-    if result is None:
-        message.status = Message.Status.SKIPPED
-        message.save(update_fields=["status"])
-        metrics.MESSAGES_SKIPPED.inc()
-    else:
+
+
+def messages_record_published(
+    *, published: Sequence[tuple[Message, Any]], skipped: Sequence[Message] = ()
+) -> None:
+    """Record where Kafka stored each message (one UPDATE), or that it was skipped."""
+    now = timezone.now()
+    for message, result in published:
         message.status = Message.Status.PUBLISHED
-        message.published_at = timezone.now()
+        message.published_at = now
         message.kafka_partition = result.partition
         message.kafka_offset = result.offset
         message.last_error = ""
-        message.save(
-            update_fields=[
-                "status",
-                "published_at",
-                "kafka_partition",
-                "kafka_offset",
-                "last_error",
-            ]
+        metrics.PUBLISH_LATENCY.observe((now - message.created_at).total_seconds())
+    for message in skipped:
+        message.status = Message.Status.SKIPPED
+    changed = [m for m, _ in published] + list(skipped)
+    if changed:
+        Message.objects.bulk_update(
+            changed,
+            ["status", "published_at", "kafka_partition", "kafka_offset", "last_error"],
         )
-        metrics.MESSAGES_PUBLISHED.inc()
-        metrics.PUBLISH_LATENCY.observe(
-            (message.published_at - message.created_at).total_seconds()
-        )
-    broadcast.send_status(message)
-    return message
+    metrics.MESSAGES_PUBLISHED.inc(len(published))
+    metrics.MESSAGES_SKIPPED.inc(len(skipped))
+
+
+def messages_record_error(*, messages: Sequence[Message], error: str) -> None:
+    """Keep the last retriable error of messages that will be tried again."""
+    Message.objects.filter(pk__in=[m.pk for m in messages]).update(
+        last_error=error[:2000]
+    )
 
 
 def message_mark_failed(*, message_id: str, error: str) -> Message | None:
@@ -161,7 +174,7 @@ def message_mark_failed(*, message_id: str, error: str) -> Message | None:
         message.next_sweep_at.isoformat(),
         error,
     )
-    broadcast.send_status(message)
+    broadcast.send_statuses([message])
     return message
 
 
@@ -178,31 +191,67 @@ def message_mark_dead(*, message: Message, reason: str) -> Message:
         reason,
         extra={"message_id": str(message.message_id)},
     )
-    broadcast.send_status(message)
+    broadcast.send_statuses([message])
     return message
 
 
-def outbox_sweep(*, now: datetime | None = None, limit: int | None = None) -> list[str]:
-    """Re-enqueue pending/failed messages whose sweep is due; return their ids.
+def outbox_sweep(
+    *, now: datetime | None = None, limit: int | None = None, force: bool = False
+) -> list[str]:
+    """Re-enqueue the conversations of messages whose sweep is due; return their ids.
 
-    Each re-enqueue pushes the message's next sweep back (GRACE × 2^n, capped), so a
-    long outage is probed at a falling rate instead of hammering the broker.
+    One task per conversation: it publishes all of the conversation's unpublished
+    messages in seq order. Messages whose conversation already has a task waiting are
+    left alone, and nothing is enqueued while the Celery queue is deeper than
+    OUTBOX_SWEEP_MAX_QUEUE: those tasks are late, not lost, and more would only feed
+    a collapse. Each re-enqueue pushes the message's next sweep back (GRACE × 2^n,
+    capped), so a long outage is probed at a falling rate. `force` (an operator's
+    command) enqueues every due conversation whatever waits.
     """
     now = now or timezone.now()
     limit = settings.OUTBOX_SWEEP_BATCH if limit is None else limit
+    depth = 0 if force else outbox.queue_depth()
+    if depth > settings.OUTBOX_SWEEP_MAX_QUEUE:
+        logger.warning(
+            "Outbox sweep skipped: %d tasks wait in the queue (more than %d)",
+            depth,
+            settings.OUTBOX_SWEEP_MAX_QUEUE,
+        )
+        return []
     with transaction.atomic():
         pending = messages_pending_publish(now=now, grace=_grace())
-        due = list(pending.select_for_update(skip_locked=True)[:limit])
+        candidates = list(pending.select_for_update(skip_locked=True)[:limit])
+        waiting = {
+            room_id
+            for room_id in {m.room_id for m in candidates}
+            if not force and outbox.publish_scheduled(room_id=room_id)
+        }
+        due = [m for m in candidates if m.room_id not in waiting]
         for message in due:
             message.sweep_count += 1
             message.next_sweep_at = now + outbox_backoff(
                 sweep_count=message.sweep_count
             )
-            transaction.on_commit(partial(_enqueue_publish, str(message.message_id)))
         Message.objects.bulk_update(due, ["sweep_count", "next_sweep_at"])
+        _enqueue_conversations_on_commit(due)
     if due:
         logger.warning("Outbox sweep re-enqueued %d message(s)", len(due))
     return [str(m.message_id) for m in due]
+
+
+def _enqueue_conversations_on_commit(messages: Iterable[Message]) -> None:
+    first_of_room: dict[int, str] = {}
+    for message in messages:
+        first_of_room.setdefault(message.room_id, str(message.message_id))
+    for room_id, message_id in first_of_room.items():
+        transaction.on_commit(
+            partial(
+                outbox.enqueue_publish,
+                room_id=room_id,
+                message_id=message_id,
+                force=True,
+            )
+        )
 
 
 def message_redrive(*, message_ids: Iterable[str]) -> list[str]:
@@ -218,8 +267,8 @@ def message_redrive(*, message_ids: Iterable[str]) -> list[str]:
             message.status = Message.Status.PENDING
             message.sweep_count = 0
             message.next_sweep_at = timezone.now() + _grace()
-            transaction.on_commit(partial(_enqueue_publish, str(message.message_id)))
         Message.objects.bulk_update(dead, ["status", "sweep_count", "next_sweep_at"])
+        _enqueue_conversations_on_commit(dead)
     for message in dead:
         logger.warning(
             "Re-driving dead message_id=%s",

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that take ids and call a service."""
+"""Celery tasks: they take ids; the publish task orchestrates claim → agent → record."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
+from redis.exceptions import LockError
 
-from . import metrics, services
-from .agents import RetriablePublishError
-from .models import Message
+from . import broadcast, metrics, outbox, selectors, services
+from .agents import (
+    ChatEvent,
+    KafkaChatAgent,
+    KafkaPublishError,
+    PermanentPublishError,
+    RetriablePublishError,
+)
+from .models import FINAL_STATUSES, Message, Room
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +93,121 @@ class KafkaPublishTask(Task):
     retry_jitter=False,
 )
 def publish_chat_message(self: KafkaPublishTask, message_id: str) -> str | None:
-    """Publish one persisted message to Kafka (retried on broker trouble)."""
+    """Publish a message's conversation up to it, in seq order (retried on trouble).
+
+    Already published (its conversation's publisher took it): a one-read no-op.
+    """
     try:
         canonical_id = str(uuid.UUID(str(message_id)))
-        message = services.message_publish(message_id=canonical_id)
-    except (ValueError, Message.DoesNotExist):
+    except ValueError:
+        logger.error(
+            "publish_chat_message: %r is not a message id; dropped", message_id
+        )
+        return None
+    state = selectors.message_publish_state(message_id=canonical_id)
+    if state is None:
         logger.error("publish_chat_message: no message with id %r; dropped", message_id)
         return None
-    return message.status
+    published = state.status in FINAL_STATUSES
+    took_mark = outbox.publish_pass_started(
+        room_id=state.room_id, message_id=canonical_id, owner_only=published
+    )
+    if published and not took_mark:
+        return state.status  # nothing rode along on this task: a cheap no-op
+    return publish_conversation(
+        room_id=state.room_id, room_name=state.room_name, message_id=canonical_id
+    )
+
+
+def publish_conversation(*, room_id: int, room_name: str, message_id: str) -> str:
+    """Publish the conversation's unpublished messages (one batch) under its lock.
+
+    Claim the batch, have the agent send it pipelined with one flush, record the
+    outcome with one UPDATE, tell the senders. Returns the status of `message_id`;
+    raises RetriablePublishError (retry) or PermanentPublishError (dead) for it.
+    """
+    lock = outbox.conversation_lock(room_id=room_id)
+    if not lock.acquire():
+        raise RetriablePublishError(
+            f"Conversation {room_name} stayed locked by another publisher for "
+            f"{settings.CHAT_PUBLISH_LOCK_TIMEOUT:g}s"
+        )
+    try:
+        batch = selectors.messages_unpublished(
+            room_id=room_id, limit=settings.CHAT_PUBLISH_BATCH
+        )
+        outcomes = _publish_batch(room_id, room_name, batch) if batch else {}
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            logger.warning("Publish lock of %s expired before release", room_name)
+    if len(batch) == settings.CHAT_PUBLISH_BATCH:  # more to do: carry on in a new task
+        outbox.enqueue_publish(
+            room_id=room_id, message_id=str(batch[-1].message_id), force=True
+        )
+    outcome = outcomes.get(message_id)
+    if isinstance(outcome, KafkaPublishError):
+        raise outcome
+    for error in outcomes.values():
+        if isinstance(error, RetriablePublishError):
+            raise error  # this conversation is stuck behind it: retry the batch
+    if outcome is None:  # not in this batch: published meanwhile, or in the next
+        state = selectors.message_publish_state(message_id=message_id)
+        return state.status if state else "unknown"
+    return str(outcome)
+
+
+def _publish_batch(
+    room_id: int, room_name: str, batch: list[Message]
+) -> dict[str, str | KafkaPublishError]:
+    """Publish one claimed batch; message_id → new status, or the error it met."""
+    room = Room(id=room_id, name=room_name)
+    for message in batch:
+        message.room = room
+    services.messages_claim(messages=batch)
+    agent = KafkaChatAgent.get_instance()
+    events = [ChatEvent.from_message(m) for m in batch]
+    try:
+        results = agent.publish_batch(events)
+    except RetriablePublishError as exc:
+        services.messages_record_error(messages=batch, error=str(exc))
+        raise
+    if results is None:
+        services.messages_record_published(published=[], skipped=batch)
+        broadcast.send_statuses(batch)
+        return {str(m.message_id): m.status for m in batch}
+    published, retriable = [], []
+    outcome: dict[str, str | KafkaPublishError] = {}
+    for message, event, result in zip(batch, events, results, strict=True):
+        key = str(message.message_id)
+        if isinstance(result, PermanentPublishError):
+            services.message_mark_dead(message=message, reason=str(result))
+            agent.publish_dead_letter(event, str(result))
+            outcome[key] = result
+        elif isinstance(result, KafkaPublishError):
+            retriable.append(message)
+            outcome[key] = result
+        else:
+            published.append((message, result))
+            outcome[key] = Message.Status.PUBLISHED
+    services.messages_record_published(published=published)
+    if published:
+        logger.info(
+            "Published %d message(s) of %s, seq %d-%d, to %s[%d]",
+            len(published),
+            room_name,
+            published[0][0].seq,
+            published[-1][0].seq,
+            published[0][1].topic,
+            published[0][1].partition,
+        )
+    if retriable:
+        services.messages_record_error(
+            messages=retriable, error=str(outcome[str(retriable[0].message_id)])
+        )
+    broadcast.send_statuses([m for m, _ in published])
+    return outcome
 
 
 @shared_task(ignore_result=True)

@@ -90,14 +90,20 @@ LOGOUT_REDIRECT_URL = "/accounts/login/"
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
 }
+# Keep connections between requests and between a consumer's ORM calls (0 opened a
+# new connection per call); a broken one is replaced before it is used.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=300)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions take the write lock up front, so concurrent writers wait
-    # (up to `timeout` seconds) instead of failing with "database is locked".
+    # (up to `timeout` seconds) instead of failing with "database is locked". WAL lets
+    # readers run beside the writer; synchronous=NORMAL is WAL's durable-enough mode
+    # (a power cut may lose the last commits, never corrupt).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
-            "init_command": "PRAGMA journal_mode=WAL;",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
     # A file, not memory: tests run the ASGI server and workers in other processes.
@@ -134,7 +140,14 @@ REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+        # A channel that holds `capacity` messages drops new ones silently: sized so
+        # that a connected client falls behind (and catches up) instead of losing
+        # frames when the web server is saturated.
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "capacity": env.int("CHANNEL_LAYER_CAPACITY", default=20000),
+            "expiry": env.int("CHANNEL_LAYER_EXPIRY", default=120),
+        },
     }
 }
 
@@ -160,6 +173,18 @@ KAFKA_RETRY_JITTER = env.float("KAFKA_RETRY_JITTER", default=0.0)
 KAFKA_BREAKER_FAILURES = env.int("KAFKA_BREAKER_FAILURES", default=3)
 KAFKA_BREAKER_RESET = env.float("KAFKA_BREAKER_RESET", default=5.0)
 
+# --- Publishing: one publisher per conversation, in batches ------------------------
+# A publish task sends at most this many of a conversation's messages at once.
+CHAT_PUBLISH_BATCH = env.int("CHAT_PUBLISH_BATCH", default=500)
+# The per-conversation lock expires after this many seconds (a crashed holder), and a
+# task waits at most this long for it.
+CHAT_PUBLISH_LOCK_TIMEOUT = env.float(
+    "CHAT_PUBLISH_LOCK_TIMEOUT", default=3 * KAFKA_SEND_TIMEOUT + 5
+)
+# "A task for this conversation is waiting": later messages ride along with it. The
+# mark expires after this many seconds, in case its task was lost.
+CHAT_PUBLISH_SCHEDULED_TTL = env.int("CHAT_PUBLISH_SCHEDULED_TTL", default=60)
+
 # --- Outbox sweep (the Message table is the outbox) -------------------------------
 # A message still pending this long after its last attempt is re-enqueued; a failed
 # one waits GRACE × 2^sweeps, at most OUTBOX_BACKOFF_MAX, between re-enqueues.
@@ -167,6 +192,9 @@ OUTBOX_GRACE_SECONDS = env.float("OUTBOX_GRACE_SECONDS", default=60.0)
 OUTBOX_BACKOFF_MAX = env.float("OUTBOX_BACKOFF_MAX", default=300.0)
 OUTBOX_SWEEP_INTERVAL = env.float("OUTBOX_SWEEP_INTERVAL", default=10.0)
 OUTBOX_SWEEP_BATCH = env.int("OUTBOX_SWEEP_BATCH", default=1000)
+# The sweep enqueues nothing while more tasks than this wait in the Celery queue: they
+# are late, not lost.
+OUTBOX_SWEEP_MAX_QUEUE = env.int("OUTBOX_SWEEP_MAX_QUEUE", default=1000)
 
 # --- Chat -------------------------------------------------------------------------
 CHAT_MAX_MESSAGE_LENGTH = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)

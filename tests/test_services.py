@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.db import connection
 
-from chat import services
+from chat import outbox, services
 from chat.models import Message
 
 # message_create broadcasts and enqueues on commit: Redis must be there.
@@ -111,13 +111,22 @@ def test_sweep_re_enqueues_due_messages_with_capped_backoff(
         )
         Message.objects.filter(pk=m.pk).update(status=status)
         finals.append(m)
-    assert len(queued_tasks(redis_url)) == 4  # one publish task each, on commit
+    # One task for the conversation: the later messages ride along with it.
+    assert queued_tasks(redis_url) == [f"['{pending.message_id}']"]
     now = timezone.now()
-
-    assert services.outbox_sweep(now=now) == []  # within the grace period
     later = now + timedelta(seconds=11)
+    assert services.outbox_sweep(now=later) == []  # its task still waits: not lost
+
+    def worker_takes_the_task() -> None:
+        redis.Redis.from_url(redis_url).delete("celery")
+        outbox.publish_pass_started(
+            room_id=pending.room_id, message_id="", owner_only=False
+        )
+
+    worker_takes_the_task()
+    assert services.outbox_sweep(now=now) == []  # within the grace period
     assert services.outbox_sweep(now=later) == [str(pending.message_id)]
-    assert len(queued_tasks(redis_url)) == 5
+    assert len(queued_tasks(redis_url)) == 1
     pending.refresh_from_db()
     assert pending.sweep_count == 1
     assert pending.next_sweep_at == later + timedelta(seconds=20)  # GRACE × 2^1
@@ -125,6 +134,7 @@ def test_sweep_re_enqueues_due_messages_with_capped_backoff(
     waits = []
     t = later
     for _ in range(4):
+        worker_takes_the_task()
         t = pending.next_sweep_at
         assert services.outbox_sweep(now=t - timedelta(seconds=0.5)) == []
         assert services.outbox_sweep(now=t) == [str(pending.message_id)]
@@ -135,7 +145,9 @@ def test_sweep_re_enqueues_due_messages_with_capped_backoff(
     services.message_mark_failed(message_id=str(pending.message_id), error="down")
     pending.refresh_from_db()
     assert pending.status == "failed" and pending.last_error == "down"
+    worker_takes_the_task()
     assert services.outbox_sweep(now=pending.next_sweep_at) == [str(pending.message_id)]
+    worker_takes_the_task()
     assert services.outbox_sweep(now=t + timedelta(days=365), limit=10) == [
         str(pending.message_id)
     ]  # final statuses are never swept
@@ -159,14 +171,68 @@ def test_redrive_puts_dead_messages_back(chat_users, redis_url):
     ) == [str(dead.message_id)]
     dead.refresh_from_db()
     assert dead.status == "pending" and dead.next_sweep_at is not None
-    assert len(queued_tasks(redis_url)) == 3
+    # the conversation's task on commit, and the re-drive's own
+    assert len(queued_tasks(redis_url)) == 2
+
+
+def test_publish_tasks_coalesce_per_conversation(chat_users, redis_url):
+    """While a conversation's task waits, new messages enqueue nothing; once a worker
+    starts it (and reads the conversation after that), the next message enqueues."""
+    import redis
+
+    redis.Redis.from_url(redis_url).delete("celery")
+    alice = chat_users["alice"].id
+    first = [
+        services.message_create(
+            room_name=room, sender_id=alice, receiver_id=None, content="x"
+        )
+        for room in ("c1", "c1", "c2", "c1")
+    ]
+    assert sorted(queued_tasks(redis_url)) == sorted(
+        [f"['{first[0].message_id}']", f"['{first[2].message_id}']"]
+    )
+    outbox.publish_pass_started(
+        room_id=first[0].room_id, message_id=str(first[0].message_id), owner_only=True
+    )
+    again = services.message_create(
+        room_name="c1", sender_id=alice, receiver_id=None, content="y"
+    )
+    services.message_create(
+        room_name="c2", sender_id=alice, receiver_id=None, content="z"
+    )
+    queued = queued_tasks(redis_url)
+    assert len(queued) == 3 and f"['{again.message_id}']" in queued
+
+
+def test_sweep_waits_while_the_queue_is_deep(chat_users, settings, redis_url):
+    """Tasks waiting in a long queue are late, not lost: the sweep adds none."""
+    from datetime import timedelta
+
+    import redis
+    from django.utils import timezone
+
+    client = redis.Redis.from_url(redis_url)
+    client.delete("celery")
+    message = services.message_create(
+        room_name="deep", sender_id=chat_users["alice"].id, receiver_id=None,
+        content="x",
+    )  # fmt: skip
+    outbox.publish_pass_started(
+        room_id=message.room_id, message_id="", owner_only=False
+    )
+    settings.OUTBOX_SWEEP_MAX_QUEUE = 5
+    client.rpush("celery", *[b"{}"] * 6)
+    later = timezone.now() + timedelta(hours=1)
+    assert services.outbox_sweep(now=later) == []
+    client.ltrim("celery", 0, 4)
+    assert services.outbox_sweep(now=later) == [str(message.message_id)]
 
 
 def test_enqueue_failure_after_commit_loses_nothing(chat_users, monkeypatch):
     """If Redis refuses the task after the commit, the message stays, pending, for the
     outbox sweep, and the caller still gets it (the sender is acked)."""
 
-    def broker_down(message_id: str) -> None:
+    def broker_down(room_id: int, message_id: str) -> None:
         raise ConnectionError("Redis is down")
 
     monkeypatch.setattr(services, "_enqueue_publish", broker_down)

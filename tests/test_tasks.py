@@ -135,7 +135,7 @@ async def test_broker_unreachable_retries_with_configured_countdowns_then_fails(
     assert len(countdowns) == int(tries) - 1
     for (eta_delay, start_delay), want in zip(countdowns, expected, strict=True):
         assert eta_delay == pytest.approx(want, abs=0.25)
-        assert start_delay >= want - 0.05
+        assert start_delay >= want - 0.1  # event clocks of two processes
     await alice.close()
 
 

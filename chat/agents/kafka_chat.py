@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,22 @@ class RetriablePublishError(KafkaPublishError):
 
 class PermanentPublishError(KafkaPublishError):
     """The broker rejected the record for good (e.g. too large): do not retry."""
+
+
+class _PartlyFailedBatch(RetriablePublishError):
+    """Some records of a batch failed retriably: the breaker counts it; the caller
+    gets every record's outcome."""
+
+    def __init__(self, outcomes: list[PublishResult | KafkaPublishError]) -> None:
+        super().__init__("some records of the batch were not acknowledged")
+        self.outcomes = outcomes
+
+
+def _publish_error(exc: KafkaError) -> KafkaPublishError:
+    # Only retriable errors say something about the broker's health; a record that
+    # is too large never gets through.
+    error_cls = RetriablePublishError if exc.retriable else PermanentPublishError
+    return error_cls(f"{type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -173,11 +190,15 @@ class KafkaChatAgent(Agent):
             "client_id": f"{self.client_id}-{self.pid}",
             "acks": "all",
             "enable_idempotence": True,
-            "linger_ms": 0,
+            # Batches are sent and then flushed, so lingering costs no latency and
+            # lets one request carry several records.
+            "linger_ms": 5,
             "max_block_ms": timeout_ms,
             "bootstrap_timeout_ms": timeout_ms,
             "request_timeout_ms": timeout_ms,
-            "delivery_timeout_ms": timeout_ms,
+            # (kafka-python wants it above linger + request timeout; our own waits
+            # stay bounded by KAFKA_SEND_TIMEOUT through flush)
+            "delivery_timeout_ms": timeout_ms + 10,
             # Reconnect within a second once the broker is back (default: up to 30 s).
             "reconnect_backoff_max_ms": 1000,
             **self.producer_config,
@@ -229,18 +250,83 @@ class KafkaChatAgent(Agent):
 
     def publish(self, event: ChatEvent) -> PublishResult | None:
         """Produce one event and wait for its acknowledgement (None when disabled)."""
-        if not self.enabled:
-            logger.info("KAFKA_ENABLED is off: skipped message_id=%s", event.message_id)
+        outcomes = self.publish_batch([event])
+        if outcomes is None:
             return None
-        result = self._produce(self.topic, event.key, event.value, event.headers, event)
-        logger.info(
-            "Published message_id=%s to %s[%d]@%d",
-            event.message_id,
-            result.topic,
-            result.partition,
-            result.offset,
-        )
-        return result
+        [outcome] = outcomes
+        if isinstance(outcome, KafkaPublishError):
+            raise outcome
+        return outcome
+
+    def publish_batch(
+        self, events: Sequence[ChatEvent]
+    ) -> list[PublishResult | KafkaPublishError] | None:
+        """Send events pipelined, flush once, and return each one's outcome, in order.
+
+        None when KAFKA_ENABLED is off. Raises RetriablePublishError when nothing
+        could be sent (no broker, circuit open); otherwise a record the broker refused
+        has its error in its place (retriable or permanent), the others their results.
+        """
+        if not self.enabled:
+            logger.debug("KAFKA_ENABLED is off: skipped %d event(s)", len(events))
+            return None
+        try:
+            outcomes = self.breaker.call(self._send_batch, events)
+        except pybreaker.CircuitBreakerError as exc:
+            raise RetriablePublishError(
+                f"Kafka circuit open after repeated failures; next try in "
+                f"{self.breaker.reset_timeout:g}s ({exc})"
+            ) from exc
+        except _PartlyFailedBatch as partly:
+            outcomes = partly.outcomes
+        for event, outcome in zip(events, outcomes, strict=True):
+            if isinstance(outcome, KafkaPublishError):
+                logger.warning(
+                    "Kafka publish of message_id=%s failed (%s): %s",
+                    event.message_id,
+                    "retriable" if outcome.retriable else "permanent",
+                    outcome,
+                )
+        return outcomes
+
+    def _send_batch(
+        self, events: Sequence[ChatEvent]
+    ) -> list[PublishResult | KafkaPublishError]:
+        producer = self.producer
+        pending: list[Any] = []
+        for event in events:
+            try:
+                pending.append(
+                    producer.send(
+                        self.topic,
+                        key=event.key,
+                        value=event.value,
+                        headers=event.headers,
+                    )
+                )
+            except KafkaError as exc:  # refused before sending (e.g. too large)
+                pending.append(exc)
+        try:
+            producer.flush(timeout=self.send_timeout)
+        except KafkaError as exc:
+            logger.warning("Kafka flush of %d event(s) timed out: %s", len(events), exc)
+        outcomes = [self._outcome(item) for item in pending]
+        if any(isinstance(o, RetriablePublishError) for o in outcomes):
+            raise _PartlyFailedBatch(outcomes)  # counts against the breaker
+        return outcomes
+
+    def _outcome(self, sent: Any) -> PublishResult | KafkaPublishError:
+        if isinstance(sent, KafkaError):
+            return _publish_error(sent)
+        if not sent.is_done:
+            return RetriablePublishError(
+                f"KafkaTimeoutError: no acknowledgement within {self.send_timeout:g}s"
+            )
+        try:
+            metadata = sent.get(timeout=0)
+        except KafkaError as exc:
+            return _publish_error(exc)
+        return PublishResult(metadata.topic, metadata.partition, metadata.offset)
 
     def publish_dead_letter(
         self, event: ChatEvent, reason: str
@@ -316,12 +402,7 @@ class KafkaChatAgent(Agent):
             future = self.producer.send(topic, key=key, value=value, headers=headers)
             return future.get(timeout=self.send_timeout)
         except KafkaError as exc:
-            # Only retriable errors count against the breaker: a record that is too
-            # large says nothing about the broker's health.
-            error_cls = (
-                RetriablePublishError if exc.retriable else PermanentPublishError
-            )
-            raise error_cls(f"{type(exc).__name__}: {exc}") from exc
+            raise _publish_error(exc) from exc
 
     # --- the original README's API ------------------------------------------------
 
@@ -362,9 +443,12 @@ class KafkaChatAgent(Agent):
         from ..frame_context import message_create_once
         from ..schemas import message_payload
 
-        if not _is_id(sender_id) or not await database_sync_to_async(
-            selectors.user_exists
-        )(user_id=sender_id):
+        sender = (
+            await database_sync_to_async(selectors.user_get)(user_id=sender_id)
+            if _is_id(sender_id)
+            else None
+        )
+        if sender is None:
             raise ChatValidationError(
                 "unknown_sender", f"There is no user with id {sender_id!r}."
             )
@@ -388,7 +472,7 @@ class KafkaChatAgent(Agent):
         )
         message, _ = await message_create_once(
             room_name=room,
-            sender_id=sender_id,
+            sender=sender,
             receiver_id=data["receiver_id"],
             content=data["message"],
         )

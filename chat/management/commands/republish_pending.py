@@ -14,7 +14,8 @@ class Command(BaseCommand):
 
     help = (
         "Re-enqueue pending messages older than OUTBOX_GRACE_SECONDS and failed ones "
-        "whose backoff has passed; --all ignores the wait (e.g. after an outage)."
+        "whose backoff has passed; --all ignores the wait and any task already "
+        "queued for them (e.g. after an outage)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -30,7 +31,7 @@ class Command(BaseCommand):
             self.stderr.write("--limit must be at least 1.")
             raise SystemExit(2)
         now = timezone.now() + timedelta(days=36500) if all else None
-        ids = services.outbox_sweep(now=now, limit=limit)
+        ids = services.outbox_sweep(now=now, limit=limit, force=all)
         self.stdout.write(f"Re-enqueued {len(ids)} message(s).")
         for message_id in ids:
             self.stdout.write(f"  {message_id}")

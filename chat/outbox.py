@@ -1,0 +1,101 @@
+"""The publish queue: Celery tasks by name, one waiting task per conversation.
+
+A committed message asks for its conversation to be published. Only the first ask
+since the last publish pass enqueues a task (a Redis flag set with NX); the task clears
+the flag before it reads the conversation's unpublished messages, so every message
+committed before that read is in it, and every later one sets the flag again. Under
+load that is one task per batch, not one per message. One worker at a time publishes a
+conversation (a Redis lock), which keeps its events in seq order in Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import redis
+from celery import current_app
+from django.conf import settings
+from redis.lock import Lock
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_TASK = "chat.tasks.publish_chat_message"
+CELERY_QUEUE = "celery"
+
+
+@cache
+def _client(url: str) -> redis.Redis:
+    # redis-py resets its pool's connections in a forked child by itself.
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def redis_client() -> redis.Redis:
+    """This process's connection pool to REDIS_URL."""
+    return _client(settings.REDIS_URL)
+
+
+def _scheduled_key(room_id: int) -> str:
+    return f"chat:publish:scheduled:{room_id}"
+
+
+def enqueue_publish(*, room_id: int, message_id: str, force: bool = False) -> bool:
+    """Enqueue the publication of a conversation unless a task for it already waits.
+
+    The mark names the message whose task carries the conversation. `force` enqueues
+    anyway and takes the mark over (a sweep, a re-drive, the rest of a long
+    backlog). Returns whether a task was sent. Raises redis/kombu errors when Redis
+    is down (callers on commit are robust: the sweep enqueues later).
+    """
+    scheduled = redis_client().set(
+        _scheduled_key(room_id),
+        message_id,
+        nx=not force,
+        ex=settings.CHAT_PUBLISH_SCHEDULED_TTL,
+    )
+    if not scheduled:
+        return False
+    current_app.send_task(PUBLISH_TASK, args=[message_id])
+    return True
+
+
+_TAKE_MARK_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def publish_pass_started(*, room_id: int, message_id: str, owner_only: bool) -> bool:
+    """A task is about to read the conversation: later commits must enqueue again.
+
+    With `owner_only`, the mark is taken only if this message's task set it (others
+    ride along on it, so the task must read the conversation). Returns whether it
+    took the mark.
+    """
+    client = redis_client()
+    key = _scheduled_key(room_id)
+    if owner_only:
+        return bool(client.eval(_TAKE_MARK_IF_OWNER, 1, key, message_id))
+    return bool(client.delete(key))
+
+
+def publish_scheduled(*, room_id: int) -> bool:
+    """Whether a task for this conversation is enqueued and has not started."""
+    return bool(redis_client().exists(_scheduled_key(room_id)))
+
+
+def conversation_lock(*, room_id: int) -> Lock:
+    """The lock that lets one worker at a time publish a conversation."""
+    return redis_client().lock(
+        f"chat:publish:lock:{room_id}",
+        timeout=settings.CHAT_PUBLISH_LOCK_TIMEOUT,
+        sleep=0.005,
+        blocking_timeout=settings.CHAT_PUBLISH_LOCK_TIMEOUT,
+    )
+
+
+def queue_depth() -> int:
+    """Tasks waiting in the Celery queue (on the broker)."""
+    with current_app.connection_for_read() as connection:
+        client = connection.default_channel.client
+        return int(client.llen(CELERY_QUEUE))
