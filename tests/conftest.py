@@ -152,6 +152,10 @@ def start_worker(
     workers: list[ManagedProcess] = []
 
     def start(concurrency: int = 2, beat: bool = False, **env: str) -> ManagedProcess:
+        if not workers:
+            # Tasks and publish marks left by earlier tests (room ids are reused after
+            # each test's flush) must not reach this test's worker.
+            redis.Redis.from_url(redis_url).flushdb()
         env.setdefault("KAFKA_CHAT_TOPIC", unique_topic())
         name = f"worker-{request.node.name[:60]}-{len(workers)}"
         schedule = log_dir / f"{name}.beat" if beat else None
