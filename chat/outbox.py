@@ -51,7 +51,9 @@ def enqueue_publish(*, room_id: int, message_id: str, force: bool = False) -> bo
         _scheduled_key(room_id),
         message_id,
         nx=not force,
-        ex=settings.CHAT_PUBLISH_SCHEDULED_TTL,
+        # A lost task's mark must not outlive the grace after which the sweep
+        # re-enqueues its messages.
+        px=max(1, int(settings.OUTBOX_GRACE_SECONDS * 1000)),
     )
     if not scheduled:
         return False

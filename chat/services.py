@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import broadcast, metrics, outbox
-from .models import FINAL_STATUSES, Message, Room
+from .models import FINAL_STATUSES, UNPUBLISHED_STATUSES, Message, Room
 from .selectors import message_for_publish, messages_pending_publish
 
 if TYPE_CHECKING:
@@ -153,7 +153,9 @@ def messages_record_error(*, messages: Sequence[Message], error: str) -> None:
 
 
 def message_mark_failed(*, message_id: str, error: str) -> Message | None:
-    """Record that the retries are exhausted, and tell the sender; the sweep retries."""
+    """Retries exhausted: mark the message failed, and with it the conversation's
+    other attempted, unpublished messages (they wait behind it in seq order); tell
+    their senders. The sweep retries them."""
     try:
         message = message_for_publish(message_id=message_id)
     except (Message.DoesNotExist, ValidationError):
@@ -161,20 +163,26 @@ def message_mark_failed(*, message_id: str, error: str) -> Message | None:
         return None
     if message.status in FINAL_STATUSES:
         return message
-    message.status = Message.Status.FAILED
-    message.last_error = error[:2000]
-    message.next_sweep_at = timezone.now() + outbox_backoff(
-        sweep_count=message.sweep_count
-    )
-    message.save(update_fields=["status", "last_error", "next_sweep_at"])
-    metrics.MESSAGES_FAILED.inc()
+    behind = Message.objects.filter(
+        room_id=message.room_id, status__in=UNPUBLISHED_STATUSES, attempts__gt=0
+    ).exclude(pk=message.pk)
+    failed = [message, *behind]
+    now = timezone.now()
+    for each in failed:
+        each.status = Message.Status.FAILED
+        each.last_error = error[:2000]
+        each.next_sweep_at = now + outbox_backoff(sweep_count=each.sweep_count)
+    Message.objects.bulk_update(failed, ["status", "last_error", "next_sweep_at"])
+    metrics.MESSAGES_FAILED.inc(len(failed))
     logger.error(
-        "Retries exhausted for message_id=%s (sweep again at %s): %s",
+        "Retries exhausted for message_id=%s and %d more of %s (sweep again at %s): %s",
         message_id,
-        message.next_sweep_at.isoformat(),
+        len(failed) - 1,
+        message.room.name,
+        now + outbox_backoff(sweep_count=message.sweep_count),
         error,
     )
-    broadcast.send_statuses([message])
+    broadcast.send_statuses(failed)
     return message
 
 

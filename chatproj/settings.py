@@ -181,9 +181,6 @@ CHAT_PUBLISH_BATCH = env.int("CHAT_PUBLISH_BATCH", default=500)
 CHAT_PUBLISH_LOCK_TIMEOUT = env.float(
     "CHAT_PUBLISH_LOCK_TIMEOUT", default=3 * KAFKA_SEND_TIMEOUT + 5
 )
-# "A task for this conversation is waiting": later messages ride along with it. The
-# mark expires after this many seconds, in case its task was lost.
-CHAT_PUBLISH_SCHEDULED_TTL = env.int("CHAT_PUBLISH_SCHEDULED_TTL", default=60)
 
 # --- Outbox sweep (the Message table is the outbox) -------------------------------
 # A message still pending this long after its last attempt is re-enqueued; a failed

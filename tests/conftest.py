@@ -154,8 +154,12 @@ def start_worker(
     def start(concurrency: int = 2, beat: bool = False, **env: str) -> ManagedProcess:
         if not workers:
             # Tasks and publish marks left by earlier tests (room ids are reused after
-            # each test's flush) must not reach this test's worker.
-            redis.Redis.from_url(redis_url).flushdb()
+            # each test's flush) must not reach this test's worker; clients already
+            # connected keep their groups.
+            client = redis.Redis.from_url(redis_url)
+            client.delete("celery", "unacked", "unacked_index")
+            for key in client.scan_iter("chat:publish:*"):
+                client.delete(key)
         env.setdefault("KAFKA_CHAT_TOPIC", unique_topic())
         name = f"worker-{request.node.name[:60]}-{len(workers)}"
         schedule = log_dir / f"{name}.beat" if beat else None

@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from django.db import connection
 from django.db.models import Max
 
-from chat import services
+from chat import outbox, services
 from chat.models import Message
 from chatproj.celery import app
 from chatproj.embedded import embedded_kafka, free_port
@@ -130,6 +130,15 @@ async def check_and_record(
     return row
 
 
+def no_task_scheduled_or_running() -> bool:
+    """Whether the worker has no retry waiting for its ETA and no task running."""
+    inspect = app.control.inspect(timeout=1)
+    replies = [inspect.scheduled(), inspect.active()]
+    return all(r is not None for r in replies) and not any(
+        tasks for reply in replies for tasks in reply.values()
+    )
+
+
 def users_cookies(chat_users, count: int) -> list[str]:
     """`count` session cookies, cycling through the test users."""
     users = list(chat_users.values())
@@ -186,6 +195,11 @@ async def test_broker_down_longer_than_retry_window(
         await database_sync_to_async(wait_for)(
             lambda: load.statuses_seen["failed"] >= len(sent), 10
         )
+        # A message rides along with its conversation's task, so "all failed" can
+        # come while one task still waits for its last retry: wait until none does.
+        await database_sync_to_async(wait_for)(
+            no_task_scheduled_or_running, 30, interval=0.5, what="retries over"
+        )
         proxy.restore()
         row = await check_and_record(
             reliability_rows, "broker down past the retry window", load,
@@ -226,14 +240,21 @@ async def test_kill_9_worker_child_and_whole_worker(
     burst: set[str] = set()
 
     def kill_worker_and_restart() -> None:
-        # A burst right before the kill, so the worker dies with tasks in hand.
+        # A burst whose conversation lock the test holds, so the worker dies with
+        # the burst's task in hand (a batch is otherwise published in milliseconds).
         sender = chat_users["carol"].id
+        room = services.room_get_or_create(name="k-burst")
+        lock = outbox.conversation_lock(room_id=room.pk)
+        assert lock.acquire()
         for n in range(60):
             message = services.message_create(
-                room_name="k-burst", sender_id=sender, receiver_id=None, content=f"b{n}"
-            )
+                room_name="k-burst", sender_id=sender, receiver_id=None,
+                content=f"b{n}",
+            )  # fmt: skip
             burst.add(str(message.message_id))
+        wait_for(lambda: not no_task_scheduled_or_running(), 10, what="task in hand")
         os.killpg(worker.pid, signal.SIGKILL)
+        lock.release()
         unpublished.append(
             Message.objects.filter(message_id__in=burst)
             .exclude(status="published")
@@ -288,5 +309,11 @@ async def test_redis_queue_flushed_mid_stream(
             reliability_rows, "Redis task queue flushed mid-stream", load,
             bootstrap=kafka_bootstrap, topic=topic, fault_ended=started,
         )  # fmt: skip
-    assert flushed and flushed[0] >= 50, "the flush must really have dropped tasks"
+    # One task per conversation carries all its messages: the flush dropped both
+    # conversations' tasks, and the sweep brought their messages back.
+    assert flushed and flushed[0] >= 2, "the flush must really have dropped tasks"
     assert row["sent"] == 210
+    swept = await database_sync_to_async(
+        Message.objects.filter(message_id__in=set(load.acked), sweep_count__gt=0).count
+    )()
+    assert swept > 0
