@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEBUG ?= True
 export DEBUG
 
-.PHONY: run test lint venv clean chromium reliability
+.PHONY: run test lint venv clean chromium reliability bench
 
 venv: $(STAMP)
 
@@ -36,9 +36,16 @@ chromium:
 reliability: $(STAMP)
 	$(PY) -m pytest tests/test_reliability.py --reliability-report docs/RELIABILITY.md
 
+# Throughput benchmark (docs/PERFORMANCE.md): starts its own stack on free ports and
+# writes bench/results/. BENCH_ARGS="--search --database-url postgres" for Postgres;
+# `.venv/bin/python -m bench --help` lists the options.
+BENCH_ARGS ?= --search
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check chat chatproj tests
-	$(VENV)/bin/ruff format --check chat chatproj tests
+	$(VENV)/bin/ruff check chat chatproj tests bench
+	$(VENV)/bin/ruff format --check chat chatproj tests bench
 	$(VENV)/bin/mypy
 
 clean:
