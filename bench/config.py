@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class BenchConfig:
     output_dir: Path = RESULTS_DIR
     run_dir: Path | None = None
     label: str | None = None
+    tag: str | None = None
     progress: bool = True
     quick: bool = False
 
@@ -182,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir", type=Path, help="database file and process logs (default: tmp)"
     )
     out.add_argument("--label", help="free text written into the report")
+    out.add_argument(
+        "--tag",
+        help="suffix of the result files: latest-<db>-<tag>.* (e.g. 2web-2workers)",
+    )
     out.add_argument("--no-progress", dest="progress", action="store_false")
     out.add_argument(
         "--drain-timeout",
@@ -213,6 +219,8 @@ def parse_config(argv: list[str] | None = None) -> BenchConfig:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if config.clients < config.rooms:
         parser.error("--clients must be at least --rooms (one client per room)")
+    if config.tag and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", config.tag):
+        parser.error("--tag: 1-40 of letters, digits, '.', '_', '-'")
     if config.server == "uvicorn" and importlib.util.find_spec("uvicorn") is None:
         parser.error("--server uvicorn: uvicorn is not installed")
     if config.quick:

@@ -35,10 +35,12 @@ def git_describe() -> dict[str, str]:
 def write_outputs(
     report: dict[str, Any], latencies: dict[str, list[float]], output_dir: Path
 ) -> dict[str, Path]:
-    """Write <stamp>-<db>.{json,md,png} and copy them to latest-<db>.*; return paths."""
+    """Write <stamp>-<db>[-tag].{json,md,png}, copied to latest-<db>[-tag].*."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    base = f"{report['stamp']}-{report['database_kind']}"
-    latest = f"latest-{report['database_kind']}"
+    tag = report["config"].get("tag")
+    name = report["database_kind"] + (f"-{tag}" if tag else "")
+    base = f"{report['stamp']}-{name}"
+    latest = f"latest-{name}"
     paths = {
         "json": output_dir / f"{base}.json",
         "md": output_dir / f"{base}.md",
@@ -59,7 +61,11 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:,.3g}" if abs(value) < 10 else f"{value:,.0f}"
+        if abs(value) < 10:
+            return f"{value:.3g}"
+        return (
+            f"{value:,.1f}".removesuffix(".0") if abs(value) < 1000 else f"{value:,.0f}"
+        )
     return str(value)
 
 
@@ -300,14 +306,11 @@ def plot(report: dict[str, Any], latencies: dict[str, list[float]], path: Path) 
                 alpha=0.08 if i % 2 else 0.16,
                 color="tab:blue",
             )
-        if ceilings:
-            axis.axvspan(*ceilings, alpha=0.12, color="tab:gray", hatch="//")
+        if ceilings:  # the ceilings run without chat load: leave them out
+            axis.set_xlim(0, ceilings[0])
         axis.grid(True, alpha=0.3)
         axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    labels = [*report["steps_window"]]
-    if ceilings:
-        labels.append({"name": "ceilings (no chat load)", "t0": ceilings[0]})
-    for window in labels:
+    for window in report["steps_window"]:
         thr.annotate(
             window["name"],
             (window["t0"], 0.98),

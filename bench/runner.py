@@ -236,6 +236,7 @@ class Runner:
             self.ledger, self.sampler.samples, step, self.rooms
         )
         step.drained, step.drain_seconds = await self._drain()
+        self.progress.console.print(_step_line(summary, step))
         return summary
 
     async def _drain(self) -> tuple[bool, float]:
@@ -375,3 +376,19 @@ class Runner:
                 if step.kind == kind:
                     return step
         return self.steps[-1] if self.steps else None
+
+
+def _step_line(summary: dict[str, Any], step: Step) -> str:
+    """One line per step, printed with or without the progress display."""
+    latency = summary["latency_ms"]
+    sustained = summary.get("sustained")
+    verdict = (
+        "" if sustained is None else (" sustained" if sustained else " NOT sustained")
+    )
+    return (
+        f"{step.name}: sent {summary['sent_rate']:g}/s, published "
+        f"{summary['published_rate']:g}/s, backlog slope {summary['backlog_slope']}/s,"
+        f" p99 ack {latency['ack'].get('p99')} ms, p99 published "
+        f"{latency['published'].get('p99')} ms;{verdict}; drained in "
+        f"{step.drain_seconds}s"
+    )
