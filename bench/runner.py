@@ -71,7 +71,12 @@ class Runner:
             stack.kafka, stack.topic, self.ledger, from_end=config.use_running
         )
         reader.start()
-        await asyncio.to_thread(reader.ready.wait, 60)
+        if not await asyncio.to_thread(reader.ready.wait, 60):
+            reader.stop()
+            raise RuntimeError(
+                f"Kafka topic {stack.topic} has no partitions after 60 s: is it the "
+                "topic the workers publish to (--topic)?"
+            )
         if reader.error:
             raise RuntimeError(f"Kafka reader failed: {reader.error}")
         clients = [
