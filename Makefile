@@ -10,7 +10,7 @@ export DEBUG
 # a fresh checkout; git-ignored, never committed.
 DOTENV := .env
 
-.PHONY: run test test-fast lint venv clean chromium reliability
+.PHONY: run test test-fast lint venv clean chromium reliability bench
 
 venv: $(STAMP)
 
@@ -47,9 +47,16 @@ chromium:
 reliability: $(STAMP)
 	$(PY) -m pytest tests/test_reliability.py --reliability-report docs/RELIABILITY.md
 
+# Throughput benchmark (docs/PERFORMANCE.md): starts its own stack on free ports and
+# writes bench/results/. BENCH_ARGS="--search --database-url postgres" for Postgres;
+# `.venv/bin/python -m bench --help` lists the options.
+BENCH_ARGS ?= --search
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check chat chatproj tests
-	$(VENV)/bin/ruff format --check chat chatproj tests
+	$(VENV)/bin/ruff check chat chatproj tests bench
+	$(VENV)/bin/ruff format --check chat chatproj tests bench
 	$(VENV)/bin/mypy
 
 clean:
