@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.models import Q, QuerySet
 
 from .models import UNPUBLISHED_STATUSES, Message, Room
@@ -51,12 +52,19 @@ class PublishState(NamedTuple):
 
 
 def message_publish_state(*, message_id: str) -> PublishState | None:
-    """Conversation and status of a message (one indexed read), or None if unknown."""
-    row = (
-        Message.objects.filter(message_id=message_id)
-        .values_list("room_id", "room__name", "status")
-        .first()
-    )
+    """Conversation and status of a message (one indexed read), or None if unknown.
+
+    Plain SQL: the ORM spent most of a repeated publish task's time compiling it.
+    """
+    field = Message._meta.get_field("message_id")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT m.room_id, r.name, m.status FROM {Message._meta.db_table} m "
+            f"JOIN {Room._meta.db_table} r ON r.id = m.room_id "
+            "WHERE m.message_id = %s",
+            [field.get_db_prep_value(message_id, connection)],
+        )
+        row = cursor.fetchone()
     return PublishState(*row) if row else None
 
 

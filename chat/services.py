@@ -114,19 +114,14 @@ def message_create(
     return message
 
 
-def messages_claim(*, messages: Sequence[Message]) -> None:
-    """Count a publish attempt for each, and push their sweep past this attempt."""
-    Message.objects.filter(pk__in=[m.pk for m in messages]).update(
-        attempts=F("attempts") + 1, next_sweep_at=timezone.now() + _grace()
-    )
-
-
 def messages_record_published(
     *, published: Sequence[tuple[Message, Any]], skipped: Sequence[Message] = ()
 ) -> None:
-    """Record where Kafka stored each message (one UPDATE), or that it was skipped."""
+    """Record where Kafka stored each message, or that it was skipped: one UPDATE,
+    which also counts the attempt (the conversation's lock is held)."""
     now = timezone.now()
     for message, result in published:
+        message.attempts += 1
         message.status = Message.Status.PUBLISHED
         message.published_at = now
         message.kafka_partition = result.partition
@@ -134,21 +129,28 @@ def messages_record_published(
         message.last_error = ""
         metrics.PUBLISH_LATENCY.observe((now - message.created_at).total_seconds())
     for message in skipped:
+        message.attempts += 1
         message.status = Message.Status.SKIPPED
     changed = [m for m, _ in published] + list(skipped)
     if changed:
         Message.objects.bulk_update(
             changed,
-            ["status", "published_at", "kafka_partition", "kafka_offset", "last_error"],
-        )
+            [
+                "status", "attempts", "published_at", "kafka_partition",
+                "kafka_offset", "last_error",
+            ],
+        )  # fmt: skip
     metrics.MESSAGES_PUBLISHED.inc(len(published))
     metrics.MESSAGES_SKIPPED.inc(len(skipped))
 
 
 def messages_record_error(*, messages: Sequence[Message], error: str) -> None:
-    """Keep the last retriable error of messages that will be tried again."""
+    """Count the attempt and keep the retriable error of messages tried again later;
+    the sweep waits a grace period past this attempt."""
     Message.objects.filter(pk__in=[m.pk for m in messages]).update(
-        last_error=error[:2000]
+        attempts=F("attempts") + 1,
+        last_error=error[:2000],
+        next_sweep_at=timezone.now() + _grace(),
     )
 
 
@@ -191,7 +193,7 @@ def message_mark_dead(*, message: Message, reason: str) -> Message:
     message.status = Message.Status.DEAD
     message.last_error = reason[:2000]
     message.next_sweep_at = None
-    message.save(update_fields=["status", "last_error", "next_sweep_at"])
+    message.save(update_fields=["status", "attempts", "last_error", "next_sweep_at"])
     metrics.MESSAGES_DEAD.inc()
     logger.error(
         "Dead message_id=%s: %s",

@@ -122,9 +122,10 @@ def publish_chat_message(self: KafkaPublishTask, message_id: str) -> str | None:
 def publish_conversation(*, room_id: int, room_name: str, message_id: str) -> str:
     """Publish the conversation's unpublished messages (one batch) under its lock.
 
-    Claim the batch, have the agent send it pipelined with one flush, record the
-    outcome with one UPDATE, tell the senders. Returns the status of `message_id`;
-    raises RetriablePublishError (retry) or PermanentPublishError (dead) for it.
+    Read the batch, have the agent send it pipelined with one flush, record the
+    outcome and the attempt with one UPDATE, tell the senders. Returns the status
+    of `message_id`; raises RetriablePublishError (retry) or PermanentPublishError
+    (dead) for it.
     """
     lock = outbox.conversation_lock(room_id=room_id)
     if not lock.acquire():
@@ -161,11 +162,10 @@ def publish_conversation(*, room_id: int, room_name: str, message_id: str) -> st
 def _publish_batch(
     room_id: int, room_name: str, batch: list[Message]
 ) -> dict[str, str | KafkaPublishError]:
-    """Publish one claimed batch; message_id → new status, or the error it met."""
+    """Publish one batch; message_id → new status, or the error it met."""
     room = Room(id=room_id, name=room_name)
     for message in batch:
         message.room = room
-    services.messages_claim(messages=batch)
     agent = KafkaChatAgent.get_instance()
     events = [ChatEvent.from_message(m) for m in batch]
     try:
@@ -182,6 +182,7 @@ def _publish_batch(
     for message, event, result in zip(batch, events, results, strict=True):
         key = str(message.message_id)
         if isinstance(result, PermanentPublishError):
+            message.attempts += 1
             services.message_mark_dead(message=message, reason=str(result))
             agent.publish_dead_letter(event, str(result))
             outcome[key] = result
