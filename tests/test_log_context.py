@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_worker_logs_json_lines_with_message_id(start_worker, chat_users):
     """LOG_FORMAT=json: Celery's lines and ours are JSON; the pipeline's carry message_id."""
-    worker = start_worker(LOG_FORMAT="json")
+    worker = start_worker(LOG_FORMAT="json", CELERY_TASK_LOG_LEVEL="INFO")
     message = services.message_create(
         room_name="logs",
         sender_id=chat_users["alice"].id,
