@@ -69,15 +69,21 @@ def message_publish_state(*, message_id: str) -> PublishState | None:
 
 
 def messages_unpublished(*, room_id: int, limit: int) -> list[Message]:
-    """The conversation's first `limit` messages still to publish, in seq order."""
+    """The conversation's first `limit` messages still to publish, in seq order.
+
+    Plain SQL (the partial index message_unpublished serves it): the ORM's query
+    compilation was a third of a publish task's time.
+    """
+    statuses = ", ".join("%s" for _ in UNPUBLISHED_STATUSES)
     return list(
-        Message.objects.filter(room_id=room_id, status__in=UNPUBLISHED_STATUSES)
-        .only(
-            "id", "message_id", "room_id", "seq", "sender_id", "receiver_id",
-            "content", "created_at", "status", "sweep_count",
+        Message.objects.raw(
+            "SELECT id, message_id, room_id, seq, sender_id, receiver_id, content, "
+            "created_at, status, attempts, sweep_count "
+            f"FROM {Message._meta.db_table} "
+            f"WHERE room_id = %s AND status IN ({statuses}) ORDER BY seq LIMIT %s",
+            [room_id, *UNPUBLISHED_STATUSES, limit],
         )
-        .order_by("seq")[:limit]
-    )  # fmt: skip
+    )
 
 
 def message_for_publish(*, message_id: str) -> Message:

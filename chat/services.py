@@ -7,6 +7,7 @@ publish it, and records the outcome here.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -117,9 +118,11 @@ def message_create(
 def messages_record_published(
     *, published: Sequence[tuple[Message, Any]], skipped: Sequence[Message] = ()
 ) -> None:
-    """Record where Kafka stored each message, or that it was skipped: one UPDATE,
-    which also counts the attempt (the conversation's lock is held)."""
+    """Record where Kafka stored each message, or that it was skipped, and count the
+    attempt: one UPDATE per partition (a conversation has one). The conversation's
+    lock is held, so nobody else writes these rows."""
     now = timezone.now()
+    by_partition: dict[int, list[tuple[Message, Any]]] = defaultdict(list)
     for message, result in published:
         message.attempts += 1
         message.status = Message.Status.PUBLISHED
@@ -127,21 +130,42 @@ def messages_record_published(
         message.kafka_partition = result.partition
         message.kafka_offset = result.offset
         message.last_error = ""
+        by_partition[result.partition].append((message, result))
         metrics.PUBLISH_LATENCY.observe((now - message.created_at).total_seconds())
-    for message in skipped:
-        message.attempts += 1
-        message.status = Message.Status.SKIPPED
-    changed = [m for m, _ in published] + list(skipped)
-    if changed:
-        Message.objects.bulk_update(
-            changed,
-            [
-                "status", "attempts", "published_at", "kafka_partition",
-                "kafka_offset", "last_error",
-            ],
-        )  # fmt: skip
+    for partition, rows in by_partition.items():
+        _record_offsets(partition, rows, now)
+    if skipped:
+        for message in skipped:
+            message.attempts += 1
+            message.status = Message.Status.SKIPPED
+        Message.objects.filter(pk__in=[m.pk for m in skipped]).update(
+            status=Message.Status.SKIPPED, attempts=F("attempts") + 1
+        )
     metrics.MESSAGES_PUBLISHED.inc(len(published))
     metrics.MESSAGES_SKIPPED.inc(len(skipped))
+
+
+def _record_offsets(partition: int, rows: list[tuple[Message, Any]], now: Any) -> None:
+    # Plain SQL: Django's bulk_update compiles a CASE per field per row, which cost
+    # more than the Kafka publication itself (8 ms for one message, profiled).
+    table = Message._meta.db_table
+    cases = " ".join("WHEN %s THEN %s" for _ in rows)
+    ids = ", ".join("%s" for _ in rows)
+    params: list[Any] = [
+        Message.Status.PUBLISHED,
+        connection.ops.adapt_datetimefield_value(now),
+        partition,
+    ]
+    for message, result in rows:
+        params += [message.pk, result.offset]
+    params += [m.pk for m, _ in rows]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET status = %s, published_at = %s, "
+            f"kafka_partition = %s, last_error = '', attempts = attempts + 1, "
+            f"kafka_offset = CASE id {cases} END WHERE id IN ({ids})",
+            params,
+        )
 
 
 def messages_record_error(*, messages: Sequence[Message], error: str) -> None:
