@@ -38,6 +38,7 @@ class BenchConfig:
     web_processes: int = 1
     workers: int = 1
     concurrency: int = 2
+    task_events: bool = True
     beat: bool = True
     partitions: int = 6
     ceiling_tasks: int = 2000
@@ -144,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stack.add_argument(
         "--concurrency", type=int, default=2, help="prefork children per worker (-c)"
+    )
+    stack.add_argument(
+        "--no-task-events",
+        dest="task_events",
+        action="store_false",
+        help="start the worker without -E (Flower needs it; this measures its cost)",
     )
     stack.add_argument(
         "--no-beat", dest="beat", action="store_false", help="do not start beat"

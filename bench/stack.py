@@ -181,7 +181,7 @@ class Stack:
                     "prefork",
                     "-c",
                     str(config.concurrency),
-                    "-E",
+                    *(["-E"] if config.task_events else []),
                     "--loglevel",
                     "INFO",
                     "-n",
@@ -274,7 +274,8 @@ class Stack:
             "web": self.web,
             "workers": self.config.workers,
             "concurrency": self.config.concurrency,
-            "worker_flags": f"-P prefork -c {self.config.concurrency} -E",
+            "worker_flags": f"-P prefork -c {self.config.concurrency}"
+            + (" -E" if self.config.task_events else ""),
             "beat": self.config.beat,
             "redis": "embedded valkey" if self.embedded else self.redis_url,
             "kafka": "embedded Tansu" if self.embedded else self.kafka,

@@ -11,7 +11,6 @@ from django.conf import settings
 
 from . import metrics, selectors, services
 from .agents import ChatValidationError, KafkaChatAgent
-from .backpressure import publish_backlog
 from .broadcast import room_group, user_group
 from .frame_context import handling_frame, message_create_once
 from .rate_limit import message_rate_limiter
@@ -66,7 +65,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """
         if not self.counted:  # a refused connection's last frames
             return
-        await publish_backlog().admit()
         with handling_frame(sender_id=self.user_id, admit=self._admit_message):
             try:
                 await super().websocket_receive(message)
@@ -117,7 +115,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             receiver_id=data["receiver_id"],
             content=data["message"],
         )
-        publish_backlog().track(str(message.message_id))
         await self.send_json(
             {
                 "type": "message.ack",
@@ -139,9 +136,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def message_statuses(self, event: dict[str, Any]) -> None:
         """Delivery statuses of messages this user sent: a message.status frame each."""
-        backlog = publish_backlog()
         for status in event["statuses"]:
-            backlog.settle(status["message_id"])
             await self.send_json(
                 {
                     "type": "message.status",

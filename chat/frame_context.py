@@ -70,7 +70,11 @@ async def message_create_once(
             return frame.messages[key], False
         if frame.admit is not None and not frame.messages:
             frame.admit()
-    message = await database_sync_to_async(services.message_create)(
+    # Not on the process's one shared ORM thread: message_create also waits on Redis
+    # (broadcast, enqueue) after its commit, and consumers must not queue behind it.
+    message = await database_sync_to_async(
+        services.message_create, thread_sensitive=False
+    )(
         room_name=room_name,
         sender_id=sender_id,
         receiver_id=receiver_id,

@@ -40,15 +40,6 @@ PUBLISH_LATENCY = Histogram(
     "From persisting a message to Kafka's acknowledgement",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
-PUBLISH_BACKLOG = Gauge(
-    "chat_publish_backlog",
-    "Messages a web process acked whose delivery status has not come back",
-    multiprocess_mode="livesum",
-)
-BACKPRESSURE_WAITS = Counter(
-    "chat_backpressure_waits",
-    "Frames a web process held back because its publish backlog was full",
-)
 WEBSOCKET_CONNECTIONS = Gauge(
     "chat_websocket_connections",
     "Open chat WebSocket connections",

@@ -182,13 +182,6 @@ CHAT_PUBLISH_LOCK_TIMEOUT = env.float(
     "CHAT_PUBLISH_LOCK_TIMEOUT", default=3 * KAFKA_SEND_TIMEOUT + 5
 )
 
-# Admission control of a web process (chat/backpressure.py): past this many acked
-# messages without a delivery status it takes no new frame, for up to MAX_WAIT
-# seconds per frame (0: off); a status that never comes stops counting after TTL.
-CHAT_BACKLOG_LIMIT = env.int("CHAT_BACKLOG_LIMIT", default=200)
-CHAT_BACKLOG_MAX_WAIT = env.float("CHAT_BACKLOG_MAX_WAIT", default=5.0)
-CHAT_BACKLOG_TTL = env.float("CHAT_BACKLOG_TTL", default=30.0)
-
 # --- Outbox sweep (the Message table is the outbox) -------------------------------
 # A message still pending this long after its last attempt is re-enqueued; a failed
 # one waits GRACE × 2^sweeps, at most OUTBOX_BACKOFF_MAX, between re-enqueues.
