@@ -137,19 +137,35 @@ WHITENOISE_USE_FINDERS = DEBUG
 # --- Redis: channel layer and Celery broker ---------------------------------------
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # A channel that holds `capacity` messages drops new ones silently: sized so
-        # that a connected client falls behind (and catches up) instead of losing
-        # frames when the web server is saturated.
-        "CONFIG": {
-            "hosts": [REDIS_URL],
-            "capacity": env.int("CHANNEL_LAYER_CAPACITY", default=20000),
-            "expiry": env.int("CHANNEL_LAYER_EXPIRY", default=120),
-        },
+# pubsub (default): a group_send is one PUBLISH, and each web process fans it out to
+# its own consumers; nothing is dropped for a slow consumer (frames wait in that
+# process's memory), and a live frame reaches who is connected, as before.
+# list: channels_redis's list-based layer, one Redis list entry per member, which
+# silently drops a message once a channel holds `capacity`.
+CHANNEL_LAYER_BACKEND = env("CHANNEL_LAYER_BACKEND", default="pubsub")
+if CHANNEL_LAYER_BACKEND == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
     }
-}
+elif CHANNEL_LAYER_BACKEND == "list":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "capacity": env.int("CHANNEL_LAYER_CAPACITY", default=20000),
+                "expiry": env.int("CHANNEL_LAYER_EXPIRY", default=120),
+            },
+        }
+    }
+else:
+    raise ImproperlyConfigured(
+        "CHANNEL_LAYER_BACKEND must be 'pubsub' or 'list', "
+        f"not {CHANNEL_LAYER_BACKEND!r}."
+    )
 
 # --- Kafka ------------------------------------------------------------------------
 KAFKA_ENABLED = env.bool("KAFKA_ENABLED", default=True)

@@ -77,7 +77,7 @@ def stack(redis_url: str, kafka_bootstrap: str) -> None:
     settings.REDIS_URL = redis_url
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            **settings.CHANNEL_LAYERS["default"],
             "CONFIG": {"hosts": [redis_url]},
         }
     }
