@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from . import metrics, selectors, services
 from .agents import ChatValidationError, KafkaChatAgent
 from .broadcast import room_group, user_group
+from .dispatch import await_outbound_first
 from .frame_context import handling_frame, message_create_once
 from .rate_limit import message_rate_limiter
 from .schemas import client_id_of, message_payload, parse_chat_frame
@@ -28,6 +34,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     room_name: str
     user_id: int
     counted = False  # whether this connection is in the connections gauge
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Channels' AsyncConsumer.__call__ (channels 4.x), with a loop that delivers
+        what this connection owes before it takes the next frame (chat.dispatch)."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        if self.channel_layer is None:
+            raise ImproperlyConfigured("ChatConsumer needs a channel layer.")
+        self.channel_name = await self.channel_layer.new_channel()
+        self.channel_receive = functools.partial(
+            self.channel_layer.receive, self.channel_name
+        )
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):
+            await await_outbound_first(receive, self.channel_receive, self.dispatch)
 
     async def connect(self) -> None:
         """Refuse anonymous users; join the groups, then send the room's history."""

@@ -126,6 +126,7 @@ async def check_and_record(
     assert figures["duplicates_after"] == 0, row
     assert figures["delivered_after"] == len(sent), row
     assert figures["out_of_order_after"] == 0, row
+    assert figures["out_of_order_before"] == 0, row  # one publisher per conversation
     assert load.errors == [], row
     return row
 
