@@ -42,7 +42,7 @@ class Step:
 def latencies_ms(ledger: Ledger, step: int) -> dict[str, list[float]]:
     """Latency of every message sent in a step, by stage, in milliseconds."""
     out: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    for sent in ledger.sends.values():
+    for sent in list(ledger.sends.values()):
         if sent.step != step or sent.t_ack is None or sent.message_id is None:
             continue
         out["ack"].append(1000 * (sent.t_ack - sent.t_send))
@@ -89,7 +89,7 @@ def missed_frames(ledger: Ledger, rooms: list[str], step: int | None) -> dict[st
     for client, room in enumerate(rooms):
         members.setdefault(room, []).append(client)
     broadcast = status = 0
-    for sent in ledger.sends.values():
+    for sent in list(ledger.sends.values()):
         if sent.message_id is None or (step is not None and sent.step != step):
             continue
         mid = sent.message_id
@@ -112,7 +112,7 @@ def step_summary(
     def rate(times: list[float]) -> float:
         return round(sum(start <= t <= step.t1 for t in times) / span, 2)
 
-    sends = [s for s in ledger.sends.values() if s.step == step.index]
+    sends = [s for s in list(ledger.sends.values()) if s.step == step.index]
     window = [(s.t, s.backlog) for s in samples if start <= s.t <= step.t1]
     queue = [(s.t, s.queue) for s in samples if start <= s.t <= step.t1]
     backlog_slope = slope(window)
@@ -129,9 +129,9 @@ def step_summary(
         ),
         "in_kafka": sum(s.message_id in ledger.kafka for s in sends if s.message_id),
         "sent_rate": rate([s.t_send for s in sends]),
-        "ack_rate": rate([s.t_ack for s in ledger.sends.values() if s.t_ack]),
+        "ack_rate": rate([s.t_ack for s in list(ledger.sends.values()) if s.t_ack]),
         "published_rate": rate(list(ledger.published_at.values())),
-        "kafka_rate": rate([k.t for k in ledger.kafka.values()]),
+        "kafka_rate": rate([k.t for k in list(ledger.kafka.values())]),
         "backlog_start": window[0][1] if window else None,
         "backlog_end": window[-1][1] if window else None,
         "backlog_slope": None if backlog_slope is None else round(backlog_slope, 2),
@@ -164,7 +164,9 @@ def totals(ledger: Ledger, rooms: list[str], settled: bool) -> dict[str, Any]:
         "acked": len(acked),
         "errors": dict(ledger.errors),
         "unanswered": sum(
-            1 for s in ledger.sends.values() if s.message_id is None and not s.error
+            1
+            for s in list(ledger.sends.values())
+            if s.message_id is None and not s.error
         ),
         "published_seen": len(ledger.published_at),
         "statuses": dict(ledger.statuses),

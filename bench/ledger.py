@@ -181,7 +181,7 @@ class Ledger:
     def seq_gaps(self) -> int:
         """Seqs missing in Kafka below each room's highest seq read."""
         seen: dict[bytes, set[int]] = {}
-        for item in self.kafka.values():
+        for item in list(self.kafka.values()):
             seen.setdefault(item.key, set()).add(item.seq)
         return sum(max(seqs) - len(seqs) for seqs in seen.values())
 

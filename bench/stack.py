@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from chatproj.embedded import (
     embedded_redis,
     free_port,
     port_answers,
+    stop_process_group,
 )
 
 from .config import ROOT, BenchConfig
@@ -292,26 +292,13 @@ class Stack:
         for service in reversed(self.services):
             process, service.process = service.process, None
             if process is not None:
-                _stop_group(process)
+                stop_process_group(process)
         for server in reversed(self.embedded):
             server.stop()
 
 
 def _worker_ready(service: Service) -> bool:
     return " ready." in service.log_tail(100_000)
-
-
-def _stop_group(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout)
-    except ProcessLookupError:
-        pass
 
 
 def _redact(url: str) -> str:

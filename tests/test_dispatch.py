@@ -41,5 +41,8 @@ async def test_ready_events_go_out_before_the_next_frame():
     for position, (kind, n) in enumerate(handled):
         if kind == "frame" and n > 0:
             earlier = handled[:position]
-            assert ("event", 100 + n - 1) in earlier and ("event", 200 + n - 1) in earlier
+            assert ("event", 100 + n - 1) in earlier and (
+                "event",
+                200 + n - 1,
+            ) in earlier
     assert [n for kind, n in handled if kind == "event"][:5] == [0, 1, 2, 3, 4]
