@@ -92,7 +92,9 @@ def conversation_lock(*, room_id: int) -> Lock:
         f"chat:publish:lock:{room_id}",
         timeout=settings.CHAT_PUBLISH_LOCK_TIMEOUT,
         sleep=0.005,
-        blocking_timeout=settings.CHAT_PUBLISH_LOCK_TIMEOUT,
+        blocking_timeout=min(
+            settings.KAFKA_SEND_TIMEOUT, settings.CHAT_PUBLISH_LOCK_TIMEOUT
+        ),
     )
 
 

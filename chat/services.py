@@ -193,13 +193,14 @@ def message_mark_failed(*, message_id: str, error: str) -> Message | None:
         room_id=message.room_id, status__in=UNPUBLISHED_STATUSES, attempts__gt=0
     ).exclude(pk=message.pk)
     failed = [message, *behind]
+    newly_failed = [m for m in failed if m.status != Message.Status.FAILED]
     now = timezone.now()
     for each in failed:
         each.status = Message.Status.FAILED
         each.last_error = error[:2000]
         each.next_sweep_at = now + outbox_backoff(sweep_count=each.sweep_count)
     Message.objects.bulk_update(failed, ["status", "last_error", "next_sweep_at"])
-    metrics.MESSAGES_FAILED.inc(len(failed))
+    metrics.MESSAGES_FAILED.inc(len(newly_failed))
     logger.error(
         "Retries exhausted for message_id=%s and %d more of %s (sweep again at %s): %s",
         message_id,
@@ -208,7 +209,7 @@ def message_mark_failed(*, message_id: str, error: str) -> Message | None:
         now + outbox_backoff(sweep_count=message.sweep_count),
         error,
     )
-    broadcast.send_statuses(failed)
+    broadcast.send_statuses(newly_failed)  # a sender hears "failed" once per failure
     return message
 
 

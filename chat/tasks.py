@@ -131,7 +131,7 @@ def publish_conversation(*, room_id: int, room_name: str, message_id: str) -> st
     if not lock.acquire():
         raise RetriablePublishError(
             f"Conversation {room_name} stayed locked by another publisher for "
-            f"{settings.CHAT_PUBLISH_LOCK_TIMEOUT:g}s"
+            f"{settings.KAFKA_SEND_TIMEOUT:g}s"
         )
     try:
         batch = selectors.messages_unpublished(

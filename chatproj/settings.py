@@ -192,10 +192,13 @@ KAFKA_BREAKER_RESET = env.float("KAFKA_BREAKER_RESET", default=5.0)
 # --- Publishing: one publisher per conversation, in batches ------------------------
 # A publish task sends at most this many of a conversation's messages at once.
 CHAT_PUBLISH_BATCH = env.int("CHAT_PUBLISH_BATCH", default=500)
-# The per-conversation lock expires after this many seconds (a crashed holder), and a
-# task waits at most this long for it.
+# The per-conversation lock expires after this many seconds, so a publisher that
+# crashed holding it blocks its conversation no longer than that: above the longest
+# legitimate hold (producer bootstrap and one flush, each KAFKA_SEND_TIMEOUT). A task
+# waits at most KAFKA_SEND_TIMEOUT for it, then retries later (Celery's countdown)
+# instead of holding a worker process.
 CHAT_PUBLISH_LOCK_TIMEOUT = env.float(
-    "CHAT_PUBLISH_LOCK_TIMEOUT", default=3 * KAFKA_SEND_TIMEOUT + 5
+    "CHAT_PUBLISH_LOCK_TIMEOUT", default=2 * KAFKA_SEND_TIMEOUT + 2
 )
 
 # --- Outbox sweep (the Message table is the outbox) -------------------------------
