@@ -150,34 +150,33 @@ class Runner:
         good: tuple[float, dict[str, Any]] | None = None
         bad: float | None = None
         rate = config.search_start
-        while rate <= config.search_max:
-            summary = await self._step(
+
+        async def probe(rate: float) -> dict[str, Any]:
+            return await self._step(
                 clients, f"search {rate:g}/s", "search", rate, config.step_duration
             )
+
+        async def judge(rate: float) -> None:
+            nonlocal good, bad
+            summary = await probe(rate)
+            if summary["sustained"]:
+                good = (rate, summary)
+            else:
+                bad = rate
+
+        while rate <= config.search_max:
+            summary = await probe(rate)
             if not summary["sustained"]:
                 bad = rate
                 break
             good, rate = (rate, summary), round(rate * 2, 1)
         while good is None and rate >= 2:
             rate = round(rate / 2, 1)
-            summary = await self._step(
-                clients, f"search {rate:g}/s", "search", rate, config.step_duration
-            )
-            if summary["sustained"]:
-                good = (rate, summary)
-            else:
-                bad = rate
+            await judge(rate)
         for _ in range(config.search_bisections):
             if good is None or bad is None or bad / good[0] < 1.1:
                 break
-            rate = round((good[0] + bad) / 2, 1)
-            summary = await self._step(
-                clients, f"search {rate:g}/s", "search", rate, config.step_duration
-            )
-            if summary["sustained"]:
-                good = (rate, summary)
-            else:
-                bad = rate
+            await judge(round((good[0] + bad) / 2, 1))
         if good is None:
             self.warnings.append("no search step was sustained: no saturation rate")
             return

@@ -51,9 +51,11 @@ def test_plain_lines_carry_message_id(start_worker, chat_users):
 
 
 def settings_in_subprocess(**env: str) -> subprocess.CompletedProcess[str]:
-    """Load the settings in a fresh process with exactly this environment."""
+    """Load the settings in a fresh process with exactly this environment, and no
+    development .env (a deployment has none: the Docker image leaves it out)."""
     clean = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY")}
     code = (
+        "import environ; environ.Env.read_env = lambda *a, **k: None; "
         "import django; from django.conf import settings; django.setup(); "
         "print(settings.DEBUG, settings.SESSION_COOKIE_SECURE, "
         "settings.SECURE_SSL_REDIRECT, settings.ALLOWED_HOSTS)"
