@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from .schemas import message_payload
+from . import presence
+from .schemas import message_payload, notification_payload
 
 if TYPE_CHECKING:
     from .models import Message
+    from .services import NotificationOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,17 @@ def room_group(room_name: str) -> str:
 def user_group(user_id: int) -> str:
     """Personal group of one user's connections."""
     return f"chat.user.{user_id}"
+
+
+def notify_user_group(user_id: int) -> str:
+    """Group of one user's /ws/notifications/ connections."""
+    return f"notify.user.{user_id}"
+
+
+def notify_room_group(room_name: str) -> str:
+    """Group of the /ws/notifications/ connections of a room's members (they count
+    its unread messages from its activity)."""
+    return f"notify.room.{room_name}"
 
 
 def _group_send(group: str, event: dict[str, Any]) -> None:
@@ -80,28 +93,80 @@ def _process_layer_loop() -> _LayerLoop:
 STATUS_SEND_TIMEOUT = 5.0
 
 
-def send_statuses(messages: Iterable[Message]) -> None:
-    """Tell each sender the delivery status of their messages: one event per sender.
+def send_events(events: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    """Send (group, event) pairs from sync code on the process's one channel-layer
+    connection. At most once: if Redis does not take them, the history and the next
+    connect carry the same facts."""
+    pending = list(events)
+    layer = get_channel_layer()
+    if layer is None or not pending:
+        return
 
-    At most once: if Redis does not take them, the statuses are in the history.
-    """
+    async def send_all() -> None:
+        for group, event in pending:
+            await layer.group_send(group, event)
+
+    try:
+        _process_layer_loop().run(send_all(), STATUS_SEND_TIMEOUT)
+    except Exception as exc:  # a lost live frame must not fail the caller
+        logger.warning("%d live event(s) not sent: %s", len(pending), exc)
+
+
+def send_statuses(messages: Iterable[Message]) -> None:
+    """Tell each sender the delivery status of their messages: one event per sender."""
     by_sender: dict[int, list[dict[str, str]]] = defaultdict(list)
     for message in messages:
         by_sender[message.sender_id].append(
             {"message_id": str(message.message_id), "status": message.status}
         )
-    layer = get_channel_layer()
-    if layer is None or not by_sender:
-        return
+    send_events(
+        (user_group(sender_id), {"type": "message.statuses", "statuses": statuses})
+        for sender_id, statuses in by_sender.items()
+    )
 
-    async def send_all() -> None:
-        for sender_id, statuses in by_sender.items():
-            await layer.group_send(
-                user_group(sender_id),
-                {"type": "message.statuses", "statuses": statuses},
+
+def push_notifications(outcome: NotificationOutcome[Any]) -> None:
+    """Live side of recorded chat events: each room's activity to its members'
+    notification connections (they keep their unread counts from it), and each new
+    notification to its user, unless the user has that room open (then the message
+    reached them live and only the count changes)."""
+    events: list[tuple[str, dict[str, Any]]] = [
+        (
+            notify_room_group(event.room),
+            {
+                "type": "room.activity",
+                "room": event.room,
+                "seq": event.seq,
+                "sender_id": event.sender_id,
+                "receiver_id": event.receiver_id,
+            },
+        )
+        for event in outcome.accepted
+    ]
+    online: dict[str, set[int]] = {}
+    for notification, event, sender in outcome.created:
+        if event.room not in online:
+            try:
+                online[event.room] = presence.online_users(room_name=event.room)
+            except Exception as exc:  # without presence, notify (a popup too many)
+                logger.warning("Presence of %s unknown: %s", event.room, exc)
+                online[event.room] = set()
+        if notification.user_id in online[event.room]:
+            continue
+        payload = notification_payload(
+            kind=notification.kind,
+            message_id=event.message_id,
+            room=event.room,
+            seq=event.seq,
+            sender_id=event.sender_id,
+            sender=sender,
+            content=event.content,
+            created_at=event.created_at,
+        )
+        events.append(
+            (
+                notify_user_group(notification.user_id),
+                {"type": "notification.new", "notification": payload},
             )
-
-    try:
-        _process_layer_loop().run(send_all(), STATUS_SEND_TIMEOUT)
-    except Exception as exc:  # a lost status frame must not fail the publication
-        logger.warning("Status frames not sent: %s", exc)
+        )
+    send_events(events)

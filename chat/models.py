@@ -95,3 +95,63 @@ class Message(models.Model):
 FINAL_STATUSES = (Message.Status.PUBLISHED, Message.Status.SKIPPED, Message.Status.DEAD)
 # Still to publish, in seq order, by the conversation's publisher.
 UNPUBLISHED_STATUSES = (Message.Status.PENDING, Message.Status.FAILED)
+
+
+class RoomMembership(models.Model):
+    """A user belongs to a room once they open it or send to it (a DM conversation:
+    its two users). `last_read_seq` is how far they have read: every unread count
+    derives from it, so nothing is written per member per message."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
+    joined_at = models.DateTimeField(auto_now_add=True)
+    last_read_seq = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "room"], name="membership_user_room_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.room_id} (read to {self.last_read_seq})"
+
+
+class Notification(models.Model):
+    """A message that calls for one user's attention: a DM to them, or a room
+    message that @mentions them. One per (user, message): replays create nothing."""
+
+    class Kind(models.TextChoices):
+        DM = "dm"
+        MENTION = "mention"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
+    )
+    message_id = models.UUIDField()
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="+")
+    seq = models.PositiveBigIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "message_id"], name="notification_user_message_unique"
+            )
+        ]
+        indexes = [
+            # a user's unread notifications, newest first
+            models.Index(
+                fields=["user", "-created_at"],
+                condition=models.Q(read_at__isnull=True),
+                name="notification_unread",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for {self.user_id}: {self.message_id}"

@@ -183,3 +183,31 @@ def message_payload(message: Message) -> dict[str, Any]:
         "created_at": iso_utc(message.created_at),
         "status": message.status,
     }
+
+
+NOTIFICATION_EXCERPT = 200
+
+
+def notification_payload(
+    *,
+    kind: str,
+    message_id: Any,
+    room: str,
+    seq: int,
+    sender_id: int,
+    sender: str,
+    content: str,
+    created_at: datetime,
+) -> dict[str, Any]:
+    """The body of a `notification` frame (and of each of the `unread` frame's)."""
+    excerpt = content[:NOTIFICATION_EXCERPT]
+    return {
+        "kind": kind,
+        "message_id": str(message_id),
+        "room": room,
+        "seq": seq,
+        "sender_id": sender_id,
+        "sender": sender,
+        "excerpt": excerpt + ("…" if len(content) > len(excerpt) else ""),
+        "created_at": iso_utc(created_at),
+    }

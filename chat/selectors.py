@@ -7,9 +7,9 @@ from typing import Any, NamedTuple
 
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 
-from .models import UNPUBLISHED_STATUSES, Message, Room
+from .models import UNPUBLISHED_STATUSES, Message, Notification, Room, RoomMembership
 
 
 def user_exists(*, user_id: int) -> bool:
@@ -30,6 +30,86 @@ def room_exists(*, name: str) -> bool:
 def room_list() -> QuerySet[Room]:
     """All rooms, by name."""
     return Room.objects.order_by("name")
+
+
+def rooms_of_user(*, user_id: int) -> QuerySet[Room]:
+    """The rooms this user belongs to, by name."""
+    return Room.objects.filter(memberships__user_id=user_id).order_by("name")
+
+
+def rooms_to_join(*, user_id: int, limit: int = 50) -> QuerySet[Room]:
+    """Rooms this user could join (not a member yet; DM conversations excluded)."""
+    return (
+        Room.objects.exclude(memberships__user_id=user_id)
+        .exclude(name__startswith="dm-")
+        .order_by("name")[:limit]
+    )
+
+
+class RoomReadState(NamedTuple):
+    """Where one member stands in one room."""
+
+    room: str
+    last_read_seq: int
+    latest_seq: int  # the room's last seq when this was read
+    unread: int
+
+
+def _unread_messages(user_id: int) -> QuerySet[Message]:
+    # Messages after the member's read mark that the user may see and did not send.
+    # (filter() in one call: the membership join is the same row for both conditions.)
+    visible = Q(receiver__isnull=True) | Q(receiver_id=user_id)
+    return (
+        Message.objects.filter(
+            room__memberships__user_id=user_id,
+            seq__gt=F("room__memberships__last_read_seq"),
+        )
+        .filter(visible)
+        .exclude(sender_id=user_id)
+    )
+
+
+def read_states(*, user_id: int, room_name: str | None = None) -> list[RoomReadState]:
+    """Read mark, latest seq and unread count of each room of the user (or of one).
+
+    Counts derive from `last_read_seq`: one grouped count, nothing stored per message.
+    """
+    memberships = RoomMembership.objects.filter(user_id=user_id)
+    unread = _unread_messages(user_id)
+    if room_name is not None:
+        memberships = memberships.filter(room__name=room_name)
+        unread = unread.filter(room__name=room_name)
+    counts = dict(unread.values_list("room__name").annotate(n=Count("id")).order_by())
+    return [
+        RoomReadState(name, last_read, next_seq - 1, counts.get(name, 0))
+        for name, last_read, next_seq in memberships.values_list(
+            "room__name", "last_read_seq", "room__next_seq"
+        ).order_by("room__name")
+    ]
+
+
+def unread_counts(*, user_id: int) -> dict[str, int]:
+    """Unread messages per room of the user (every room they belong to)."""
+    return {state.room: state.unread for state in read_states(user_id=user_id)}
+
+
+def notifications_unread(*, user_id: int, limit: int) -> list[Notification]:
+    """The user's latest unread notifications, newest first."""
+    return list(
+        Notification.objects.filter(user_id=user_id, read_at__isnull=True)
+        .select_related("room")
+        .order_by("-created_at", "-id")[:limit]
+    )
+
+
+def messages_by_id(*, message_ids: list[Any]) -> dict[str, Message]:
+    """Messages (with room and sender) by their message_id string."""
+    return {
+        str(m.message_id): m
+        for m in Message.objects.filter(message_id__in=message_ids).select_related(
+            "room", "sender"
+        )
+    }
 
 
 def room_history(*, room_name: str, user_id: int, limit: int) -> list[Message]:

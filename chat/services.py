@@ -7,24 +7,41 @@ publish it, and records the outcome here.
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from . import broadcast, metrics, outbox
-from .models import FINAL_STATUSES, UNPUBLISHED_STATUSES, Message, Room
-from .selectors import message_for_publish, messages_pending_publish
+from .models import (
+    FINAL_STATUSES,
+    UNPUBLISHED_STATUSES,
+    Message,
+    Notification,
+    Room,
+    RoomMembership,
+)
+from .selectors import (
+    RoomReadState,
+    message_for_publish,
+    messages_pending_publish,
+    read_states,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
+
+    from .schemas import ChatEvent
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +60,79 @@ def _enqueue_publish(room_id: int, message_id: str) -> None:
     outbox.enqueue_publish(room_id=room_id, message_id=message_id)
 
 
+DM_ROOM = re.compile(r"^dm-(\d+)-(\d+)$")
+
+
 def room_get_or_create(*, name: str) -> Room:
-    """The room of this name, created on first use."""
-    room, created = Room.objects.get_or_create(name=name)
-    if created:
-        logger.info("Room %s created", name)
+    """The room of this name, created on first use (a DM conversation `dm-<a>-<b>`
+    with its two users as members)."""
+    with transaction.atomic():
+        room, created = Room.objects.get_or_create(name=name)
+        if created:
+            logger.info("Room %s created", name)
+            pair = DM_ROOM.match(name)
+            if pair:
+                users = get_user_model().objects.filter(pk__in=map(int, pair.groups()))
+                RoomMembership.objects.bulk_create(
+                    [RoomMembership(user=user, room=room) for user in users],
+                    ignore_conflicts=True,
+                )
     return room
+
+
+def membership_join(*, user_id: int, room_name: str) -> bool:
+    """The user opened or sent to the room: make them a member (caught up to now, so
+    the history they are shown is not unread). True if they were not one yet; their
+    open /ws/notifications/ connections then follow the room too."""
+    room = room_get_or_create(name=room_name)
+    _, created = RoomMembership.objects.get_or_create(
+        user_id=user_id, room=room, defaults={"last_read_seq": room.next_seq - 1}
+    )
+    if created:
+        logger.info("User %s joined room %s", user_id, room_name)
+        transaction.on_commit(
+            lambda: broadcast.send_events(
+                [
+                    (
+                        broadcast.notify_user_group(user_id),
+                        {"type": "membership.joined", "room": room_name},
+                    )
+                ]
+            ),
+            robust=True,
+        )
+    return created
+
+
+def room_mark_read(*, user_id: int, room_name: str, up_to_seq: int) -> RoomReadState:
+    """The user has read the room up to `up_to_seq` (clamped to its last message):
+    move their read mark forward (never back), mark that room's notifications read,
+    and push the new count to all of the user's notification connections.
+
+    Raises Room.DoesNotExist for an unknown room.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        room = Room.objects.get(name=room_name)
+        target = max(0, min(up_to_seq, room.next_seq - 1))
+        membership, _ = RoomMembership.objects.get_or_create(user_id=user_id, room=room)
+        if target > membership.last_read_seq:
+            RoomMembership.objects.filter(
+                pk=membership.pk, last_read_seq__lt=target
+            ).update(last_read_seq=target)
+        Notification.objects.filter(
+            user_id=user_id, room=room, seq__lte=target, read_at__isnull=True
+        ).update(read_at=now)
+    (state,) = read_states(user_id=user_id, room_name=room_name)
+    broadcast.send_events(
+        [
+            (
+                broadcast.notify_user_group(user_id),
+                {"type": "unread.changed", "states": [state._asdict()]},
+            )
+        ]
+    )
+    return state
 
 
 def _take_seq(room_name: str) -> tuple[int, int] | None:
@@ -311,3 +395,129 @@ def message_redrive(*, message_ids: Iterable[str]) -> list[str]:
             extra={"message_id": str(message.message_id)},
         )
     return [str(m.message_id) for m in dead]
+
+
+# --- Notifications (written by the NotificationAgent from the Kafka stream) ---------
+
+# "@name" where name is a Django username (letters, digits and @.+-_), not part of a
+# longer word or address; a trailing sentence dot is tried without it too.
+MENTION = re.compile(r"(?<![\w@.+-])@([\w.@+-]{1,150})")
+
+Key = TypeVar("Key")
+
+
+def mentioned_usernames(content: str) -> set[str]:
+    """Usernames a message @mentions."""
+    names: set[str] = set()
+    for match in MENTION.finditer(content):
+        name = match.group(1)
+        names.add(name)
+        names.add(name.rstrip(".-+@"))
+    names.discard("")
+    return names
+
+
+@dataclass
+class NotificationOutcome(Generic[Key]):
+    """What recording a batch of chat events did."""
+
+    # valid events, in the order given (their room activity is pushed live)
+    accepted: list[ChatEvent] = field(default_factory=list)
+    # new notifications (none for an event handled before) with their event and the
+    # sender's username
+    created: list[tuple[Notification, ChatEvent, str]] = field(default_factory=list)
+    # events that cannot be handled: (the caller's key, why)
+    skipped: list[tuple[Key, str]] = field(default_factory=list)
+
+
+def notifications_record(
+    *, events: Sequence[tuple[Key, ChatEvent]]
+) -> NotificationOutcome[Key]:
+    """Store the notifications of a batch of chat events, idempotently per
+    (user, message_id): a DM notifies its receiver, a room message the members it
+    @mentions (never its sender). One transaction, a fixed number of statements for
+    the whole batch whatever the rooms' sizes.
+
+    An event that names an unknown room, sender or receiver is skipped with its
+    reason, and the rest of the batch is recorded.
+    """
+    outcome: NotificationOutcome[Key] = NotificationOutcome()
+    if not events:
+        return outcome
+    User = get_user_model()
+    mentions = {
+        key: mentioned_usernames(event.content) if event.receiver_id is None else set()
+        for key, event in events
+    }
+    room_ids = dict(
+        Room.objects.filter(name__in={e.room for _, e in events}).values_list(
+            "name", "id"
+        )
+    )
+    named = {n for names in mentions.values() for n in names}
+    user_ids = {e.sender_id for _, e in events} | {
+        e.receiver_id for _, e in events if e.receiver_id is not None
+    }
+    users = dict(
+        User.objects.filter(Q(pk__in=user_ids) | Q(username__in=named)).values_list(
+            "pk", "username"
+        )
+    )
+    by_name = {name: pk for pk, name in users.items()}
+    mentioned_ids = {by_name[n] for n in named if n in by_name}
+    members = set(
+        RoomMembership.objects.filter(
+            room_id__in=room_ids.values(), user_id__in=mentioned_ids
+        ).values_list("room_id", "user_id")
+    )
+    wanted: list[tuple[Notification, ChatEvent, str]] = []
+    for key, event in events:
+        room_id = room_ids.get(event.room)
+        if room_id is None:
+            outcome.skipped.append((key, f"unknown room {event.room!r}"))
+            continue
+        unknown = [
+            f"unknown {role} {user_id}"
+            for role, user_id in (
+                ("sender", event.sender_id),
+                ("receiver", event.receiver_id),
+            )
+            if user_id is not None and user_id not in users
+        ]
+        if unknown:
+            outcome.skipped.append((key, ", ".join(unknown)))
+            continue
+        outcome.accepted.append(event)
+        if event.receiver_id is not None:
+            targets = {event.receiver_id: Notification.Kind.DM}
+        else:
+            targets = {
+                by_name[n]: Notification.Kind.MENTION
+                for n in mentions[key]
+                if n in by_name and (room_id, by_name[n]) in members
+            }
+        targets.pop(event.sender_id, None)
+        for user_id, kind in targets.items():
+            notification = Notification(
+                user_id=user_id,
+                message_id=event.message_id,
+                room_id=room_id,
+                seq=event.seq,
+                kind=kind,
+            )
+            wanted.append((notification, event, users[event.sender_id]))
+    with transaction.atomic():
+        existing = set(
+            Notification.objects.filter(
+                message_id__in={n.message_id for n, _, _ in wanted}
+            ).values_list("user_id", "message_id")
+        )
+        for notification, event, sender in wanted:
+            mark = (notification.user_id, notification.message_id)
+            if mark not in existing:  # also a repeat within this batch
+                existing.add(mark)
+                outcome.created.append((notification, event, sender))
+        Notification.objects.bulk_create(
+            [n for n, _, _ in outcome.created], ignore_conflicts=True
+        )
+    return outcome

@@ -217,6 +217,20 @@ CHAT_MAX_MESSAGE_LENGTH = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 CHAT_HISTORY_SIZE = env.int("CHAT_HISTORY_SIZE", default=50)
 # Messages one user may send per window, e.g. "30/10seconds" (empty: no limit).
 CHAT_RATE_LIMIT = env("CHAT_RATE_LIMIT", default="30/10seconds")
+# An open conversation counts as "online" for this many seconds past its last refresh
+# (a connection refreshes every third of it; a crashed process's entries expire).
+PRESENCE_TTL = env.float("PRESENCE_TTL", default=60.0)
+
+# --- Notifications (NotificationAgent: `manage.py run_agent notifications`) --------
+KAFKA_NOTIFICATIONS_GROUP = env("KAFKA_NOTIFICATIONS_GROUP", default="chat-notifications")
+# Where a group with no committed offset starts: "earliest" (the default) notifies
+# about everything still in the topic, so nothing published before the agent's first
+# start is missed; "latest" starts with new events only.
+KAFKA_NOTIFICATIONS_OFFSET_RESET = env(
+    "KAFKA_NOTIFICATIONS_OFFSET_RESET", default="earliest"
+)
+# The latest unread notifications a /ws/notifications/ connection gets on connect.
+NOTIFICATIONS_ON_CONNECT = env.int("NOTIFICATIONS_ON_CONNECT", default=20)
 
 # --- Celery -----------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
