@@ -1,12 +1,16 @@
-"""ChatConsumer: the WebSocket endpoint /ws/chat/<room>/ (protocol in DESIGN.md)."""
+"""WebSocket endpoints: ChatConsumer (/ws/chat/<room>/) and NotificationConsumer
+(/ws/notifications/). Protocol in DESIGN.md and README."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
+from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -14,13 +18,21 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from . import metrics, selectors, services
+from . import metrics, presence, selectors, services
 from .agents import ChatValidationError, KafkaChatAgent
-from .broadcast import room_group, user_group
+from .broadcast import notify_room_group, notify_user_group, room_group, user_group
 from .dispatch import await_outbound_first
 from .frame_context import handling_frame, message_create_once
+from .models import Room
 from .rate_limit import message_rate_limiter
-from .schemas import client_id_of, message_payload, parse_chat_frame
+from .schemas import (
+    client_id_of,
+    is_read_frame,
+    message_payload,
+    notification_payload,
+    parse_chat_frame,
+    parse_read_frame,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +46,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     room_name: str
     user_id: int
     counted = False  # whether this connection is in the connections gauge
+    presence_task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' AsyncConsumer.__call__ (channels 4.x), with a loop that delivers
@@ -61,8 +74,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user_id = user.pk
         self.room_name = self.scope["url_route"]["kwargs"]["room"]
-        # The room exists from its first visitor on, so the agent API can address it.
-        await database_sync_to_async(services.room_get_or_create)(name=self.room_name)
+        # Opening a room makes the user a member (and the room exists from its first
+        # visitor on, so the agent API can address it).
+        await database_sync_to_async(services.membership_join)(
+            user_id=self.user_id, room_name=self.room_name
+        )
         self.groups = [room_group(self.room_name), user_group(self.user_id)]
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -75,6 +91,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(
             {"type": "history", "room": self.room_name, "messages": history}
         )
+        self.presence_task = asyncio.create_task(self._keep_presence())
+
+    async def _keep_presence(self) -> None:
+        """Mark this connection present in its room, refreshed until it closes."""
+        while True:
+            try:
+                await sync_to_async(presence.enter, thread_sensitive=False)(
+                    room_name=self.room_name,
+                    user_id=self.user_id,
+                    connection=self.channel_name,
+                )
+            except Exception as exc:  # presence is a hint; chatting goes on
+                logger.warning("Presence not recorded: %s", exc)
+            await asyncio.sleep(settings.PRESENCE_TTL / 3)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         """Handle one client frame (and what subclasses do with it) as one message.
@@ -124,7 +154,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None
     ) -> None:
-        """Validate a frame through the agent, persist it, and ack the sender."""
+        """Validate a frame through the agent, persist it, and ack the sender; or
+        take a read mark."""
+        if is_read_frame(text_data):
+            frame = parse_read_frame(text_data, room_required=False)
+            if frame.room not in (None, self.room_name):
+                raise ChatValidationError(
+                    "invalid_message",
+                    f"This socket reads {self.room_name!r}, not {frame.room!r}.",
+                )
+            await database_sync_to_async(services.room_mark_read)(
+                user_id=self.user_id,
+                room_name=self.room_name,
+                up_to_seq=frame.up_to_seq,
+            )
+            return
         agent = KafkaChatAgent.get_instance()
         data = await agent.process_websocket_message(
             text_data=text_data if text_data is not None else bytes_data,
@@ -146,10 +190,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def disconnect(self, code: int) -> None:
-        """Groups are left by Channels itself; only the gauge is ours."""
+        """Groups are left by Channels itself; the gauge and presence are ours."""
         if self.counted:
             metrics.WEBSOCKET_CONNECTIONS.dec()
             self.counted = False
+        if self.presence_task is not None:
+            self.presence_task.cancel()
+            self.presence_task = None
+            try:
+                await sync_to_async(presence.leave, thread_sensitive=False)(
+                    room_name=self.room_name,
+                    user_id=self.user_id,
+                    connection=self.channel_name,
+                )
+            except Exception as exc:  # the entry expires by itself
+                logger.warning("Presence not cleared: %s", exc)
 
     async def chat_message(self, event: dict[str, Any]) -> None:
         """A message for this connection's user (room broadcast or direct)."""
@@ -172,3 +227,168 @@ def _history_payload(*, room_name: str, user_id: int) -> list[dict[str, Any]]:
         room_name=room_name, user_id=user_id, limit=settings.CHAT_HISTORY_SIZE
     )
     return [message_payload(m) for m in messages]
+
+
+@dataclass
+class _RoomCount:
+    last_read_seq: int
+    latest_seq: int  # the last seq this connection has accounted for
+    unread: int
+
+
+class NotificationConsumer(AsyncJsonWebsocketConsumer):
+    """/ws/notifications/: a user's unread counts and notifications, live.
+
+    On connect: `{"type": "unread", "counts": {room: n}, "notifications": [...]}` (every
+    room the user belongs to, and the latest unread notifications). Then
+    `{"type": "notification", ...}` for each new DM or @mention (not for a room the
+    user has open), and `{"type": "unread", "counts": {room: n}}` with the rooms whose
+    count changed. Counts are kept here from each room's activity (one event per
+    message for all of its members, nothing stored per member) and reset from the
+    database whenever the user reads a room.
+    """
+
+    user_id: int
+    rooms: dict[str, _RoomCount]
+    connected = False
+
+    async def connect(self) -> None:
+        """Refuse anonymous users; follow the user's rooms; send the snapshot."""
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.accept()
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user_id = user.pk
+        self.rooms = {}
+        names = await database_sync_to_async(_room_names)(user_id=self.user_id)
+        # Follow first, then read: activity that arrives meanwhile waits in the
+        # channel and is skipped if the snapshot already counted it (by seq).
+        self.groups = [notify_user_group(self.user_id)]
+        self.groups += [notify_room_group(name) for name in names]
+        for group in self.groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        self.connected = True
+        states, notifications = await database_sync_to_async(_notification_snapshot)(
+            user_id=self.user_id
+        )
+        self._apply(states)
+        await self.send_json(
+            {
+                "type": "unread",
+                "counts": {name: room.unread for name, room in self.rooms.items()},
+                "notifications": notifications,
+            }
+        )
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None
+    ) -> None:
+        """`{"type": "read", "room": ..., "up_to_seq": n}` marks a room read; anything
+        else gets an error frame (the connection stays open)."""
+        if not self.connected:
+            return
+        try:
+            frame = parse_read_frame(
+                text_data if text_data is not None else bytes_data, room_required=True
+            )
+            assert frame.room is not None
+            try:
+                await database_sync_to_async(services.room_mark_read)(
+                    user_id=self.user_id,
+                    room_name=frame.room,
+                    up_to_seq=frame.up_to_seq,
+                )
+            except Room.DoesNotExist:
+                raise ChatValidationError(
+                    "invalid_message", f"There is no room named {frame.room!r}."
+                ) from None
+        except ChatValidationError as exc:
+            exc.client_id = exc.client_id or client_id_of(text_data)
+            await self.send_json(exc.as_frame())
+
+    async def room_activity(self, event: dict[str, Any]) -> None:
+        """A message reached the stream in one of the user's rooms: count it."""
+        room = self.rooms.get(event["room"])
+        if room is None or event["seq"] <= room.latest_seq:
+            return  # not followed, or already counted (snapshot, replay)
+        room.latest_seq = event["seq"]
+        for_me = event["receiver_id"] in (None, self.user_id)
+        if (
+            for_me
+            and event["sender_id"] != self.user_id
+            and event["seq"] > room.last_read_seq
+        ):
+            room.unread += 1
+            await self.send_json(
+                {"type": "unread", "counts": {event["room"]: room.unread}}
+            )
+
+    async def unread_changed(self, event: dict[str, Any]) -> None:
+        """The user read a room (on any connection): take the database's counts."""
+        changed = self._apply(selectors.RoomReadState(**s) for s in event["states"])
+        await self.send_json({"type": "unread", "counts": changed})
+
+    async def membership_joined(self, event: dict[str, Any]) -> None:
+        """The user joined a room elsewhere: follow it too."""
+        name = event["room"]
+        if name in self.rooms:
+            return
+        await self.channel_layer.group_add(notify_room_group(name), self.channel_name)
+        self.groups.append(notify_room_group(name))
+        states = await database_sync_to_async(selectors.read_states)(
+            user_id=self.user_id, room_name=name
+        )
+        changed = self._apply(states)
+        await self.send_json({"type": "unread", "counts": changed})
+
+    async def notification_new(self, event: dict[str, Any]) -> None:
+        """A new DM or @mention for this user."""
+        await self.send_json({"type": "notification", **event["notification"]})
+
+    def _apply(self, states: Any) -> dict[str, int]:
+        changed = {}
+        for state in states:
+            known = self.rooms.get(state.room)
+            self.rooms[state.room] = _RoomCount(
+                last_read_seq=state.last_read_seq,
+                latest_seq=max(state.latest_seq, known.latest_seq if known else 0),
+                unread=state.unread,
+            )
+            changed[state.room] = state.unread
+        return changed
+
+
+def _room_names(*, user_id: int) -> list[str]:
+    return list(selectors.rooms_of_user(user_id=user_id).values_list("name", flat=True))
+
+
+def _notification_snapshot(
+    *, user_id: int
+) -> tuple[list[selectors.RoomReadState], list[dict[str, Any]]]:
+    states = selectors.read_states(user_id=user_id)
+    notifications = selectors.notifications_unread(
+        user_id=user_id, limit=settings.NOTIFICATIONS_ON_CONNECT
+    )
+    messages = selectors.messages_by_id(
+        message_ids=[n.message_id for n in notifications]
+    )
+    payloads = []
+    for notification in notifications:
+        message = messages.get(str(notification.message_id))
+        if message is None:  # the message was deleted since
+            continue
+        payloads.append(
+            notification_payload(
+                kind=notification.kind,
+                message_id=notification.message_id,
+                room=notification.room.name,
+                seq=notification.seq,
+                sender_id=message.sender_id,
+                sender=message.sender.get_username(),
+                content=message.content,
+                created_at=message.created_at,
+            )
+        )
+    return states, payloads

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
-ROOM_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+from .schemas import ROOM_NAME_PATTERN
 
 
 def dm_room_name(user_a: int, user_b: int) -> str:

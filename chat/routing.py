@@ -2,7 +2,7 @@
 
 from django.urls import re_path
 
-from .consumers import ChatConsumer
+from .consumers import ChatConsumer, NotificationConsumer
 from .models import ROOM_NAME_PATTERN
 
 
@@ -13,4 +13,5 @@ def room_route(prefix: str) -> str:
 
 websocket_urlpatterns = [
     re_path(room_route("ws/chat"), ChatConsumer.as_asgi()),
+    re_path(r"^ws/notifications/$", NotificationConsumer.as_asgi()),
 ]

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 if TYPE_CHECKING:
     from .models import Message
 
+ROOM_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 EVENT_SCHEMA_VERSION: Literal[1] = 1
 MAX_DB_ID = 2**63 - 1
 
@@ -51,8 +52,18 @@ class ChatFrame(BaseModel):
     client_id: str | None = Field(default=None, max_length=128)
 
 
-def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
-    """Parse and validate a raw text frame; raise ChatValidationError with its code."""
+class ReadFrame(BaseModel):
+    """A read mark: the client has shown the room up to `up_to_seq`. On the chat
+    socket the room is the socket's; on /ws/notifications/ it is named."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    type: Literal["read"]
+    up_to_seq: int = Field(ge=0, le=MAX_DB_ID)
+    room: str | None = Field(default=None, pattern=ROOM_NAME_PATTERN)
+
+
+def _decode_object(text_data: Any) -> dict[str, Any]:
     if not isinstance(text_data, str):
         raise ChatValidationError(
             "invalid_message", "Send JSON text frames, not binary."
@@ -67,16 +78,49 @@ def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
         raise ChatValidationError(
             "invalid_message", 'The frame must be a JSON object like {"message": "hi"}.'
         )
+    return raw
+
+
+def _invalid(exc: ValidationError, client_id: str | None) -> ChatValidationError:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "frame"
+    return ChatValidationError(
+        "invalid_message", f"Field '{where}': {first['msg']}.", client_id
+    )
+
+
+def is_read_frame(text_data: Any) -> bool:
+    """Whether a chat-socket frame is a read mark (cheap: most frames are not)."""
+    if not isinstance(text_data, str) or '"read"' not in text_data:
+        return False
+    try:
+        raw = json.loads(text_data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(raw, dict) and raw.get("type") == "read"
+
+
+def parse_read_frame(text_data: Any, *, room_required: bool) -> ReadFrame:
+    """Parse and validate a read-mark frame; raise ChatValidationError with its code."""
+    raw = _decode_object(text_data)
+    try:
+        frame = ReadFrame.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid(exc, _valid_client_id(raw.get("client_id"))) from None
+    if room_required and frame.room is None:
+        raise ChatValidationError("invalid_message", "Field 'room': required.")
+    return frame
+
+
+def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
+    """Parse and validate a raw text frame; raise ChatValidationError with its code."""
+    raw = _decode_object(text_data)
     client_id = _valid_client_id(raw.get("client_id"))
     raw.setdefault("type", "chat.message")
     try:
         frame = ChatFrame.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "frame"
-        raise ChatValidationError(
-            "invalid_message", f"Field '{where}': {first['msg']}.", client_id
-        ) from None
+        raise _invalid(exc, client_id) from None
     if not frame.message.strip():
         raise ChatValidationError("empty", "The message is empty.", client_id)
     if len(frame.message) > max_length:

@@ -439,7 +439,7 @@ class KafkaChatAgent(Agent):
         Inside a ChatConsumer handling a frame, the frame's message is made once
         (chat.frame_context). Bad input raises ChatValidationError, never TypeError.
         """
-        from .. import selectors
+        from .. import selectors, services
         from ..frame_context import message_create_once
         from ..schemas import message_payload
 
@@ -476,6 +476,10 @@ class KafkaChatAgent(Agent):
             receiver_id=data["receiver_id"],
             content=data["message"],
         )
+        if direct_to is None:  # sending to a room joins it (a DM pair is joined)
+            await database_sync_to_async(services.membership_join)(
+                user_id=sender_id, room_name=room
+            )
         return message_payload(message)
 
 
