@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-def test_pages_need_login_and_validate_room_names(chat_users):
+def test_pages_need_login_and_validate_room_names(chat_users, in_memory_channel_layer):
     """Anonymous users go to the login page; bad room names never reach a room."""
     anonymous = Client()
     assert anonymous.get("/").url.startswith("/accounts/login/")
