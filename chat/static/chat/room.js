@@ -12,6 +12,17 @@
   let socket = null;
   let counter = 0;
   let retryDelay = 500;
+  let readUpTo = 0; // highest seq shown on this page
+  let readSent = 0; // highest seq reported read
+
+  // The user has read what this page shows while it is visible.
+  function markRead() {
+    if (document.hidden || readUpTo <= readSent) return;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    readSent = readUpTo;
+    socket.send(JSON.stringify({ type: "read", up_to_seq: readUpTo }));
+  }
+  document.addEventListener("visibilitychange", markRead);
 
   function setStatus(messageId, status) {
     const li = seen.get(messageId);
@@ -38,6 +49,7 @@
     li.append(meta, body, badge);
     log.append(li);
     seen.set(msg.message_id, li);
+    if (msg.room === room) readUpTo = Math.max(readUpTo, msg.seq);
     if (msg.status && msg.status !== "pending") setStatus(msg.message_id, msg.status);
     log.scrollTop = log.scrollHeight;
   }
@@ -53,8 +65,8 @@
     socket.onmessage = (e) => {
       const frame = JSON.parse(e.data);
       switch (frame.type) {
-        case "history": frame.messages.forEach(show); break;
-        case "chat.message": show(frame); break;
+        case "history": frame.messages.forEach(show); markRead(); break;
+        case "chat.message": show(frame); markRead(); break;
         case "message.status": setStatus(frame.message_id, frame.status); break;
         case "message.ack": break;
         case "error":
