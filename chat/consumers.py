@@ -47,6 +47,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     user_id: int
     counted = False  # whether this connection is in the connections gauge
     presence_task: asyncio.Task[None] | None = None
+    read_mark = 0  # the highest up_to_seq this connection has stored
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' AsyncConsumer.__call__ (channels 4.x), with a loop that delivers

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 
 import pytest
+from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from chat import selectors, services
+from chat import presence, selectors, services
 from chat.models import Message, Notification, Room, RoomMembership
 from chat.schemas import ChatEvent
+
+from .support import WSClient, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -276,3 +278,163 @@ def test_read_endpoint_needs_a_logged_in_post_with_csrf(
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(get_user_model().objects.get(username="bob"))
     assert strict.post("/chat/lobby/read/", {"up_to_seq": 1}).status_code == 403
+
+
+# --- /ws/notifications/ through the real pipeline: daphne, Redis, Celery, Kafka, agent
+
+
+def read_over_http(server: str, cookie: str, room: str, up_to_seq: int) -> dict:
+    """POST /chat/<room>/read/ as a browser would: CSRF cookie and header."""
+    import urllib.request
+
+    token = "t" * 32  # Django accepts a token we set, if cookie and header agree
+    request = urllib.request.Request(
+        f"http://{server}/chat/{room}/read/",
+        data=json.dumps({"up_to_seq": up_to_seq}).encode(),
+        headers={
+            "Cookie": f"sessionid={cookie}; csrftoken={token}",
+            "X-CSRFToken": token,
+            "Content-Type": "application/json",
+            "Referer": f"http://{server}/chat/{room}/",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+async def notification_socket(server: str, user) -> WSClient:
+    """A /ws/notifications/ connection of a user, past its snapshot frame."""
+    client = await WSClient.connect(server, "notifications", user.cookie, path="ws")
+    return client
+
+
+async def test_notifications_socket_refuses_anonymous_and_survives_garbage(
+    asgi_server, chat_users
+):
+    """Anonymous: closed with 4401. Garbage frames: an error frame each, and the
+    connection stays open."""
+    from websockets.exceptions import ConnectionClosed
+
+    anonymous = await WSClient.connect(asgi_server, "notifications", None, path="ws")
+    with pytest.raises(ConnectionClosed) as closed:
+        await anonymous.expect("unread", timeout=5)
+    assert closed.value.rcvd.code == 4401
+
+    bob = await notification_socket(asgi_server, chat_users["bob"])
+    snapshot = await bob.expect("unread")
+    assert snapshot == {"type": "unread", "counts": {}, "notifications": []}
+    garbage = [
+        "not json", "[" * 3000 + "]" * 3000, "[]", '"x"', "{}", b"\x00\xff",
+        '{"type": "read"}', '{"type": "read", "up_to_seq": -1, "room": "lobby"}',
+        '{"type": "read", "up_to_seq": 1, "room": "no such/room"}',
+        '{"type": "read", "up_to_seq": 1, "room": "nowhere"}',
+        '{"type": "read", "up_to_seq": 1e999, "room": "lobby"}',
+        '{"type": "chat.message", "message": "hi"}',
+        '{"type": "read", "up_to_seq": 1, "room": "\\ud800"}',
+    ]  # fmt: skip
+    for frame in garbage:
+        await bob.send(frame)
+        error = await bob.expect("error")
+        assert error["code"] in {"invalid_json", "invalid_message"}, (frame, error)
+    await bob.send(
+        {"type": "read", "room": "nowhere", "up_to_seq": 1, "client_id": "r1"}
+    )
+    assert (await bob.expect("error"))["client_id"] == "r1"
+    await bob.close()
+
+
+async def test_live_notifications_counts_and_reads(
+    asgi_server, start_worker, start_agent, chat_users
+):
+    """DM and mention notifications reach the right users only, as rows and live
+    frames; counts follow new messages and reads on every connection of the user;
+    a user with the room open gets no notification frame; an offline user finds
+    theirs on the next connect."""
+    alice_u, bob_u, carol_u = (chat_users[n] for n in ("alice", "bob", "carol"))
+    worker = await database_sync_to_async(start_worker)()
+    await database_sync_to_async(start_agent)(topic=worker.topic)
+    alice = await WSClient.connect(asgi_server, "lobby", alice_u.cookie)
+    bob_chat = await WSClient.connect(asgi_server, "lobby", bob_u.cookie)
+    carol_chat = await WSClient.connect(asgi_server, "lobby", carol_u.cookie)
+    for client in (alice, bob_chat, carol_chat):
+        await client.expect("history")
+    await carol_chat.close()  # carol is a member, not in the room now
+    await wait_for_async(
+        lambda: (
+            bob_u.id in presence.online_users(room_name="lobby")
+            and carol_u.id not in presence.online_users(room_name="lobby")
+        )
+    )
+    bob_notes = [await notification_socket(asgi_server, bob_u) for _ in range(2)]
+    carol_notes = await notification_socket(asgi_server, carol_u)
+    for client in (*bob_notes, carol_notes):
+        assert (await client.expect("unread"))["counts"] == {"lobby": 0}
+
+    async def say(frame: dict) -> dict:
+        await alice.send(frame)
+        return await alice.expect("message.ack")
+
+    mention = await say({"message": "hi @bob and @carol (not @alice)"})
+    for client in bob_notes:
+        assert (await client.expect("unread"))["counts"] == {"lobby": 1}
+    assert (await carol_notes.expect("unread"))["counts"] == {"lobby": 1}
+    note = await carol_notes.expect("notification")
+    assert {k: note[k] for k in ("kind", "message_id", "room", "seq", "sender")} == {
+        "kind": "mention", "message_id": mention["message_id"], "room": "lobby",
+        "seq": 1, "sender": "alice",
+    }  # fmt: skip
+    dm = await say({"message": "just you", "receiver_id": carol_u.id})
+    plain = await say({"message": "hello all"})
+    assert (await carol_notes.expect("notification"))["message_id"] == dm["message_id"]
+    assert (await carol_notes.expect("unread"))["counts"] == {"lobby": 2}
+    assert (await carol_notes.expect("unread"))["counts"] == {"lobby": 3}
+    for client in bob_notes:  # the DM is not bob's to read
+        assert (await client.expect("unread"))["counts"] == {"lobby": 2}
+
+    # bob reads on the chat socket: both of his notification sockets hear it
+    await bob_chat.send({"type": "read", "up_to_seq": plain["seq"]})
+    for client in bob_notes:
+        assert (await client.expect("unread"))["counts"] == {"lobby": 0}
+        # bob had the room open: no notification frame, only counts
+        assert not [f for f in client.unread if f["type"] == "notification"]
+    # carol reads over HTTP, up to the DM
+    state = await database_sync_to_async(read_over_http)(
+        asgi_server, carol_u.cookie, "lobby", dm["seq"]
+    )
+    assert state == {"room": "lobby", "last_read_seq": 2, "latest_seq": 3, "unread": 1}
+    assert (await carol_notes.expect("unread"))["counts"] == {"lobby": 1}
+
+    # offline: carol closes everything; alice mentions her; she sees it on return
+    await carol_notes.close()
+    later = await say({"message": "@carol are you there?"})
+    await wait_for_async(
+        lambda: Notification.objects.filter(message_id=later["message_id"]).exists()
+    )
+    carol_notes = await notification_socket(asgi_server, carol_u)
+    snapshot = await carol_notes.expect("unread")
+    assert snapshot["counts"] == {"lobby": 2}
+    assert [n["message_id"] for n in snapshot["notifications"]] == [later["message_id"]]
+
+    rows = await database_sync_to_async(
+        lambda: sorted(
+            Notification.objects.values_list("user_id", "seq", "kind", "read_at")
+        )
+    )()
+    assert [(u, s, k, r is not None) for u, s, k, r in rows] == sorted(
+        [
+            (bob_u.id, 1, "mention", True),
+            (carol_u.id, 1, "mention", True),
+            (carol_u.id, 2, "dm", True),
+            (carol_u.id, 4, "mention", False),
+        ]
+    )
+    for client in (alice, bob_chat, *bob_notes, carol_notes):
+        await client.close()
+
+
+async def wait_for_async(condition, timeout: float = 20.0):
+    """wait_for, on a worker thread (conditions that use the ORM or Redis)."""
+    return await database_sync_to_async(wait_for)(
+        lambda: condition(), timeout, what=str(condition)
+    )
