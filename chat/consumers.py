@@ -164,11 +164,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                     "invalid_message",
                     f"This socket reads {self.room_name!r}, not {frame.room!r}.",
                 )
-            await database_sync_to_async(services.room_mark_read)(
-                user_id=self.user_id,
-                room_name=self.room_name,
-                up_to_seq=frame.up_to_seq,
-            )
+            if frame.up_to_seq > self.read_mark:  # a repeat costs nothing
+                state = await database_sync_to_async(services.room_mark_read)(
+                    user_id=self.user_id,
+                    room_name=self.room_name,
+                    up_to_seq=frame.up_to_seq,
+                )
+                self.read_mark = state.last_read_seq
             return
         agent = KafkaChatAgent.get_instance()
         data = await agent.process_websocket_message(
