@@ -89,3 +89,33 @@ def exposition() -> bytes:
     return generate_latest(multiprocess_registry() or REGISTRY) + generate_latest(
         backlog
     )
+
+
+# --- NotificationAgent (`manage.py run_agent notifications`) ----------------------
+NOTIFICATION_EVENTS = Counter(
+    "chat_notification_events",
+    "Chat events the notification agent stored the effects of",
+)
+NOTIFICATIONS_CREATED = Counter(
+    "chat_notifications_created", "Notification rows created (DM and @mention)"
+)
+NOTIFICATION_RECORDS_SKIPPED = Counter(
+    "chat_notification_records_skipped",
+    "Records of the chat topic the notification agent skipped, by reason",
+    labelnames=["reason"],
+)
+NOTIFICATION_COMMIT_ERRORS = Counter(
+    "chat_notification_commit_errors",
+    "Offset commits not confirmed (timeout, rebalance); the events are re-read",
+)
+NOTIFICATION_CONSUMER_LAG = Gauge(
+    "chat_notification_consumer_lag",
+    "Records of the chat topic not yet handled, per assigned partition",
+    labelnames=["partition"],
+    multiprocess_mode="livemax",
+)
+NOTIFICATION_FRESHNESS = Histogram(
+    "chat_notification_freshness_seconds",
+    "From the message's created_at to its notification stored",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)

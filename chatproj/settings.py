@@ -229,6 +229,19 @@ KAFKA_NOTIFICATIONS_GROUP = env("KAFKA_NOTIFICATIONS_GROUP", default="chat-notif
 KAFKA_NOTIFICATIONS_OFFSET_RESET = env(
     "KAFKA_NOTIFICATIONS_OFFSET_RESET", default="earliest"
 )
+# Seconds one poll waits for records (also how fast SIGTERM is noticed when idle), the
+# most records one poll returns (one DB transaction), and the cap of the backoff while
+# the database is unreachable (the batch is retried, never committed unstored).
+KAFKA_NOTIFICATIONS_POLL_TIMEOUT = env.float(
+    "KAFKA_NOTIFICATIONS_POLL_TIMEOUT", default=1.0
+)
+KAFKA_NOTIFICATIONS_MAX_RECORDS = env.int("KAFKA_NOTIFICATIONS_MAX_RECORDS", default=500)
+KAFKA_NOTIFICATIONS_RETRY_MAX = env.float("KAFKA_NOTIFICATIONS_RETRY_MAX", default=10.0)
+# Extra KafkaConsumer options as a JSON object (SASL/TLS, session_timeout_ms, ...), e.g.
+# KAFKA_CONSUMER_OPTIONS='{"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"}'
+KAFKA_CONSUMER_OPTIONS = env.json("KAFKA_CONSUMER_OPTIONS", default={})
+# An agent process (`run_agent`) serves its metrics on this port when set.
+AGENT_METRICS_PORT = env.int("AGENT_METRICS_PORT", default=None)
 # The latest unread notifications a /ws/notifications/ connection gets on connect.
 NOTIFICATIONS_ON_CONNECT = env.int("NOTIFICATIONS_ON_CONNECT", default=20)
 

@@ -9,6 +9,7 @@ from .kafka_chat import (
     PublishResult,
     RetriablePublishError,
 )
+from .notifications import NotificationAgent
 
 __all__ = [
     "Agent",
@@ -16,6 +17,7 @@ __all__ = [
     "ChatValidationError",
     "KafkaChatAgent",
     "KafkaPublishError",
+    "NotificationAgent",
     "PermanentPublishError",
     "PublishResult",
     "RetriablePublishError",
