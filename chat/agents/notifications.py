@@ -441,7 +441,9 @@ class NotificationAgent(Agent):
         stored_at = time.time()
         for ref, why in outcome.skipped:
             skipped.append((ref, skip_reason(why), why))
-        for ref, reason, detail in skipped:
+        for ref, reason, detail in sorted(
+            skipped, key=lambda s: (s[0].partition, s[0].offset)
+        ):
             logger.warning("Skipped record %s (%s): %s", ref, reason, detail)
             metrics.NOTIFICATION_RECORDS_SKIPPED.labels(reason).inc()
         for _, event in events:
