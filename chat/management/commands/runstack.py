@@ -2,8 +2,9 @@
 
 Migrates, creates the demo users, starts an embedded Redis-compatible server and an
 embedded Kafka-compatible broker when the configured ones do not answer, then hands
-over to honcho (Procfile), which runs the web server, the Celery worker and beat (the
-outbox sweep) and stops every child on Ctrl-C.
+over to honcho (Procfile), which runs the web server, the Celery worker, beat (the
+outbox sweep) and the notification agent (unless KAFKA_ENABLED is off) and stops every
+child on Ctrl-C.
 """
 
 import os
@@ -36,6 +37,8 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("create_demo_users")
         processes = ["web", "worker", "beat"]
+        if settings.KAFKA_ENABLED:
+            processes.append("notifications")  # the consumer of the chat stream
         run_dir = Path(settings.BASE_DIR) / ".run"
         run_dir.mkdir(exist_ok=True)
         env = dict(os.environ, CHATPROJ_WEB_PORT=str(port), PYTHONUNBUFFERED="1")
