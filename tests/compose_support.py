@@ -24,7 +24,14 @@ ENV_EXAMPLE = ROOT / ".env.example"
 CODE_DIRS = (ROOT / "chat", ROOT / "chatproj")
 
 ANCHOR = "x-django"
-REQUIRED_DJANGO_SERVICES = {"migrate", "web", "worker", "beat", "flower"}
+REQUIRED_DJANGO_SERVICES = {
+    "migrate",
+    "web",
+    "worker",
+    "beat",
+    "flower",
+    "notifications",
+}
 # What a Django service may change in the shared definition.
 MAY_DIFFER = {"command", "ports", "healthcheck", "expose"}
 MIGRATE_MAY_DIFFER = MAY_DIFFER | {"depends_on", "restart"}

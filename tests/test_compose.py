@@ -75,7 +75,6 @@ def test_django_services_reuse_the_shared_anchor():
     shared = compose()[ANCHOR]
     found = django_services()
     assert set(found) >= REQUIRED_DJANGO_SERVICES, set(found)
-    assert "notifications" not in services(), "notifications comes with a later issue"
     for name, service in found.items():
         assert merges[name], f"{name} does not use `<<: *django`"
         allowed = MIGRATE_MAY_DIFFER if name == "migrate" else MAY_DIFFER
@@ -308,6 +307,24 @@ def test_worker_can_be_scaled():
     assert django_env()["WORKER_METRICS_PORT"] == "9808"
     assert "--concurrency" in argv(worker["command"])
     assert "5" in argv(services(CELERY_CONCURRENCY="5")["worker"]["command"])
+
+
+def test_notification_agent_is_its_own_scalable_service():
+    """notifications runs the agent with the anchor's restart policy, can be scaled,
+    serves metrics internally and is healthy while its --check passes."""
+    service = services()["notifications"]
+    assert argv(service["command"]) == [
+        "python", "manage.py", "run_agent", "notifications",
+    ]  # fmt: skip
+    assert service["restart"] == compose()[ANCHOR]["restart"] == "unless-stopped"
+    assert "container_name" not in service and "ports" not in service
+    assert django_env()["AGENT_METRICS_PORT"] == "9809"
+    assert service["expose"] == ["9809"]
+    check = service["healthcheck"]["test"]
+    assert check[0] == "CMD" and not entry_point_problems(check[1:])
+    assert check[1:] == [
+        "python", "manage.py", "run_agent", "notifications", "--check", "--local",
+    ]  # fmt: skip
 
 
 def test_dependencies_wait_for_health_and_one_shots():
