@@ -101,6 +101,15 @@ async def test_runstack_starts_missing_servers_and_stops_on_ctrl_c(tmp_path: Pat
             "status"
         ] == "published"
         await client.close()
+
+        def agent_consuming() -> bool:  # the notification agent runs too
+            check = subprocess.run(
+                [sys.executable, "manage.py", "run_agent", "notifications", "--check"],
+                cwd=ROOT, env=env, capture_output=True, timeout=30,
+            )  # fmt: skip
+            return check.returncode == 0
+
+        wait_for(agent_consuming, 60, interval=1, what="notification agent --check")
     finally:
         os.killpg(process.pid, signal.SIGINT)
         try:
