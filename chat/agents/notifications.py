@@ -294,6 +294,10 @@ class NotificationAgent(Agent):
             # A member that died is replaced within 10 s (the default is 45 s).
             "session_timeout_ms": 10_000,
             "heartbeat_interval_ms": 3_000,
+            # A fetch waits at most this for records: with Tansu a long poll is not
+            # woken by new records, and 500 ms (the default) was most of the
+            # notification delay (p50 132 ms → 37 ms at 50 msgs/s with 50 ms).
+            "fetch_max_wait_ms": 100,
             "bootstrap_timeout_ms": timeout_ms,
             "request_timeout_ms": max(timeout_ms, 30_000),
             "reconnect_backoff_max_ms": 1000,
