@@ -222,7 +222,9 @@ CHAT_RATE_LIMIT = env("CHAT_RATE_LIMIT", default="30/10seconds")
 PRESENCE_TTL = env.float("PRESENCE_TTL", default=60.0)
 
 # --- Notifications (NotificationAgent: `manage.py run_agent notifications`) --------
-KAFKA_NOTIFICATIONS_GROUP = env("KAFKA_NOTIFICATIONS_GROUP", default="chat-notifications")
+KAFKA_NOTIFICATIONS_GROUP = env(
+    "KAFKA_NOTIFICATIONS_GROUP", default="chat-notifications"
+)
 # Where a group with no committed offset starts: "earliest" (the default) notifies
 # about everything still in the topic, so nothing published before the agent's first
 # start is missed; "latest" starts with new events only.
@@ -235,7 +237,9 @@ KAFKA_NOTIFICATIONS_OFFSET_RESET = env(
 KAFKA_NOTIFICATIONS_POLL_TIMEOUT = env.float(
     "KAFKA_NOTIFICATIONS_POLL_TIMEOUT", default=1.0
 )
-KAFKA_NOTIFICATIONS_MAX_RECORDS = env.int("KAFKA_NOTIFICATIONS_MAX_RECORDS", default=500)
+KAFKA_NOTIFICATIONS_MAX_RECORDS = env.int(
+    "KAFKA_NOTIFICATIONS_MAX_RECORDS", default=500
+)
 KAFKA_NOTIFICATIONS_RETRY_MAX = env.float("KAFKA_NOTIFICATIONS_RETRY_MAX", default=10.0)
 # Extra KafkaConsumer options as a JSON object (SASL/TLS, session_timeout_ms, ...), e.g.
 # KAFKA_CONSUMER_OPTIONS='{"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"}'

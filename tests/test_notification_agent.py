@@ -422,6 +422,13 @@ def test_two_agents_in_one_group_split_the_partitions(
     assert worker.topic == topic
 
 
+def test_run_agent_refuses_when_kafka_is_disabled(settings):
+    """KAFKA_ENABLED=False: there is nothing to consume, and it says so."""
+    settings.KAFKA_ENABLED = False
+    with pytest.raises(CommandError, match="KAFKA_ENABLED is False"):
+        call_command("run_agent", "notifications")
+
+
 def test_run_agent_command_line(stack, capsys):
     """--list, no name, an unknown name, garbage, --local without --check."""
     call_command("run_agent", "--list")

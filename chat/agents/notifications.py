@@ -53,7 +53,13 @@ from uuid import UUID
 import kafka.errors
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import (
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    ProgrammingError,
+    close_old_connections,
+)
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
@@ -67,8 +73,9 @@ from .kafka_chat import TOPIC_PATTERN, parse_bootstrap_servers
 
 logger = logging.getLogger(__name__)
 
-# Database errors that say "not now" rather than "not this record": retry the batch.
-DB_UNAVAILABLE = (OperationalError, InterfaceError)
+# Database errors that say "not now" (down, locked, not migrated yet) rather than "not
+# this record" (DataError, IntegrityError): retry the batch, never skip it.
+DB_UNAVAILABLE = (OperationalError, InterfaceError, ProgrammingError, InternalError)
 # message_ids this process handled recently, to count re-deliveries as duplicates.
 RECENT_MESSAGE_IDS = 10_000
 
