@@ -350,7 +350,8 @@ class NotificationAgent(Agent):
     # --- the loop -------------------------------------------------------------------
 
     def run_forever(self) -> None:
-        """Consume until the process is stopped by an exception (no signal handling)."""
+        """Consume until interrupted (KeyboardInterrupt); `run_agent` uses run() with
+        SIGTERM and SIGINT handlers instead."""
         self.run(threading.Event())
 
     def run(self, stop: threading.Event) -> None:
@@ -360,7 +361,7 @@ class NotificationAgent(Agent):
         try:
             while not stop.is_set():
                 try:
-                    handled = self.poll_once()
+                    self.poll_once()
                 except DB_UNAVAILABLE as exc:
                     failures += 1
                     delay = min(self.retry_max, 0.5 * 2 ** (failures - 1))
@@ -380,8 +381,7 @@ class NotificationAgent(Agent):
                     logger.warning("Kafka poll failed (%s); retry in %.1fs", exc, delay)
                     stop.wait(delay)
                     continue
-                if handled is not None:
-                    failures = 0
+                failures = 0  # the next outage backs off from the start again
         finally:
             logger.info("NotificationAgent stopping in pid %d", self.pid)
             self.close()
