@@ -21,7 +21,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.partitioner.default import murmur2
@@ -370,6 +370,42 @@ def test_killed_and_terminated_agents_lose_and_duplicate_nothing(
     wait_all_committed(kafka_bootstrap, worker.topic, group, 20)
     assert agent.metric("chat_notification_events_total") == 5  # only the new ones
     assert sorted(r[1] for r in rows()) == sorted(sent)
+
+
+def test_database_outage_commits_nothing_and_loses_nothing(
+    start_worker, start_agent, chat_users, kafka_bootstrap
+):
+    """While the notification table is gone (a database that fails every batch), the
+    agent retries, reports `retrying` and commits no offset; once it is back, every
+    event is stored once and committed."""
+    alice, bob = chat_users["alice"].id, chat_users["bob"].id
+    member_of("lobby", alice, bob)
+    worker = start_worker()
+    group = unique_group()
+    agent = start_agent(worker.topic, group)
+    wait_for(lambda: "Partitions assigned: [" in agent.log(), 30, what="agent joined")
+    table = Notification._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_away")
+    try:
+        sent = [send("lobby", alice, f"@bob during the outage {i}") for i in range(3)]
+        wait_for(lambda: all_published(3), 30)
+
+        def retrying() -> bool:
+            return any(
+                i["pid"] == agent.pid and i["state"] == "retrying"
+                for i in live_instances("notifications")
+            )
+
+        wait_for(retrying, 30, what="the agent to report retrying")
+        assert not any(committed_offsets(kafka_bootstrap, worker.topic, group).values())
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table}_away RENAME TO {table}")
+    wait_for(lambda: Notification.objects.count() == 3, 30, what="3 notifications")
+    assert sorted(r[1] for r in rows()) == sorted(sent)
+    wait_all_committed(kafka_bootstrap, worker.topic, group, 20)
+    assert agent.terminate() == 0
 
 
 def test_two_agents_in_one_group_split_the_partitions(
