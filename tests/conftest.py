@@ -32,9 +32,12 @@ from chatproj.embedded import (
 )
 
 from .support import (
+    AGENT_ENV,
+    Agent,
     ChatUser,
     ManagedProcess,
     celery_worker_args,
+    unique_group,
     unique_topic,
     wait_for,
 )
@@ -325,3 +328,43 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
         Path(path).write_text(render_report(rows, failed=session.testsfailed))
         sys.stderr.write(f"\nreliability report written to {path}\n")
+
+
+@pytest.fixture
+def start_agent(
+    process_env: dict[str, str],
+    log_dir: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., Agent]]:
+    """Start `run_agent notifications` on a topic and group; env overrides by keyword."""
+    agents: list[Agent] = []
+
+    def start(topic: str, group: str | None = None, **env: str) -> Agent:
+        name = f"agent-{request.node.name[:50]}-{len(agents)}"
+        metrics_dir = tmp_path / f"prometheus-{len(agents)}"
+        metrics_dir.mkdir()
+        agent = Agent(
+            name,
+            [sys.executable, "manage.py", "run_agent", "notifications"],
+            {
+                **process_env,
+                **AGENT_ENV,
+                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+                "KAFKA_CHAT_TOPIC": topic,
+                "KAFKA_NOTIFICATIONS_GROUP": group or unique_group(),
+                **env,
+            },
+            log_dir,
+        )
+        agent.metrics_dir = metrics_dir
+        agent.start()
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()
+    if getattr(request.node, "rep_call_failed", False):
+        for agent in agents:
+            sys.stderr.write(f"--- {agent.name} ---\n{agent.log()[-6000:]}\n")

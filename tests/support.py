@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry, multiprocess
 
 from chatproj.embedded import stop_process_group
 
@@ -214,3 +216,58 @@ class WSClient:
     async def close(self) -> None:
         """Close the connection."""
         await self.connection.close()
+
+
+# Small timeouts so joins, restarts and stops take seconds (the defaults suit
+# production: a 10 s session, a 1 s poll).
+AGENT_ENV = {
+    "KAFKA_NOTIFICATIONS_POLL_TIMEOUT": "0.2",
+    "KAFKA_NOTIFICATIONS_RETRY_MAX": "1",
+    "KAFKA_CONSUMER_OPTIONS": json.dumps(
+        {
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+            "max_poll_interval_ms": 10000,
+        }
+    ),
+}
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+class Agent(ManagedProcess):
+    """A `manage.py run_agent notifications` subprocess with its own metrics dir."""
+
+    metrics_dir: Path
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a sample of this process's metrics (its multiprocess files)."""
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self.metrics_dir))  # type: ignore[no-untyped-call]
+        return sum(
+            sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+
+    def assigned(self) -> bool:
+        return (
+            "Partitions assigned: [" in self.log()
+            and "assigned: []"
+            not in (self.log().rsplit("Partitions assigned", 1)[-1][:4])
+        )
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM and the exit code."""
+        assert self.process is not None
+        process, self.process = self.process, None
+        os.killpg(process.pid, signal.SIGTERM)
+        code = process.wait(timeout)
+        self.log_file.close()
+        return code
+
+
+def unique_group() -> str:
+    return f"notif-test-{uuid.uuid4().hex[:10]}"

@@ -5,15 +5,12 @@ Redis-compatible server and database, events produced by the real pipeline
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +22,7 @@ from django.db import OperationalError, connection
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.partitioner.default import murmur2
-from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat import services
@@ -36,101 +33,7 @@ from chat.agents.registry import AGENTS
 from chat.models import Message, Notification
 from chatproj.embedded import free_port
 
-from .support import ROOT, ManagedProcess, unique_topic, wait_for
-
-# Small timeouts so joins, restarts and stops take seconds (the defaults suit
-# production: a 10 s session, a 1 s poll).
-AGENT_ENV = {
-    "KAFKA_NOTIFICATIONS_POLL_TIMEOUT": "0.2",
-    "KAFKA_NOTIFICATIONS_RETRY_MAX": "1",
-    "KAFKA_CONSUMER_OPTIONS": json.dumps(
-        {
-            "session_timeout_ms": 6000,
-            "heartbeat_interval_ms": 1000,
-            "max_poll_interval_ms": 10000,
-        }
-    ),
-}
-
-
-# --- helpers -------------------------------------------------------------------------
-
-
-class Agent(ManagedProcess):
-    """A `manage.py run_agent notifications` subprocess with its own metrics dir."""
-
-    metrics_dir: Path
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of a sample of this process's metrics (its multiprocess files)."""
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(self.metrics_dir))  # type: ignore[no-untyped-call]
-        return sum(
-            sample.value
-            for family in registry.collect()
-            for sample in family.samples
-            if sample.name == name and labels.items() <= sample.labels.items()
-        )
-
-    def assigned(self) -> bool:
-        return (
-            "Partitions assigned: [" in self.log()
-            and "assigned: []"
-            not in (self.log().rsplit("Partitions assigned", 1)[-1][:4])
-        )
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM and the exit code."""
-        assert self.process is not None
-        process, self.process = self.process, None
-        os.killpg(process.pid, signal.SIGTERM)
-        code = process.wait(timeout)
-        self.log_file.close()
-        return code
-
-
-@pytest.fixture
-def start_agent(
-    process_env: dict[str, str],
-    log_dir: Path,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-) -> Iterator[Callable[..., Agent]]:
-    """Start `run_agent notifications` on a topic and group; env overrides by keyword."""
-    agents: list[Agent] = []
-
-    def start(topic: str, group: str, **env: str) -> Agent:
-        name = f"agent-{request.node.name[:50]}-{len(agents)}"
-        metrics_dir = tmp_path / f"prometheus-{len(agents)}"
-        metrics_dir.mkdir()
-        agent = Agent(
-            name,
-            [sys.executable, "manage.py", "run_agent", "notifications"],
-            {
-                **process_env,
-                **AGENT_ENV,
-                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-                "KAFKA_CHAT_TOPIC": topic,
-                "KAFKA_NOTIFICATIONS_GROUP": group,
-                **env,
-            },
-            log_dir,
-        )
-        agent.metrics_dir = metrics_dir
-        agent.start()
-        agents.append(agent)
-        return agent
-
-    yield start
-    for agent in agents:
-        agent.stop()
-    if getattr(request.node, "rep_call_failed", False):
-        for agent in agents:
-            sys.stderr.write(f"--- {agent.name} ---\n{agent.log()[-6000:]}\n")
-
-
-def unique_group() -> str:
-    return f"notif-test-{uuid.uuid4().hex[:10]}"
+from .support import ROOT, unique_group, unique_topic, wait_for
 
 
 def rows() -> list[tuple[str, str, str, int]]:
