@@ -224,9 +224,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """The user was removed from a private room: close its sockets with 4403."""
         if self.counted and event["room"] == self.room_name:
             logger.info("Closing user %s's socket to %s", self.user_id, self.room_name)
-            # Hear nothing more of the room while the close handshake completes.
+            # Hear nothing more of the room while the close handshake completes, and
+            # handle no more frames (websocket_receive skips uncounted connections).
             group = room_group(self.room_name)
             await self.channel_layer.group_discard(group, self.channel_name)
+            metrics.WEBSOCKET_CONNECTIONS.dec()
+            self.counted = False
             await self.close(code=CLOSE_FORBIDDEN)
 
     async def message_statuses(self, event: dict[str, Any]) -> None:
