@@ -37,6 +37,7 @@ from .schemas import (
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403  # not a member of this private room (or no longer one)
 CLOSE_INTERNAL_ERROR = 1011
 
 
@@ -76,10 +77,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.user_id = user.pk
         self.room_name = self.scope["url_route"]["kwargs"]["room"]
         # Opening a room makes the user a member (and the room exists from its first
-        # visitor on, so the agent API can address it).
-        await database_sync_to_async(services.membership_join)(
-            user_id=self.user_id, room_name=self.room_name
-        )
+        # visitor on, so the agent API can address it); a private room is refused to
+        # non-members, before they join any group or see any history.
+        try:
+            await database_sync_to_async(services.membership_join)(
+                user_id=self.user_id, room_name=self.room_name
+            )
+        except services.RoomAccessDenied:
+            await self.accept()
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
         self.groups = [room_group(self.room_name), user_group(self.user_id)]
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -213,6 +220,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """A message for this connection's user (room broadcast or direct)."""
         await self.send_json({"type": "chat.message", **event["message"]})
 
+    async def room_access_revoked(self, event: dict[str, Any]) -> None:
+        """The user was removed from a private room: close its sockets with 4403."""
+        if self.counted and event["room"] == self.room_name:
+            logger.info("Closing user %s's socket to %s", self.user_id, self.room_name)
+            # Hear nothing more of the room while the close handshake completes, and
+            # handle no more frames (websocket_receive skips uncounted connections).
+            group = room_group(self.room_name)
+            await self.channel_layer.group_discard(group, self.channel_name)
+            metrics.WEBSOCKET_CONNECTIONS.dec()
+            self.counted = False
+            await self.close(code=CLOSE_FORBIDDEN)
+
     async def message_statuses(self, event: dict[str, Any]) -> None:
         """Delivery statuses of messages this user sent: a message.status frame each."""
         for status in event["statuses"]:
@@ -345,6 +364,17 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
         )
         changed = self._apply(states)
         await self.send_json({"type": "unread", "counts": changed})
+
+    async def membership_left(self, event: dict[str, Any]) -> None:
+        """The user was removed from a room: stop following it."""
+        name = event["room"]
+        if self.rooms.pop(name, None) is None:
+            return
+        group = notify_room_group(name)
+        await self.channel_layer.group_discard(group, self.channel_name)
+        if group in self.groups:
+            self.groups.remove(group)
+        await self.send_json({"type": "unread", "counts": {name: 0}})
 
     async def notification_new(self, event: dict[str, Any]) -> None:
         """A new DM or @mention for this user."""

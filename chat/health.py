@@ -15,6 +15,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
+from chatproj.security import operator_refusal
+
 from . import metrics
 from .agents.kafka_chat import parse_bootstrap_servers
 
@@ -74,7 +76,8 @@ def healthz(request: HttpRequest) -> HttpResponse:
 @csrf_exempt  # no side effects; a POST gets 405, not a CSRF page
 @require_GET
 def readyz(request: HttpRequest) -> HttpResponse:
-    """Readiness: database, Redis and Kafka all answer within ~1 s each (else 503)."""
+    """Readiness: database, Redis and Kafka all answer within ~1 s each (else 503).
+    Which check failed, and why, only for operators (chatproj.security)."""
     results: dict[str, dict[str, object]] = {}
     with ThreadPoolExecutor(max_workers=len(CHECKS)) as pool:
         started = time.monotonic()
@@ -90,20 +93,31 @@ def readyz(request: HttpRequest) -> HttpResponse:
                 results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     ready = all(r["ok"] for r in results.values())
     failed = [name for name, r in results.items() if not r["ok"]]
+    status = 200 if ready else 503
+    if operator_refusal(request) is not None:
+        # Orchestrators need only the code; errors name internal addresses.
+        return JsonResponse(
+            {"status": "ready" if ready else "unavailable"}, status=status
+        )
     return JsonResponse(
         {
             "status": "ready" if ready else "unavailable",
             "failed": failed,
             "checks": results,
         },
-        status=200 if ready else 503,
+        status=status,
     )
 
 
 @csrf_exempt  # no side effects; a POST gets 405, not a CSRF page
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Prometheus text exposition of every process on this host plus the backlog."""
+    """Prometheus text exposition of every process on this host plus the backlog
+    (operators only: METRICS_TOKEN or METRICS_ALLOWED_IPS)."""
     from prometheus_client import CONTENT_TYPE_LATEST
+
+    refusal = operator_refusal(request)
+    if refusal is not None:
+        return refusal
 
     return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)

@@ -1,6 +1,7 @@
 """Rooms and messages. The Message table is also the outbox of the Kafka stream."""
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -8,24 +9,47 @@ from django.db import models
 
 from .schemas import ROOM_NAME_PATTERN
 
+# Rooms named like this are direct conversations: always private, and reserved (nobody
+# creates a private room of this name: its members are the two users it names).
+DM_ROOM_PREFIX = "dm-"
+
 
 def dm_room_name(user_a: int, user_b: int) -> str:
     """The conversation of two users' direct messages: `dm-<low id>-<high id>`."""
     low, high = sorted((user_a, user_b))
-    return f"dm-{low}-{high}"
+    return f"{DM_ROOM_PREFIX}{low}-{high}"
 
 
 class Room(models.Model):
-    """A chat room; `next_seq` is the sequence number its next message gets."""
+    """A chat room; `next_seq` is the sequence number its next message gets.
+
+    A public room is open to every user (opening it joins it). A private one is
+    open to its members only; its creator (role owner) and staff invite and remove
+    them. DM conversations (`dm-...`) are private by name.
+    """
 
     name = models.CharField(
         max_length=64, unique=True, validators=[RegexValidator(ROOM_NAME_PATTERN)]
     )
     created_at = models.DateTimeField(auto_now_add=True)
     next_seq = models.PositiveBigIntegerField(default=1)
+    is_private = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """A DM conversation is private whoever creates its row."""
+        if self.name.startswith(DM_ROOM_PREFIX):
+            self.is_private = True
+        super().save(*args, **kwargs)
 
 
 class Message(models.Model):
@@ -98,9 +122,14 @@ UNPUBLISHED_STATUSES = (Message.Status.PENDING, Message.Status.FAILED)
 
 
 class RoomMembership(models.Model):
-    """A user belongs to a room once they open it or send to it (a DM conversation:
-    its two users). `last_read_seq` is how far they have read: every unread count
+    """A user belongs to a public room once they open it or send to it, to a private
+    one once invited (its creator: as owner), to a DM conversation as one of its two
+    users. `last_read_seq` is how far they have read: every unread count
     derives from it, so nothing is written per member per message."""
+
+    class Role(models.TextChoices):
+        MEMBER = "member"
+        OWNER = "owner"  # manages a private room's members (so does staff)
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
@@ -108,6 +137,7 @@ class RoomMembership(models.Model):
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
     joined_at = models.DateTimeField(auto_now_add=True)
     last_read_seq = models.PositiveBigIntegerField(default=0)
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
 
     class Meta:
         constraints = [

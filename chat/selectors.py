@@ -38,12 +38,45 @@ def rooms_of_user(*, user_id: int) -> QuerySet[Room]:
 
 
 def rooms_to_join(*, user_id: int, limit: int = 50) -> QuerySet[Room]:
-    """Rooms this user could join (not a member yet; DM conversations excluded)."""
+    """Public rooms this user could join (not a member yet; private rooms and DM
+    conversations are never listed to non-members)."""
     return (
-        Room.objects.exclude(memberships__user_id=user_id)
+        Room.objects.filter(is_private=False)
+        .exclude(memberships__user_id=user_id)
         .exclude(name__startswith="dm-")
         .order_by("name")[:limit]
     )
+
+
+def room_get(*, name: str) -> Room | None:
+    """The room of this name, or None."""
+    return Room.objects.filter(name=name).first()
+
+
+def room_may_manage(*, user: Any, room: Room) -> bool:
+    """Whether the user may invite and remove members: the room's owner, or staff."""
+    if user.is_staff or user.is_superuser:
+        return True
+    return RoomMembership.objects.filter(
+        user_id=user.pk, room=room, role=RoomMembership.Role.OWNER
+    ).exists()
+
+
+def private_room_names(*, user_id: int) -> set[str]:
+    """Names of the private rooms (DM conversations included) this user belongs to."""
+    return set(
+        Room.objects.filter(is_private=True, memberships__user_id=user_id).values_list(
+            "name", flat=True
+        )
+    )
+
+
+def room_members(*, room: Room) -> list[tuple[str, str]]:
+    """(username, role) of a room's members: owners first, then by name."""
+    rows = RoomMembership.objects.filter(room=room).values_list(
+        "user__username", "role"
+    )
+    return sorted(rows, key=lambda row: (row[1] != RoomMembership.Role.OWNER, row[0]))
 
 
 class RoomReadState(NamedTuple):

@@ -31,6 +31,15 @@ from .models import (
     Room,
     RoomMembership,
 )
+from .rooms import (  # private rooms: their services are part of this module's API
+    DM_ROOM,
+    room_require_member,
+)
+from .rooms import RoomAccessDenied as RoomAccessDenied
+from .rooms import RoomError as RoomError
+from .rooms import room_create_private as room_create_private
+from .rooms import room_invite as room_invite
+from .rooms import room_remove_member as room_remove_member
 from .selectors import (
     RoomReadState,
     message_for_publish,
@@ -60,9 +69,6 @@ def _enqueue_publish(room_id: int, message_id: str) -> None:
     outbox.enqueue_publish(room_id=room_id, message_id=message_id)
 
 
-DM_ROOM = re.compile(r"^dm-(\d+)-(\d+)$")
-
-
 def room_get_or_create(*, name: str) -> Room:
     """The room of this name, created on first use (a DM conversation `dm-<a>-<b>`
     with its two users as members)."""
@@ -83,8 +89,12 @@ def room_get_or_create(*, name: str) -> Room:
 def membership_join(*, user_id: int, room_name: str) -> bool:
     """The user opened or sent to the room: make them a member (caught up to now, so
     the history they are shown is not unread). True if they were not one yet; their
-    open /ws/notifications/ connections then follow the room too."""
+    open /ws/notifications/ connections then follow the room too.
+
+    A private room is not joined this way: RoomAccessDenied unless already a member.
+    """
     room = room_get_or_create(name=room_name)
+    room_require_member(user_id=user_id, room=room)
     _, created = RoomMembership.objects.get_or_create(
         user_id=user_id, room=room, defaults={"last_read_seq": room.next_seq - 1}
     )
@@ -109,11 +119,13 @@ def room_mark_read(*, user_id: int, room_name: str, up_to_seq: int) -> RoomReadS
     move their read mark forward (never back), mark that room's notifications read,
     and push the new count to all of the user's notification connections.
 
-    Raises Room.DoesNotExist for an unknown room.
+    Raises Room.DoesNotExist for an unknown room, RoomAccessDenied for a private
+    room the user is not a member of.
     """
     now = timezone.now()
     with transaction.atomic():
         room = Room.objects.get(name=room_name)
+        room_require_member(user_id=user_id, room=room)
         target = max(0, min(up_to_seq, room.next_seq - 1))
         membership, _ = RoomMembership.objects.get_or_create(user_id=user_id, room=room)
         if target > membership.last_read_seq:

@@ -11,4 +11,11 @@ urlpatterns = [
     re_path(r"^$", views.room_index, name="index"),
     re_path(rf"^chat/{ROOM}/$", views.room_detail, name="room"),
     re_path(rf"^chat/{ROOM}/read/$", views.room_read, name="room-read"),
+    re_path(r"^rooms/private/$", views.room_create_private, name="room-create-private"),
+    re_path(rf"^chat/{ROOM}/members/$", views.room_member_invite, name="room-invite"),
+    re_path(
+        rf"^chat/{ROOM}/members/remove/$",
+        views.room_member_remove,
+        name="room-remove-member",
+    ),
 ]

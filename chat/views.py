@@ -1,4 +1,5 @@
-"""Web pages (the room list and a room) and the read-mark endpoint."""
+"""Web pages (the room list and a room), the read-mark endpoint, and the forms that
+create private rooms and manage their members."""
 
 import json
 import re
@@ -12,7 +13,7 @@ from django.views.decorators.http import require_POST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import selectors, services
-from .models import ROOM_NAME_PATTERN, Room
+from .models import DM_ROOM_PREFIX, ROOM_NAME_PATTERN, Room
 from .schemas import MAX_DB_ID
 
 
@@ -36,6 +37,7 @@ def room_index(request: HttpRequest) -> HttpResponse:
         "chat/index.html",
         {
             "rooms": states,
+            "private_rooms": selectors.private_room_names(user_id=_user_id(request)),
             "others": selectors.rooms_to_join(user_id=_user_id(request)),
             "error": error,
         },
@@ -44,15 +46,91 @@ def room_index(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def room_detail(request: HttpRequest, room: str) -> HttpResponse:
-    """The chat page of one room; opening it makes the user a member."""
-    services.membership_join(user_id=_user_id(request), room_name=room)
+    """The chat page of one room; opening a public room makes the user a member, a
+    private one is shown to its members only (403 for anyone else)."""
+    try:
+        services.membership_join(user_id=_user_id(request), room_name=room)
+    except services.RoomError as exc:
+        return _error_page(request, exc)
     others = get_user_model().objects.exclude(username=request.user.get_username())
     users = others.order_by("username")
+    room_obj = selectors.room_get(name=room)
+    assert room_obj is not None  # membership_join created it
     return render(
         request,
         "chat/room.html",
-        {"room": room, "users": users, "room_pattern": ROOM_NAME_PATTERN},
+        {
+            "room": room,
+            "users": users,
+            "room_pattern": ROOM_NAME_PATTERN,
+            "is_private": room_obj.is_private,
+            "is_dm": room.startswith(DM_ROOM_PREFIX),
+            "members": (
+                selectors.room_members(room=room_obj) if room_obj.is_private else []
+            ),
+            "may_manage": room_obj.is_private
+            and not room.startswith(DM_ROOM_PREFIX)
+            and selectors.room_may_manage(user=request.user, room=room_obj),
+        },
     )
+
+
+def _error_page(request: HttpRequest, error: services.RoomError) -> HttpResponse:
+    """A refused room action, as a page with its HTTP status (400, 403 or 404)."""
+    return render(
+        request,
+        "chat/error.html",
+        {"code": error.code, "detail": error.detail, "status": error.status},
+        status=error.status,
+    )
+
+
+@login_required
+@require_POST
+def room_create_private(request: HttpRequest) -> HttpResponse:
+    """POST /rooms/private/ with `name`: create a private room owned by the user,
+    then open it."""
+    name = request.POST.get("name", "").strip()
+    try:
+        services.room_create_private(name=name, created_by_id=_user_id(request))
+    except services.RoomError as exc:
+        return _error_page(request, exc)
+    return redirect("chat:room", room=name)
+
+
+def _username(request: HttpRequest) -> str:
+    username = request.POST.get("username", "").strip()
+    if not username:
+        raise services.RoomError("invalid_message", "Give the member's username.")
+    return username
+
+
+@login_required
+@require_POST
+def room_member_invite(request: HttpRequest, room: str) -> HttpResponse:
+    """POST /chat/<room>/members/ with `username`: the owner (or staff) invites a
+    user into a private room."""
+    try:
+        services.room_invite(
+            room_name=room, username=_username(request), by_user_id=_user_id(request)
+        )
+    except services.RoomError as exc:
+        return _error_page(request, exc)
+    return redirect("chat:room", room=room)
+
+
+@login_required
+@require_POST
+def room_member_remove(request: HttpRequest, room: str) -> HttpResponse:
+    """POST /chat/<room>/members/remove/ with `username`: the owner (or staff)
+    removes a member from a private room; the member's sockets to it close."""
+    try:
+        services.room_remove_member(
+            room_name=room, username=_username(request), by_user_id=_user_id(request)
+        )
+    except services.RoomError as exc:
+        return _error_page(request, exc)
+    return redirect("chat:room", room=room)
 
 
 class _ReadMark(BaseModel):
@@ -91,4 +169,6 @@ def room_read(request: HttpRequest, room: str) -> JsonResponse:
         )
     except Room.DoesNotExist:
         return _error(404, "unknown_room", f"There is no room named {room!r}.")
+    except services.RoomAccessDenied as exc:
+        return _error(403, exc.code, exc.detail)
     return JsonResponse(state._asdict())

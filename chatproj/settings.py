@@ -5,9 +5,11 @@ through environment variables of the same name (see .env.example and the README)
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -327,6 +329,70 @@ LOGGING = {
         "kafka": {"level": env("KAFKA_LOG_LEVEL", default="CRITICAL")},
     },
 }
+
+# --- Security: login throttling, operator endpoints, CSP, password reset ------------
+# Login throttling (django-axes): LOGIN_FAILURE_LIMIT wrong passwords for one username
+# from one address lock that pair out for LOGIN_COOLOFF_MINUTES (HTTP 429, even with
+# the right password); a successful login resets the count. Behind a proxy, give
+# daphne --proxy-headers so the address is the client's, not the proxy's.
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last, as axes requires
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses locked-out logins first
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
+AXES_VERBOSE = False  # one WARNING per lockout from axes is enough
+
+# /metrics and /readyz's detail: with METRICS_TOKEN set, only requests carrying
+# `Authorization: Bearer <token>` (from any address: scrapers in other containers);
+# with it empty, only requests from METRICS_ALLOWED_IPS (this host by default). Others
+# get 401/403 on /metrics and only the status (no detail) from /readyz.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+
+# Content-Security-Policy (django-csp) on every response: scripts, styles and
+# connections (WebSockets included) only from this origin, so no inline script or
+# inline event handler runs; json_script data blocks are not scripts.
+INSTALLED_APPS += ["csp"]
+MIDDLEWARE.insert(-1, "csp.middleware.CSPMiddleware")  # AxesMiddleware stays last
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
+# Mail. EMAIL_URL names a server (smtp://user:pass@host:587, smtp+tls://...,
+# smtps://...); empty: no mail. Password reset is served only when mail is really
+# delivered (an SMTP server or a custom EMAIL_BACKEND), never when it would go to the
+# console, a file, memory or nowhere: otherwise /accounts/password_reset/ is a 404.
+EMAIL_URL = env("EMAIL_URL", default="")
+_email = environ.Env.email_url_config(EMAIL_URL or "dummymail://")
+EMAIL_BACKEND = env("EMAIL_BACKEND", default=_email["EMAIL_BACKEND"])
+EMAIL_HOST = _email["EMAIL_HOST"] or "localhost"
+EMAIL_PORT = _email["EMAIL_PORT"] or 25
+EMAIL_HOST_USER = _email["EMAIL_HOST_USER"] or ""
+EMAIL_HOST_PASSWORD = _email["EMAIL_HOST_PASSWORD"] or ""
+EMAIL_USE_TLS = bool(_email.get("EMAIL_USE_TLS"))
+EMAIL_USE_SSL = bool(_email.get("EMAIL_USE_SSL"))
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="chatproj <noreply@localhost>")
+NON_DELIVERING_EMAIL_BACKENDS = {
+    f"django.core.mail.backends.{name}.EmailBackend"
+    for name in ("console", "filebased", "locmem", "dummy")
+}
+PASSWORD_RESET_ENABLED = EMAIL_BACKEND not in NON_DELIVERING_EMAIL_BACKENDS
 
 # --- Consistency checks: fail at start-up, not during an outage --------------------
 if KAFKA_RETRY_TRIES < 1:

@@ -1,15 +1,31 @@
 """URL configuration: auth views at Django's default paths, then the chat pages."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.contrib.auth import urls as auth_urls
+from django.urls import URLPattern, URLResolver, include, path
 
 from chat import health
+from chatproj.security import only_with_mail
+
+# Password reset sends mail: served only when mail is delivered (chatproj.security).
+PASSWORD_RESET_VIEWS = {
+    "password_reset",
+    "password_reset_done",
+    "password_reset_confirm",
+    "password_reset_complete",
+}
+account_urls: list[URLPattern | URLResolver] = [
+    path(str(p.pattern), only_with_mail(p.callback), name=p.name)
+    if isinstance(p, URLPattern) and p.name in PASSWORD_RESET_VIEWS
+    else p
+    for p in auth_urls.urlpatterns
+]
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
-    path("accounts/", include("django.contrib.auth.urls")),
+    path("accounts/", include(account_urls)),
     path("", include("chat.urls")),
 ]

@@ -470,16 +470,17 @@ class KafkaChatAgent(Agent):
             text_data=json.dumps({"message": content, "receiver_id": direct_to}),
             user_id=sender_id,
         )
+        if direct_to is None:  # sending to a room joins it (a DM pair is joined)
+            # ...a public one; a private room refuses a non-member (`forbidden`)
+            await database_sync_to_async(services.membership_join)(
+                user_id=sender_id, room_name=room
+            )
         message, _ = await message_create_once(
             room_name=room,
             sender=sender,
             receiver_id=data["receiver_id"],
             content=data["message"],
         )
-        if direct_to is None:  # sending to a room joins it (a DM pair is joined)
-            await database_sync_to_async(services.membership_join)(
-                user_id=sender_id, room_name=room
-            )
         return message_payload(message)
 
 

@@ -59,8 +59,9 @@
     socket = new WebSocket(scheme + "://" + location.host + "/ws/chat/" + room + "/");
     socket.onopen = () => { state.textContent = "connected"; retryDelay = 500; };
     socket.onclose = (e) => {
-      state.textContent = e.code === 4401 ? "not logged in" : "disconnected, reconnecting…";
-      if (e.code !== 4401) setTimeout(connect, retryDelay = Math.min(retryDelay * 2, 10000));
+      const final = { 4401: "not logged in", 4403: "not a member of this private room" };
+      state.textContent = final[e.code] || "disconnected, reconnecting…";
+      if (!final[e.code]) setTimeout(connect, retryDelay = Math.min(retryDelay * 2, 10000));
     };
     socket.onmessage = (e) => {
       const frame = JSON.parse(e.data);

@@ -1,0 +1,205 @@
+"""Private rooms: who may enter a room, and the services that change its members.
+
+A public room is open to every user. A private room is open to its members only; its
+owner (the creator) and staff invite and remove members. A DM conversation
+(`dm-<low>-<high>`) is private by name, and its members are the two users it names:
+nobody invites anyone into it or removes anyone from it.
+
+The services here are re-exported by `chat.services` (the one place of writes); this
+module imports no other service, so `chat.services` can build on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+
+from . import broadcast
+from .models import DM_ROOM_PREFIX, Room, RoomMembership
+from .schemas import ROOM_NAME_PATTERN, ChatValidationError
+from .selectors import room_may_manage
+
+logger = logging.getLogger(__name__)
+
+DM_ROOM = re.compile(r"^dm-(\d+)-(\d+)$")
+
+# Sent to a removed member's connections: the chat socket of that room closes (4403),
+# the notification socket stops following the room.
+ACCESS_REVOKED_EVENT = "room.access_revoked"
+MEMBERSHIP_LEFT_EVENT = "membership.left"
+
+
+class RoomError(ChatValidationError):
+    """A room action was refused; `code` is the protocol's error code, `status` the
+    HTTP status a view answers with."""
+
+    status = 400
+
+
+class RoomAccessDenied(RoomError):
+    """The user is not a member of this private room."""
+
+    status = 403
+
+    def __init__(self, room_name: str, detail: str | None = None) -> None:
+        super().__init__(
+            "forbidden",
+            detail
+            or f"Room {room_name!r} is private: only its members may enter it; "
+            "ask its owner to invite you.",
+        )
+
+
+class RoomNotFound(RoomError):
+    """No room, user or membership of that name."""
+
+    status = 404
+
+
+def dm_pair(room_name: str) -> tuple[int, int] | None:
+    """The two user ids a DM conversation's name holds, or None for another room."""
+    pair = DM_ROOM.match(room_name)
+    return (int(pair.group(1)), int(pair.group(2))) if pair else None
+
+
+def room_require_member(*, user_id: int, room: Room) -> None:
+    """Raise RoomAccessDenied unless the user may enter the room: any user a public
+    one, a member (or one of the two users of a DM conversation) a private one. One
+    of a DM's two users without a row yet (the room predates their account) gets it.
+    """
+    if not room.is_private:
+        return
+    if RoomMembership.objects.filter(user_id=user_id, room=room).exists():
+        return
+    pair = dm_pair(room.name)
+    if pair is not None and user_id in pair:
+        RoomMembership.objects.get_or_create(
+            user_id=user_id, room=room, defaults={"last_read_seq": room.next_seq - 1}
+        )
+        return
+    raise RoomAccessDenied(room.name)
+
+
+def _managed_room(*, by_user_id: int, room_name: str) -> Room:
+    """The private room `by_user_id` may manage (its owner, or staff)."""
+    room = Room.objects.filter(name=room_name).first()
+    by = get_user_model().objects.filter(pk=by_user_id, is_active=True).first()
+    if room is None or by is None:
+        raise RoomNotFound("unknown_room", f"There is no room named {room_name!r}.")
+    if not room.is_private:
+        raise RoomError(
+            "not_private",
+            f"Room {room_name!r} is public: everyone may enter it, so it has no "
+            "invitations.",
+        )
+    if room.name.startswith(DM_ROOM_PREFIX):
+        raise RoomAccessDenied(
+            room_name, "A direct conversation has exactly its two users as members."
+        )
+    if not room_may_manage(user=by, room=room):
+        if not RoomMembership.objects.filter(user_id=by.pk, room=room).exists():
+            raise RoomAccessDenied(room_name)
+        raise RoomAccessDenied(
+            room_name, "Only the room's owner or staff may invite or remove members."
+        )
+    return room
+
+
+def _user_named(username: str) -> Any:
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise RoomNotFound("unknown_user", f"There is no user named {username!r}.")
+    return user
+
+
+def room_create_private(*, name: str, created_by_id: int) -> Room:
+    """Create a private room with its creator as owner (its only member)."""
+    if not isinstance(name, str) or not re.fullmatch(ROOM_NAME_PATTERN, name):
+        raise RoomError(
+            "invalid_name", "A room name is 1-64 letters, digits, '-', '_' or '.'."
+        )
+    if name.startswith(DM_ROOM_PREFIX):
+        raise RoomError(
+            "invalid_name",
+            f"Names starting with {DM_ROOM_PREFIX!r} are reserved for direct "
+            "conversations.",
+        )
+    try:
+        with transaction.atomic():
+            room = Room.objects.create(
+                name=name, is_private=True, created_by_id=created_by_id
+            )
+            RoomMembership.objects.create(
+                user_id=created_by_id, room=room, role=RoomMembership.Role.OWNER
+            )
+    except IntegrityError:
+        raise RoomError(
+            "name_taken", f"A room named {name!r} already exists: pick another name."
+        ) from None
+    logger.info("Private room %s created by user %s", name, created_by_id)
+    return room
+
+
+def room_invite(*, room_name: str, username: str, by_user_id: int) -> bool:
+    """Make a user a member of a private room (owner or staff only); True if they
+    were not one yet. They start caught up, as a user opening a public room."""
+    with transaction.atomic():
+        room = _managed_room(by_user_id=by_user_id, room_name=room_name)
+        user = _user_named(username)
+        _, created = RoomMembership.objects.get_or_create(
+            user=user, room=room, defaults={"last_read_seq": room.next_seq - 1}
+        )
+    if created:
+        logger.info("User %s invited %s to %s", by_user_id, username, room_name)
+        transaction.on_commit(
+            lambda: broadcast.send_events(
+                [
+                    (
+                        broadcast.notify_user_group(user.pk),
+                        {"type": "membership.joined", "room": room_name},
+                    )
+                ]
+            ),
+            robust=True,
+        )
+    return created
+
+
+def room_remove_member(*, room_name: str, username: str, by_user_id: int) -> None:
+    """Remove a member from a private room (owner or staff only; the owner stays).
+    Their open sockets to the room close with 4403 and their notification sockets
+    stop following it."""
+    with transaction.atomic():
+        room = _managed_room(by_user_id=by_user_id, room_name=room_name)
+        user = _user_named(username)
+        membership = RoomMembership.objects.filter(user=user, room=room).first()
+        if membership is None:
+            raise RoomNotFound(
+                "not_member", f"{username!r} is not a member of {room_name!r}."
+            )
+        if membership.role == RoomMembership.Role.OWNER:
+            raise RoomError(
+                "owner", "The room's owner cannot be removed from their room."
+            )
+        membership.delete()
+    logger.info("User %s removed %s from %s", by_user_id, username, room_name)
+    user_id = user.pk
+    transaction.on_commit(
+        lambda: broadcast.send_events(
+            [
+                (
+                    broadcast.user_group(user_id),
+                    {"type": ACCESS_REVOKED_EVENT, "room": room_name},
+                ),
+                (
+                    broadcast.notify_user_group(user_id),
+                    {"type": MEMBERSHIP_LEFT_EVENT, "room": room_name},
+                ),
+            ]
+        ),
+        robust=True,
+    )
