@@ -109,8 +109,8 @@ class ChatConsumer(GuardedConsumer):
 
         A ChatValidationError, or a subclass choking on a frame that is itself bad,
         answers with an error frame and the connection stays open. Anything else is
-        a bug: GuardedConsumer.dispatch logs it once and closes only this connection
-        (1011); its groups, presence and gauge are released whatever happens.
+        a bug: GuardedConsumer.dispatch ends only this connection (1011, logged once
+        by the server); its groups, presence and gauge are released whatever happens.
         """
         if not self.counted or self.closing:  # a refused or closing connection
             return

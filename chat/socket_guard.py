@@ -2,8 +2,8 @@
 cleans up, it ends with the session, and it cannot flood.
 
 - Any unexpected exception while handling a frame, a channel-layer event, the connect
-  or the disconnect is logged once and closes only that connection with 1011 (accepted
-  first, so the client sees the code). Frames and events after that are dropped.
+  or the disconnect ends only that connection: the ASGI server logs it once and closes
+  the socket with 1011 (accepted first, so the client sees the code).
 - Leaving is idempotent and guaranteed: on the normal disconnect, and in a `finally`
   around the consumer (a task cancelled or a crash escaping), the groups are left and
   the subclass releases what it holds (the connections gauge, presence, the per-user
@@ -42,6 +42,10 @@ CLOSE_INTERNAL_ERROR = 1011
 GROUP_LEAVE_TIMEOUT = 5.0
 
 
+class SocketCrashed(Exception):
+    """A bug ended one socket; its cause is chained."""
+
+
 class GuardedConsumer(AsyncJsonWebsocketConsumer):
     """Base of ChatConsumer and NotificationConsumer (see the module docstring)."""
 
@@ -70,20 +74,30 @@ class GuardedConsumer(AsyncJsonWebsocketConsumer):
     # --- Crash safety --------------------------------------------------------------
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Channels' dispatch; an unexpected exception closes only this socket."""
+        """Channels' dispatch; an unexpected exception ends only this socket.
+
+        The exception leaves the application as SocketCrashed (naming the user, the
+        cause chained), after the `finally` of __call__ released everything: the ASGI
+        server logs it once and closes the socket with 1011 (daphne and uvicorn both
+        do; an application cannot send 1011 itself through daphne). A socket that
+        fails before it was accepted is accepted first, so the client sees 1011 too.
+        """
         if self.closing and message.get("type") != "websocket.disconnect":
             return
         try:
             await super().dispatch(message)
         except StopConsumer:
             raise
-        except Exception:
-            if message.get("type") == "websocket.disconnect":
-                logger.exception("Disconnect of %s failed", self._who())
-                raise StopConsumer() from None
-            logger.exception("Closing the connection of %s", self._who())
-            with contextlib.suppress(Exception):  # the client may be gone already
-                await self.close_with(CLOSE_INTERNAL_ERROR)
+        except Exception as exc:
+            self.closing = True
+            metrics.SOCKETS_CLOSED.labels(code=str(CLOSE_INTERNAL_ERROR)).inc()
+            if not self.accepted and message.get("type") != "websocket.disconnect":
+                with contextlib.suppress(Exception):
+                    await self.accept()
+            raise SocketCrashed(
+                f"Socket of {self._who()} closed (1011) after "
+                f"{type(exc).__name__} handling {message.get('type')}"
+            ) from exc
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
         """Accept once (a socket refused later must be accepted to see its code)."""
