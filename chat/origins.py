@@ -64,7 +64,7 @@ def request_origin(scope: dict[str, Any]) -> str | None:
 def has_ticket(scope: dict[str, Any]) -> bool:
     """Whether the socket URL carries `?ticket=` (a non-browser client)."""
     query = bytes(scope.get("query_string", b"")).decode("latin1")
-    return "ticket" in parse_qs(query)
+    return "ticket" in parse_qs(query, keep_blank_values=True)
 
 
 def origin_allowed(scope: dict[str, Any]) -> bool:

@@ -108,7 +108,7 @@ class TicketAuthMiddleware:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
         """Replace scope["user"] when the socket carries a ticket."""
         query = bytes(scope.get("query_string", b"")).decode("latin1")
-        tickets = parse_qs(query).get("ticket")
+        tickets = parse_qs(query, keep_blank_values=True).get("ticket")
         if tickets is None:
             return await self.application(scope, receive, send)
         redeemed = None
