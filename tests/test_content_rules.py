@@ -49,7 +49,9 @@ ACCEPTED = [
 def test_refused_content(text, code):
     """Invisible messages are `empty`; controls and bidi controls `invalid_message`."""
     with pytest.raises(ChatValidationError) as refused:
-        parse_chat_frame(json.dumps({"message": text, "client_id": "k"}), max_length=100)
+        parse_chat_frame(
+            json.dumps({"message": text, "client_id": "k"}), max_length=100
+        )
     assert (refused.value.code, refused.value.client_id) == (code, "k")
     assert refused.value.detail
 
@@ -57,7 +59,9 @@ def test_refused_content(text, code):
 @pytest.mark.parametrize("text", ACCEPTED)
 def test_accepted_content_is_kept_as_sent(text):
     """Visible text, newline, tab, joiners inside text and RTL marks pass unchanged."""
-    assert parse_chat_frame(json.dumps({"message": text}), max_length=100).message == text
+    assert (
+        parse_chat_frame(json.dumps({"message": text}), max_length=100).message == text
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -82,7 +86,9 @@ async def test_content_rules_through_the_server(
         assert seen["content"] == text
         acked[ack["message_id"]] = text
     rows = await database_sync_to_async(
-        lambda: {str(m): c for m, c in Message.objects.values_list("message_id", "content")}
+        lambda: {
+            str(m): c for m, c in Message.objects.values_list("message_id", "content")
+        }
     )()
     assert rows == acked
     records = await database_sync_to_async(read_topic)(
