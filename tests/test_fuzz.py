@@ -151,8 +151,7 @@ huge_numbers = st.builds(
 )
 lone_surrogates = st.builds(
     lambda before, code, after: Frame(
-        '{"message": %s\\u%04x%s}'
-        % (json.dumps(before)[:-1], code, json.dumps(after)[1:]),
+        f'{{"message": {json.dumps(before)[:-1]}\\u{code:04x}{json.dumps(after)[1:]}}}',
         must_refuse=True,
     ),
     visible_text,
