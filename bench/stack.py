@@ -119,6 +119,8 @@ class Stack:
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka,
             "KAFKA_CHAT_TOPIC": self.topic,
             "CHAT_RATE_LIMIT": "",  # the benchmark measures the pipeline, not the limit
+            "CHAT_FRAME_RATE": "",
+            "CHAT_MAX_CONNECTIONS_PER_USER": "0",
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             "PYTHONUNBUFFERED": "1",
         }

@@ -11,7 +11,7 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         """Connect worker lifecycle signals; check settings read lazily elsewhere."""
-        from . import signals  # noqa: F401
-        from .rate_limit import message_rate_limiter
+        from . import session_end, signals  # noqa: F401
+        from .rate_limit import check_settings
 
-        message_rate_limiter()  # a bad CHAT_RATE_LIMIT fails at start-up
+        check_settings()  # a bad CHAT_RATE_LIMIT (or frame rate, storage) fails now

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -26,31 +23,41 @@ from .frame_context import handling_frame, message_create_once
 from .models import Room
 from .rate_limit import message_rate_limiter
 from .schemas import (
-    client_id_of,
     is_read_frame,
     message_payload,
     notification_payload,
     parse_chat_frame,
     parse_read_frame,
 )
+from .socket_guard import (
+    CLOSE_FLOODING,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_UNAUTHENTICATED,
+    GuardedConsumer,
+)
 
 logger = logging.getLogger(__name__)
 
-CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403  # not a member of this private room (or no longer one)
-CLOSE_INTERNAL_ERROR = 1011
+
+__all__ = [
+    "CLOSE_FLOODING",
+    "CLOSE_FORBIDDEN",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_UNAUTHENTICATED",
+    "ChatConsumer",
+    "NotificationConsumer",
+]
 
 
-class ChatConsumer(AsyncJsonWebsocketConsumer):
+class ChatConsumer(GuardedConsumer):
     """One browser connection to one room, plus its user's personal group."""
 
     room_name: str
-    user_id: int
-    counted = False  # whether this connection is in the connections gauge
-    presence_task: asyncio.Task[None] | None = None
+    counted = False  # whether this connection is in the connections gauge and presence
     read_mark = 0  # the highest up_to_seq this connection has stored
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def run(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' AsyncConsumer.__call__ (channels 4.x), with a loop that delivers
         what this connection owes before it takes the next frame (chat.dispatch)."""
         self.scope = scope
@@ -66,15 +73,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await await_outbound_first(receive, self.channel_receive, self.dispatch)
 
     async def connect(self) -> None:
-        """Refuse anonymous users; join the groups, then send the room's history."""
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            # Accept first so the client sees the close code (a refused handshake is
-            # just an HTTP 403 that browsers do not expose).
-            await self.accept()
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+        """Refuse anonymous users and users over their connection cap (accepted first,
+        so the client sees the close code); join the groups, send the history."""
+        if not await self.admit_user():
             return
-        self.user_id = user.pk
         self.room_name = self.scope["url_route"]["kwargs"]["room"]
         # Opening a room makes the user a member (and the room exists from its first
         # visitor on, so the agent API can address it); a private room is refused to
@@ -99,36 +101,36 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(
             {"type": "history", "room": self.room_name, "messages": history}
         )
-        self.presence_task = asyncio.create_task(self._keep_presence())
+        self.start_keepalive()
 
-    async def _keep_presence(self) -> None:
-        """Mark this connection present in its room, refreshed until it closes."""
-        while True:
-            try:
-                await sync_to_async(presence.enter, thread_sensitive=False)(
-                    room_name=self.room_name,
-                    user_id=self.user_id,
-                    connection=self.channel_name,
-                )
-            except Exception as exc:  # presence is a hint; chatting goes on
-                logger.warning("Presence not recorded: %s", exc)
-            await asyncio.sleep(settings.PRESENCE_TTL / 3)
+    def refresh(self) -> None:
+        """Sync, in a thread: this connection still has its room open."""
+        super().refresh()
+        if self.counted:
+            presence.enter(
+                room_name=self.room_name,
+                user_id=self.user_id,
+                connection=self.channel_name,
+            )
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         """Handle one client frame (and what subclasses do with it) as one message.
 
         A ChatValidationError, or a subclass choking on a frame that is itself bad,
         answers with an error frame and the connection stays open. Anything else is
-        a bug: logged once, and only this connection closes (1011), leaving its
-        groups through the normal disconnect.
+        a bug: GuardedConsumer.dispatch ends only this connection (1011, logged once
+        by the server); its groups, presence and gauge are released whatever happens.
         """
-        if not self.counted:  # a refused connection's last frames
+        if not self.counted or self.closing:  # a refused or closing connection
+            return
+        if not await self.admit_frame(message):
             return
         with handling_frame(sender_id=self.user_id, admit=self._admit_message):
             try:
                 await super().websocket_receive(message)
             except ChatValidationError as exc:
-                await self._refuse(exc, message)
+                await self.refuse(exc, message, window=_message_window())
+                return
             except Exception:
                 try:
                     parse_chat_frame(
@@ -136,23 +138,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                         max_length=KafkaChatAgent.get_instance().max_message_length,
                     )
                 except ChatValidationError as exc:  # a subclass choked on a bad frame
-                    await self._refuse(exc, message)
+                    await self.refuse(exc, message)
                     return
-                logger.exception("Closing the connection of user %s", self.user_id)
-                await self.close(code=CLOSE_INTERNAL_ERROR)
+                raise
+        self.rate_strikes = 0
 
-    async def _refuse(
-        self, error: ChatValidationError, message: dict[str, Any]
-    ) -> None:
-        if error.client_id is None:
-            error.client_id = client_id_of(message.get("text"))
-        logger.debug("Refused a frame of user %s: %s", self.user_id, error)
-        await self.send_json(error.as_frame())
-
-    def _admit_message(self) -> None:
+    async def _admit_message(self) -> None:
         limiter = message_rate_limiter()
-        if not limiter.allow(self.user_id):
-            logger.warning("Rate limited user %s", self.user_id)
+        if not await limiter.allow(self.user_id):
             raise ChatValidationError(
                 "rate_limited",
                 f"Too many messages: at most {limiter.describe()}; this one was "
@@ -199,22 +192,23 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             }
         )
 
+    async def release_resources(self) -> None:
+        """The connections gauge and presence (groups are left by GuardedConsumer)."""
+        if not self.counted:
+            return
+        self.counted = False
+        metrics.WEBSOCKET_CONNECTIONS.dec()
+        try:
+            await database_sync_to_async(presence.leave, thread_sensitive=False)(
+                room_name=self.room_name,
+                user_id=self.user_id,
+                connection=self.channel_name,
+            )
+        except Exception as exc:  # the entry expires by itself
+            logger.warning("Presence not cleared: %s", exc)
+
     async def disconnect(self, code: int) -> None:
-        """Groups are left by Channels itself; the gauge and presence are ours."""
-        if self.counted:
-            metrics.WEBSOCKET_CONNECTIONS.dec()
-            self.counted = False
-        if self.presence_task is not None:
-            self.presence_task.cancel()
-            self.presence_task = None
-            try:
-                await sync_to_async(presence.leave, thread_sensitive=False)(
-                    room_name=self.room_name,
-                    user_id=self.user_id,
-                    connection=self.channel_name,
-                )
-            except Exception as exc:  # the entry expires by itself
-                logger.warning("Presence not cleared: %s", exc)
+        """Everything is released before this runs; kept for subclasses' super()."""
 
     async def chat_message(self, event: dict[str, Any]) -> None:
         """A message for this connection's user (room broadcast or direct)."""
@@ -228,8 +222,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             # handle no more frames (websocket_receive skips uncounted connections).
             group = room_group(self.room_name)
             await self.channel_layer.group_discard(group, self.channel_name)
-            metrics.WEBSOCKET_CONNECTIONS.dec()
-            self.counted = False
+            await self.release_resources()
             await self.close(code=CLOSE_FORBIDDEN)
 
     async def message_statuses(self, event: dict[str, Any]) -> None:
@@ -242,6 +235,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                     "status": status["status"],
                 }
             )
+
+
+def _message_window() -> float:
+    item = message_rate_limiter().item
+    return item.get_expiry() if item else 0
 
 
 def _history_payload(*, room_name: str, user_id: int) -> list[dict[str, Any]]:
@@ -258,7 +256,7 @@ class _RoomCount:
     unread: int
 
 
-class NotificationConsumer(AsyncJsonWebsocketConsumer):
+class NotificationConsumer(GuardedConsumer):
     """/ws/notifications/: a user's unread counts and notifications, live.
 
     On connect: `{"type": "unread", "counts": {room: n}, "notifications": [...]}` (every
@@ -275,13 +273,10 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
     connected = False
 
     async def connect(self) -> None:
-        """Refuse anonymous users; follow the user's rooms; send the snapshot."""
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.accept()
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+        """Refuse anonymous users and users over their connection cap; follow the
+        user's rooms; send the snapshot."""
+        if not await self.admit_user():
             return
-        self.user_id = user.pk
         self.rooms = {}
         names = await database_sync_to_async(_room_names)(user_id=self.user_id)
         # Follow first, then read: activity that arrives meanwhile waits in the
@@ -303,6 +298,14 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
                 "notifications": notifications,
             }
         )
+        self.start_keepalive()
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        """One client frame, within CHAT_FRAME_RATE."""
+        if not self.connected or self.closing:
+            return
+        if await self.admit_frame(message):
+            await super().websocket_receive(message)
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None
@@ -327,8 +330,9 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
                     "invalid_message", f"There is no room named {frame.room!r}."
                 ) from None
         except ChatValidationError as exc:
-            exc.client_id = exc.client_id or client_id_of(text_data)
-            await self.send_json(exc.as_frame())
+            await self.refuse(exc, {"text": text_data})
+            return
+        self.rate_strikes = 0
 
     async def room_activity(self, event: dict[str, Any]) -> None:
         """A message reached the stream in one of the user's rooms: count it."""

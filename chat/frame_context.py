@@ -10,7 +10,7 @@ Calls with anything else create their own messages, as outside a frame.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -35,7 +35,7 @@ class HandledFrame:
     sender_id: int
     # Called once before the frame's first message is made (the rate limit); it
     # refuses by raising ChatValidationError.
-    admit: Callable[[], None] | None = None
+    admit: Callable[[], Awaitable[None]] | None = None
     messages: dict[MessageKey, Message] = field(default_factory=dict)
 
 
@@ -46,7 +46,7 @@ _current_frame: ContextVar[HandledFrame | None] = ContextVar(
 
 @contextmanager
 def handling_frame(
-    *, sender_id: int, admit: Callable[[], None] | None = None
+    *, sender_id: int, admit: Callable[[], Awaitable[None]] | None = None
 ) -> Iterator[HandledFrame]:
     """Mark the frame of `sender_id` being handled by this task (ChatConsumer)."""
     frame = HandledFrame(sender_id=sender_id, admit=admit)
@@ -69,7 +69,7 @@ async def message_create_once(
         if key in frame.messages:
             return frame.messages[key], False
         if frame.admit is not None and not frame.messages:
-            frame.admit()
+            await frame.admit()
     # Not on the process's one shared ORM thread: message_create also waits on Redis
     # (broadcast, enqueue) after its commit, and consumers must not queue behind it.
     message = await database_sync_to_async(

@@ -46,6 +46,19 @@ WEBSOCKET_CONNECTIONS = Gauge(
     multiprocess_mode="livesum",
 )
 
+# Bounded logs: refusals are counted here, not logged one line each.
+FRAMES_REFUSED = Counter(
+    "chat_frames_refused",
+    "Client frames answered with an error frame, by error code",
+    ["code"],
+)
+SOCKETS_CLOSED = Counter(
+    "chat_websocket_closed_by_server",
+    "WebSockets the server closed, by close code (4401 session ended or not "
+    "authenticated, 4429 flooding or too many connections, 1011 internal error)",
+    ["code"],
+)
+
 
 class OutboxBacklogCollector:
     """Pending and failed messages, counted in the database at scrape time."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
@@ -121,8 +123,6 @@ def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
         frame = ChatFrame.model_validate(raw)
     except ValidationError as exc:
         raise _invalid(exc, client_id) from None
-    if not frame.message.strip():
-        raise ChatValidationError("empty", "The message is empty.", client_id)
     if len(frame.message) > max_length:
         raise ChatValidationError(
             "too_long",
@@ -130,15 +130,64 @@ def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
             f"the limit is {max_length}.",
             client_id,
         )
-    if "\x00" in frame.message:
-        raise ChatValidationError(
-            "invalid_message", "The message contains a NUL character.", client_id
-        )
     if not _is_unicode(frame.message):  # (pydantic already refuses such a client_id)
         raise ChatValidationError(
             "invalid_message", "The message is not valid Unicode.", client_id
         )
+    content_check(frame.message, client_id=client_id)
     return frame
+
+
+# --- Content rules: what a message may contain -------------------------------------
+# C0 and C1 control characters (and DEL) other than newline and tab: terminal escapes
+# (ANSI "\x1b[31m"), bells, NUL, carriage returns. Refused, never stripped, so what is
+# stored, broadcast and published is exactly what the sender sent.
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Bidi embeddings, overrides (U+202A-U+202E) and isolates (U+2066-U+2069) reorder the
+# text around them ("\u202egnp.exe" shows as "exe.png"), in our page and in every
+# system reading the Kafka stream. Refused; the marks LRM/RLM/ALM stay allowed.
+BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# Characters that draw nothing: separators, format characters (zero-width space and
+# joiners, U+2060, U+FEFF, ...), controls, combining marks with no base, and the
+# blank letters that render as space (Hangul fillers, the braille blank).
+INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
+BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def has_visible_character(text: str) -> bool:
+    """Whether the text draws at least one glyph (not only blanks and format chars)."""
+    return any(
+        not ch.isspace()
+        and ch not in BLANK_CHARACTERS
+        and unicodedata.category(ch) not in INVISIBLE_CATEGORIES
+        for ch in text
+    )
+
+
+def content_check(text: str, *, client_id: str | None = None) -> None:
+    """Apply the content rules to a message; raise ChatValidationError with its code.
+
+    Controls other than newline and tab, and bidi embeddings, overrides and isolates
+    are `invalid_message`; a message with no visible character is `empty`.
+    """
+    if match := CONTROL_CHARACTERS.search(text):
+        raise ChatValidationError(
+            "invalid_message",
+            f"The message contains the control character U+{ord(match[0]):04X}; "
+            "only newline and tab are allowed.",
+            client_id,
+        )
+    if match := BIDI_CONTROLS.search(text):
+        raise ChatValidationError(
+            "invalid_message",
+            f"The message contains the bidi control U+{ord(match[0]):04X}, which "
+            "would reorder the text around it; remove it.",
+            client_id,
+        )
+    if not has_visible_character(text):
+        raise ChatValidationError(
+            "empty", "The message is empty (no visible character).", client_id
+        )
 
 
 def _valid_client_id(value: Any) -> str | None:

@@ -10,14 +10,18 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
-from channels.security.websocket import AllowedHostsOriginValidator
 
+from chat.origins import SiteOriginValidator
 from chat.routing import websocket_urlpatterns
+from chat.tickets import TicketAuthMiddleware
 
 
 def websocket_application(urlpatterns: list[Any]) -> Any:
-    """WebSocket routes behind the origin check and session authentication."""
-    return AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(urlpatterns)))
+    """WebSocket routes behind the strict origin check (chat.origins), then session
+    authentication, or a ticket's (chat.tickets) when the URL carries one."""
+    return SiteOriginValidator(
+        AuthMiddlewareStack(TicketAuthMiddleware(URLRouter(urlpatterns)))
+    )
 
 
 application = ProtocolTypeRouter(

@@ -223,6 +223,30 @@ CHAT_RATE_LIMIT = env("CHAT_RATE_LIMIT", default="30/10seconds")
 # (a connection refreshes every third of it; a crashed process's entries expire).
 PRESENCE_TTL = env.float("PRESENCE_TTL", default=60.0)
 
+# --- WebSocket security (README "Security model") ------------------------------------
+# Where CHAT_RATE_LIMIT is counted: an async `limits` storage URI. Empty: the shared
+# Redis of REDIS_URL (async+redis://...), so the limit holds across web replicas;
+# "async+memory://" counts per process. If the storage does not answer, each process
+# counts in memory until it does.
+CHAT_RATE_LIMIT_STORAGE = env("CHAT_RATE_LIMIT_STORAGE", default="")
+# Frames of any kind (messages, read marks, garbage) one connection may send, counted
+# in its process; past it a frame is dropped with `rate_limited` (empty: no limit).
+CHAT_FRAME_RATE = env("CHAT_FRAME_RATE", default="20/second")
+# A connection refused for rate this many times in a row is closed with 4429 (0: never).
+CHAT_FLOOD_CLOSE_AFTER = env.int("CHAT_FLOOD_CLOSE_AFTER", default=50)
+# Sockets (chat and notifications) one user may have open at once; one more is closed
+# with 4429 (0: no cap). Counted in Redis, entries expire after PRESENCE_TTL.
+CHAT_MAX_CONNECTIONS_PER_USER = env.int("CHAT_MAX_CONNECTIONS_PER_USER", default=20)
+# Seconds between a socket's checks that its session still exists and its user may
+# still sign in (logout, password changes and deactivation close sockets at once
+# through signals; this catches sessions flushed or expired otherwise). 0: never.
+CHAT_SESSION_CHECK_INTERVAL = env.float("CHAT_SESSION_CHECK_INTERVAL", default=60.0)
+# Exact origins (scheme://host:port) allowed to open a socket besides the site's own
+# (Origin equal to http(s)://<Host>, Host in ALLOWED_HOSTS) and CSRF_TRUSTED_ORIGINS.
+WS_ALLOWED_ORIGINS = env.list("WS_ALLOWED_ORIGINS", default=[])
+# Seconds a ticket from POST /api/ws-ticket/ stays valid (it opens one socket).
+WS_TICKET_TTL = env.int("WS_TICKET_TTL", default=30)
+
 # --- Notifications (NotificationAgent: `manage.py run_agent notifications`) --------
 KAFKA_NOTIFICATIONS_GROUP = env(
     "KAFKA_NOTIFICATIONS_GROUP", default="chat-notifications"

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import urls as auth_urls
 from django.urls import URLPattern, URLResolver, include, path
 
-from chat import health
+from chat import health, tickets
 from chatproj.security import only_with_mail
 
 # Password reset sends mail: served only when mail is delivered (chatproj.security).
@@ -25,6 +25,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics_view, name="metrics"),
+    path("api/ws-ticket/", tickets.ws_ticket, name="ws-ticket"),
     path("admin/", admin.site.urls),
     path("accounts/", include(account_urls)),
     path("", include("chat.urls")),

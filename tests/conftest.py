@@ -140,6 +140,8 @@ def process_env(
         "KAFKA_SEND_TIMEOUT": "2",
         # Load tests send faster than a person; test_rate_limit sets its own.
         "CHAT_RATE_LIMIT": "1000/second",
+        "CHAT_FRAME_RATE": "1000/second",
+        "CHAT_MAX_CONNECTIONS_PER_USER": "100",
         "PYTHONUNBUFFERED": "1",
     }
 

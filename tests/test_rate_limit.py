@@ -67,14 +67,14 @@ def test_bad_rate_limit_setting_fails_at_start_up():
     assert "CHAT_RATE_LIMIT 'lots' is not a rate" in result.stderr
 
 
-def test_rate_is_parsed_and_counted_per_user():
+async def test_rate_is_parsed_and_counted_per_user():
     """'3/minute' lets each user send 3, then refuses; empty means no limit."""
     limiter = MessageRateLimiter("3/minute")
-    assert [limiter.allow(1) for _ in range(4)] == [True, True, True, False]
-    assert limiter.allow(2)  # another user has their own allowance
+    assert [await limiter.allow(1) for _ in range(4)] == [True, True, True, False]
+    assert await limiter.allow(2)  # another user has their own allowance
     assert limiter.describe() == "3 per 1 minute"
     unlimited = MessageRateLimiter("")
-    assert all(unlimited.allow(1) for _ in range(100))
+    assert all([await unlimited.allow(1) for _ in range(100)])
     assert unlimited.describe() == "no limit"
     with pytest.raises(ImproperlyConfigured, match="'lots' is not a rate"):
         MessageRateLimiter("lots")

@@ -43,6 +43,7 @@
     meta.textContent = when + " " + msg.sender + (msg.receiver_id !== null ? " (direct)" : "") + ":";
     const body = document.createElement("span");
     body.className = "content";
+    body.dir = "auto"; // with unicode-bidi: isolate (chat.css), RTL text cannot reorder the name or status around it
     body.textContent = msg.content;
     const badge = document.createElement("span");
     badge.className = "status";

@@ -1,0 +1,1 @@
+"""An ASGI app whose consumers fail on purpose (tests of crash safety)."""
