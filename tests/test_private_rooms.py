@@ -321,7 +321,11 @@ async def communicator_for(name: str, room: str) -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(
         application,
         f"/ws/chat/{room}/",
-        headers=[(b"origin", b"http://127.0.0.1"), (b"cookie", cookie.encode())],
+        headers=[
+            (b"host", b"127.0.0.1"),
+            (b"origin", b"http://127.0.0.1"),
+            (b"cookie", cookie.encode()),
+        ],
     )
     connected, _ = await communicator.connect()
     assert connected
@@ -333,7 +337,7 @@ def _session_cookie(name: str) -> str:
     return f"sessionid={client.cookies['sessionid'].value}"
 
 
-async def test_consumer_refuses_an_outsider_before_any_frame(team):
+async def test_consumer_refuses_an_outsider_before_any_frame(team, stack):
     """In process: an outsider's socket to a private room is accepted and closed with
     4403 before any frame (no history), and joins no group."""
     outsider = await communicator_for("carol", "team")
