@@ -14,6 +14,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from . import presence
+from .models import DM_ROOM_PREFIX
 from .schemas import message_payload, notification_payload
 
 if TYPE_CHECKING:
@@ -52,9 +53,11 @@ def _group_send(group: str, event: dict[str, Any]) -> None:
 
 
 def broadcast_message(message: Message) -> None:
-    """Deliver a message to its audience: the room, or sender and receiver."""
+    """Deliver a message to its audience: the room's open sockets (a DM conversation's
+    are its two users'), or for a DM sent inside a room before DMs had their own
+    conversations, the sender's and receiver's sockets."""
     event = {"type": "chat.message", "message": message_payload(message)}
-    if message.receiver_id is None:
+    if message.receiver_id is None or message.room.name.startswith(DM_ROOM_PREFIX):
         _group_send(room_group(message.room.name), event)
     else:
         for user_id in {message.sender_id, message.receiver_id}:
@@ -116,9 +119,10 @@ def send_statuses(messages: Iterable[Message]) -> None:
     """Tell each sender the delivery status of their messages: one event per sender."""
     by_sender: dict[int, list[dict[str, str]]] = defaultdict(list)
     for message in messages:
-        by_sender[message.sender_id].append(
-            {"message_id": str(message.message_id), "status": message.status}
-        )
+        status = {"message_id": str(message.message_id), "status": message.status}
+        if message.status == "dead":  # why it can never be published
+            status["reason"] = message.last_error
+        by_sender[message.sender_id].append(status)
     send_events(
         (user_group(sender_id), {"type": "message.statuses", "statuses": statuses})
         for sender_id, statuses in by_sender.items()

@@ -8,7 +8,9 @@ import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
@@ -20,14 +22,17 @@ from .agents import ChatValidationError, KafkaChatAgent
 from .broadcast import notify_room_group, notify_user_group, room_group, user_group
 from .dispatch import await_outbound_first
 from .frame_context import handling_frame, message_create_once
-from .models import Room
+from .models import Room, dm_room_name
 from .rate_limit import message_rate_limiter
+from .rooms import dm_pair
 from .schemas import (
-    is_read_frame,
+    MAX_DB_ID,
+    control_frame_type,
     message_payload,
     notification_payload,
     parse_chat_frame,
     parse_read_frame,
+    parse_resume_frame,
 )
 from .socket_guard import (
     CLOSE_FLOODING,
@@ -56,6 +61,8 @@ class ChatConsumer(GuardedConsumer):
     room_name: str
     counted = False  # whether this connection is in the connections gauge and presence
     read_mark = 0  # the highest up_to_seq this connection has stored
+    # seqs a resume sent that may also come live (committed while it read): skipped
+    resumed: set[int]
 
     async def run(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' AsyncConsumer.__call__ (channels 4.x), with a loop that delivers
@@ -95,13 +102,79 @@ class ChatConsumer(GuardedConsumer):
         await self.accept()
         metrics.WEBSOCKET_CONNECTIONS.inc()
         self.counted = True
-        history = await database_sync_to_async(_history_payload)(
-            room_name=self.room_name, user_id=self.user_id
+        self.resumed = set()
+        after_seq = _after_seq(self.scope)
+        if after_seq is None:
+            await self._send_latest()
+        else:
+            await self._resume(after_seq)
+        await sync_to_async(self.refresh, thread_sensitive=False)()  # presence
+        await self._announce_presence()
+        self.start_keepalive()
+
+    async def _send_latest(self) -> None:
+        messages, has_older = await database_sync_to_async(
+            selectors.room_messages_before
+        )(
+            room_name=self.room_name,
+            user_id=self.user_id,
+            before_seq=None,
+            limit=settings.CHAT_HISTORY_SIZE,
         )
         await self.send_json(
-            {"type": "history", "room": self.room_name, "messages": history}
+            {
+                "type": "history",
+                "room": self.room_name,
+                "messages": [message_payload(m) for m in messages],
+                "has_older": has_older,
+            }
         )
-        self.start_keepalive()
+
+    async def _resume(self, after_seq: int) -> None:
+        """Every visible message after `after_seq`, in pages of CHAT_HISTORY_SIZE, the
+        last one `complete`. The socket is in the room's group already, so what
+        commits meanwhile comes live too: those seqs are remembered and skipped."""
+        page_size = settings.CHAT_HISTORY_SIZE
+        while True:
+            page = await database_sync_to_async(selectors.room_messages_after)(
+                room_name=self.room_name,
+                user_id=self.user_id,
+                after_seq=after_seq,
+                limit=page_size,
+            )
+            complete = len(page) < page_size
+            await self.send_json(
+                {
+                    "type": "history",
+                    "room": self.room_name,
+                    "messages": [message_payload(m) for m in page],
+                    "after_seq": after_seq,
+                    "complete": complete,
+                }
+            )
+            self.resumed.update(m.seq for m in page)
+            if complete:
+                return
+            after_seq = page[-1].seq
+
+    async def _announce_presence(self) -> None:
+        """Tell the room's sockets who has it open now (after a change)."""
+        try:
+            online = await sync_to_async(_online, thread_sensitive=False)(
+                room_name=self.room_name
+            )
+            await self.channel_layer.group_send(
+                room_group(self.room_name),
+                {"type": "presence.changed", "room": self.room_name, "online": online},
+            )
+        except Exception as exc:  # presence is a hint; chatting goes on
+            logger.warning("Presence of %s not announced: %s", self.room_name, exc)
+
+    async def presence_changed(self, event: dict[str, Any]) -> None:
+        """Who has this room open: a `presence` frame."""
+        await self.send_json(
+            {"type": "presence", "room": event["room"], "online": event["online"]}
+        )
 
     def refresh(self) -> None:
         """Sync, in a thread: this connection still has its room open."""
@@ -156,8 +229,12 @@ class ChatConsumer(GuardedConsumer):
         self, text_data: str | None = None, bytes_data: bytes | None = None
     ) -> None:
         """Validate a frame through the agent, persist it, and ack the sender; or
-        take a read mark."""
-        if is_read_frame(text_data):
+        take a read mark or a resume."""
+        kind = control_frame_type(text_data)
+        if kind == "resume":
+            await self._resume(parse_resume_frame(text_data).after_seq)
+            return
+        if kind == "read":
             frame = parse_read_frame(text_data, room_required=False)
             if frame.room not in (None, self.room_name):
                 raise ChatValidationError(
@@ -177,20 +254,31 @@ class ChatConsumer(GuardedConsumer):
             text_data=text_data if text_data is not None else bytes_data,
             user_id=self.user_id,
         )
+        # A DM goes to the pair's conversation, from whichever socket; on a DM
+        # conversation's socket every message is to the other user.
+        receiver_id, room_name = data["receiver_id"], self.room_name
+        pair = dm_pair(self.room_name)
+        if receiver_id is not None:
+            room_name = dm_room_name(self.user_id, receiver_id)
+        elif pair is not None:
+            receiver_id = pair[1] if pair[0] == self.user_id else pair[0]
         message, _ = await message_create_once(
-            room_name=self.room_name,
+            room_name=room_name,
             sender=self.scope["user"],
-            receiver_id=data["receiver_id"],
+            receiver_id=receiver_id,
             content=data["message"],
+            client_id=data["client_id"],
         )
-        await self.send_json(
-            {
-                "type": "message.ack",
-                "client_id": data["client_id"],
-                "message_id": str(message.message_id),
-                "seq": message.seq,
-            }
-        )
+        ack = {
+            "type": "message.ack",
+            "client_id": data["client_id"],
+            "message_id": str(message.message_id),
+            "seq": message.seq,
+            "room": message.room.name,
+        }
+        if message.replayed:
+            ack["duplicate"] = True
+        await self.send_json(ack)
 
     async def release_resources(self) -> None:
         """The connections gauge and presence (groups are left by GuardedConsumer)."""
@@ -206,13 +294,23 @@ class ChatConsumer(GuardedConsumer):
             )
         except Exception as exc:  # the entry expires by itself
             logger.warning("Presence not cleared: %s", exc)
+        else:
+            await self._announce_presence()
 
     async def disconnect(self, code: int) -> None:
         """Everything is released before this runs; kept for subclasses' super()."""
 
     async def chat_message(self, event: dict[str, Any]) -> None:
-        """A message for this connection's user (room broadcast or direct)."""
-        await self.send_json({"type": "chat.message", **event["message"]})
+        """A message for this connection's user (room broadcast or direct), unless a
+        resume already sent it."""
+        message = event["message"]
+        if self.resumed and message["room"] == self.room_name:
+            if message["seq"] in self.resumed:
+                self.resumed.discard(message["seq"])
+                return
+            if len(self.resumed) > 10 * settings.CHAT_HISTORY_SIZE:  # never came
+                self.resumed = {s for s in self.resumed if s > message["seq"]}
+        await self.send_json({"type": "chat.message", **message})
 
     async def room_access_revoked(self, event: dict[str, Any]) -> None:
         """The user was removed from a private room: close its sockets with 4403."""
@@ -228,13 +326,7 @@ class ChatConsumer(GuardedConsumer):
     async def message_statuses(self, event: dict[str, Any]) -> None:
         """Delivery statuses of messages this user sent: a message.status frame each."""
         for status in event["statuses"]:
-            await self.send_json(
-                {
-                    "type": "message.status",
-                    "message_id": status["message_id"],
-                    "status": status["status"],
-                }
-            )
+            await self.send_json({"type": "message.status", **status})
 
 
 def _message_window() -> float:
@@ -242,11 +334,20 @@ def _message_window() -> float:
     return item.get_expiry() if item else 0
 
 
-def _history_payload(*, room_name: str, user_id: int) -> list[dict[str, Any]]:
-    messages = selectors.room_history(
-        room_name=room_name, user_id=user_id, limit=settings.CHAT_HISTORY_SIZE
-    )
-    return [message_payload(m) for m in messages]
+def _after_seq(scope: dict[str, Any]) -> int | None:
+    # ?after_seq=<n> on the socket's URL: a reconnecting client catching up
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("after_seq")
+    if not values or not values[0].isdigit() or int(values[0]) > MAX_DB_ID:
+        return None
+    return int(values[0])
+
+
+def _online(*, room_name: str) -> list[dict[str, Any]]:
+    names = selectors.usernames(user_ids=presence.online_users(room_name=room_name))
+    return [
+        {"user_id": user_id, "username": name}
+        for user_id, name in sorted(names.items(), key=lambda item: item[1])
+    ]
 
 
 @dataclass

@@ -58,9 +58,18 @@ def handling_frame(
 
 
 async def message_create_once(
-    *, room_name: str, sender: AbstractBaseUser, receiver_id: int | None, content: str
+    *,
+    room_name: str,
+    sender: AbstractBaseUser,
+    receiver_id: int | None,
+    content: str,
+    client_id: str | None = None,
 ) -> tuple[Message, bool]:
-    """Persist a message, or return the one this frame already made; (msg, created)."""
+    """Persist a message, or return the one this frame already made; (msg, created).
+
+    With a `client_id` the sender already used, it is that earlier message
+    (`replayed`), and nothing is created.
+    """
     sender_id = sender.pk
     frame = _current_frame.get()
     key: MessageKey = (room_name, sender_id, receiver_id, content)
@@ -80,6 +89,7 @@ async def message_create_once(
         receiver_id=receiver_id,
         sender=sender,
         content=content,
+        client_id=client_id,
     )
     if frame is not None and in_frame:
         frame.messages[key] = message

@@ -77,6 +77,10 @@ class Message(models.Model):
     )
     content = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
+    # The sender's idempotency key (the frame's client_id): a resend with the same
+    # key returns this message. Cleared after CHAT_CLIENT_ID_WINDOW seconds. NULL, not
+    # "", for "none": the unique constraint holds only where a key is set.
+    client_id = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
 
     status = models.CharField(
         max_length=16, choices=Status.choices, default=Status.PENDING
@@ -96,7 +100,12 @@ class Message(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["room", "seq"], name="message_room_seq_unique"
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["sender", "client_id"],
+                condition=models.Q(client_id__isnull=False),
+                name="message_sender_client_id_unique",
+            ),
         ]
         indexes = [
             # "pending/failed older than N seconds" for the outbox sweep
@@ -110,6 +119,10 @@ class Message(models.Model):
                 name="message_unpublished",
             ),
         ]
+
+    # Not stored: True on the message message_create returned for a client_id it had
+    # already stored (the client resent a frame).
+    replayed = False
 
     def __str__(self) -> str:
         return f"{self.room_id}#{self.seq} {self.message_id}"

@@ -91,15 +91,40 @@ def _invalid(exc: ValidationError, client_id: str | None) -> ChatValidationError
     )
 
 
-def is_read_frame(text_data: Any) -> bool:
-    """Whether a chat-socket frame is a read mark (cheap: most frames are not)."""
-    if not isinstance(text_data, str) or '"read"' not in text_data:
-        return False
+CONTROL_FRAMES = ("read", "resume")
+
+
+def control_frame_type(text_data: Any) -> str | None:
+    """`read` or `resume` for those chat-socket frames, else None (cheap: most frames
+    are messages)."""
+    if not isinstance(text_data, str) or not any(
+        f'"{kind}"' in text_data for kind in CONTROL_FRAMES
+    ):
+        return None
     try:
         raw = json.loads(text_data)
     except (ValueError, RecursionError):
-        return False
-    return isinstance(raw, dict) and raw.get("type") == "read"
+        return None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    return kind if kind in CONTROL_FRAMES else None
+
+
+class ResumeFrame(BaseModel):
+    """Catch up: send every message after `after_seq`, then live ones."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    type: Literal["resume"]
+    after_seq: int = Field(ge=0, le=MAX_DB_ID)
+
+
+def parse_resume_frame(text_data: Any) -> ResumeFrame:
+    """Parse and validate a resume frame; raise ChatValidationError with its code."""
+    raw = _decode_object(text_data)
+    try:
+        return ResumeFrame.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid(exc, _valid_client_id(raw.get("client_id"))) from None
 
 
 def parse_read_frame(text_data: Any, *, room_required: bool) -> ReadFrame:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Count, F, Q, QuerySet
+from django.utils import timezone
 
 from .models import UNPUBLISHED_STATUSES, Message, Notification, Room, RoomMembership
 
@@ -147,13 +150,76 @@ def messages_by_id(*, message_ids: list[Any]) -> dict[str, Message]:
 
 def room_history(*, room_name: str, user_id: int, limit: int) -> list[Message]:
     """The latest `limit` messages of a room that this user may see, oldest first."""
-    visible = Q(receiver__isnull=True) | Q(sender_id=user_id) | Q(receiver_id=user_id)
-    latest = (
-        Message.objects.filter(visible, room__name=room_name)
+    return room_messages_before(
+        room_name=room_name, user_id=user_id, before_seq=None, limit=limit
+    )[0]
+
+
+def message_by_client_id(*, sender_id: int, client_id: str) -> Message | None:
+    """The message the sender stored with this idempotency key within
+    CHAT_CLIENT_ID_WINDOW (`replayed` set), or None."""
+    since = timezone.now() - timedelta(seconds=settings.CHAT_CLIENT_ID_WINDOW)
+    message = (
+        Message.objects.filter(
+            sender_id=sender_id, client_id=client_id, created_at__gte=since
+        )
         .select_related("room", "sender")
-        .order_by("-seq")[:limit]
+        .first()
     )
-    return list(reversed(latest))
+    if message is not None:
+        message.replayed = True
+    return message
+
+
+def room_messages_after(
+    *, room_name: str, user_id: int, after_seq: int, limit: int
+) -> list[Message]:
+    """The first `limit` messages after `after_seq` that this user may see, in seq
+    order (a client catching up)."""
+    return list(
+        Message.objects.filter(
+            _visible_to(user_id), room__name=room_name, seq__gt=after_seq
+        )
+        .select_related("room", "sender")
+        .order_by("seq")[:limit]
+    )
+
+
+def room_messages_before(
+    *, room_name: str, user_id: int, before_seq: int | None, limit: int
+) -> tuple[list[Message], bool]:
+    """The `limit` messages before `before_seq` (None: the latest) that this user may
+    see, oldest first, and whether older ones exist."""
+    visible = Message.objects.filter(_visible_to(user_id), room__name=room_name)
+    if before_seq is not None:
+        visible = visible.filter(seq__lt=before_seq)
+    page = list(visible.select_related("room", "sender").order_by("-seq")[: limit + 1])
+    return list(reversed(page[:limit])), len(page) > limit
+
+
+def _visible_to(user_id: int) -> Q:
+    # DMs sent inside a room before DMs had their own conversations
+    return Q(receiver__isnull=True) | Q(sender_id=user_id) | Q(receiver_id=user_id)
+
+
+def usernames(*, user_ids: Iterable[int]) -> dict[int, str]:
+    """Usernames by user id."""
+    return dict(
+        get_user_model()
+        .objects.filter(pk__in=list(user_ids))
+        .values_list("pk", "username")
+    )
+
+
+def users_search(*, text: str, exclude_id: int, limit: int) -> list[tuple[int, str]]:
+    """Active users whose username contains `text` (case-insensitive), by name."""
+    return list(
+        get_user_model()
+        .objects.filter(username__icontains=text, is_active=True)
+        .exclude(pk=exclude_id)
+        .order_by("username")
+        .values_list("pk", "username")[:limit]
+    )
 
 
 class PublishState(NamedTuple):

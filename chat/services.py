@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -42,6 +42,7 @@ from .rooms import room_invite as room_invite
 from .rooms import room_remove_member as room_remove_member
 from .selectors import (
     RoomReadState,
+    message_by_client_id,
     message_for_publish,
     messages_pending_publish,
     read_states,
@@ -167,13 +168,52 @@ def message_create(
     receiver_id: int | None,
     content: str,
     sender: AbstractBaseUser | None = None,
+    client_id: str | None = None,
 ) -> Message:
     """Persist a message with the room's next seq; on commit broadcast and enqueue it.
 
     Two statements in one transaction (UPDATE ... RETURNING the seq, INSERT), and no
     re-read: the message is built from what the caller has. `sender`, the user object
     when the caller has it, spares the broadcast a read of the sender's name.
+
+    `client_id` is the sender's idempotency key: if the sender stored a message with
+    it within CHAT_CLIENT_ID_WINDOW, that message is returned (`replayed` True) and
+    nothing is created, taken (no seq) or sent.
     """
+    if client_id is not None:
+        earlier = message_by_client_id(sender_id=sender_id, client_id=client_id)
+        if earlier is not None:
+            return earlier
+    try:
+        return _message_insert(
+            room_name=room_name,
+            sender_id=sender_id,
+            receiver_id=receiver_id,
+            content=content,
+            sender=sender,
+            client_id=client_id,
+        )
+    except IntegrityError:
+        # the same client_id raced in from another connection: its message won
+        earlier = (
+            message_by_client_id(sender_id=sender_id, client_id=client_id)
+            if client_id is not None
+            else None
+        )
+        if earlier is None:
+            raise
+        return earlier
+
+
+def _message_insert(
+    *,
+    room_name: str,
+    sender_id: int,
+    receiver_id: int | None,
+    content: str,
+    sender: AbstractBaseUser | None,
+    client_id: str | None,
+) -> Message:
     with transaction.atomic():
         taken = _take_seq(room_name)
         if taken is None:
@@ -189,6 +229,7 @@ def message_create(
             sender_id=sender_id,
             receiver_id=receiver_id,
             content=content,
+            client_id=client_id,
         )
         if sender is not None and sender.pk == sender_id:
             message.sender = sender  # type: ignore[assignment]
@@ -383,6 +424,15 @@ def _enqueue_conversations_on_commit(messages: Iterable[Message]) -> None:
                 force=True,
             )
         )
+
+
+def client_ids_expire(*, now: datetime | None = None) -> int:
+    """Forget idempotency keys older than CHAT_CLIENT_ID_WINDOW (the sweep calls
+    this), so a client may use a key again after the window; returns how many."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.CHAT_CLIENT_ID_WINDOW)
+    return Message.objects.filter(
+        client_id__isnull=False, created_at__lt=cutoff
+    ).update(client_id=None)
 
 
 def message_redrive(*, message_ids: Iterable[str]) -> list[str]:

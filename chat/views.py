@@ -3,8 +3,9 @@ create private rooms and manage their members."""
 
 import json
 import re
-from typing import cast
+from typing import Any, cast
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -13,12 +14,42 @@ from django.views.decorators.http import require_POST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import selectors, services
-from .models import DM_ROOM_PREFIX, ROOM_NAME_PATTERN, Room
+from .models import DM_ROOM_PREFIX, ROOM_NAME_PATTERN, Room, dm_room_name
+from .rooms import RoomNotFound, dm_pair
 from .schemas import MAX_DB_ID
 
 
 def _user_id(request: HttpRequest) -> int:
     return cast(int, request.user.pk)
+
+
+def _sidebar(request: HttpRequest) -> dict[str, Any]:
+    """The sidebar's context: the user's rooms and DM conversations with unread
+    counts (kept live by /ws/notifications/), and each DM's other user."""
+    states = selectors.read_states(user_id=_user_id(request))
+    pairs = {s.room: dm_pair(s.room) for s in states}
+    others = {
+        room: pair[1] if pair[0] == _user_id(request) else pair[0]
+        for room, pair in pairs.items()
+        if pair is not None
+    }
+    names = selectors.usernames(user_ids=others.values())
+    return {
+        "sidebar_rooms": states,
+        "dm_names": {room: names.get(user, "?") for room, user in others.items()},
+    }
+
+
+@login_required
+def dm_open(request: HttpRequest, username: str) -> HttpResponse:
+    """/dm/<username>/: the conversation with that user (created on first use)."""
+    other = get_user_model().objects.filter(username=username, is_active=True).first()
+    if other is None:
+        return _error_page(
+            request,
+            RoomNotFound("unknown_user", f"There is no user {username!r}."),
+        )
+    return redirect("chat:room", room=dm_room_name(_user_id(request), other.pk))
 
 
 @login_required
@@ -36,6 +67,7 @@ def room_index(request: HttpRequest) -> HttpResponse:
         request,
         "chat/index.html",
         {
+            **_sidebar(request),
             "rooms": states,
             "private_rooms": selectors.private_room_names(user_id=_user_id(request)),
             "others": selectors.rooms_to_join(user_id=_user_id(request)),
@@ -60,6 +92,8 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
         request,
         "chat/room.html",
         {
+            **_sidebar(request),
+            "max_length": settings.CHAT_MAX_MESSAGE_LENGTH,
             "room": room,
             "users": users,
             "room_pattern": ROOM_NAME_PATTERN,

@@ -80,6 +80,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "chat.accounts.account_hints",
             ],
         },
     },
@@ -219,6 +220,9 @@ CHAT_MAX_MESSAGE_LENGTH = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 CHAT_HISTORY_SIZE = env.int("CHAT_HISTORY_SIZE", default=50)
 # Messages one user may send per window, e.g. "30/10seconds" (empty: no limit).
 CHAT_RATE_LIMIT = env("CHAT_RATE_LIMIT", default="30/10seconds")
+# A client_id (the sender's idempotency key) identifies its message this many seconds;
+# a frame resent within it gets the original ack and creates nothing.
+CHAT_CLIENT_ID_WINDOW = env.int("CHAT_CLIENT_ID_WINDOW", default=86400)
 # An open conversation counts as "online" for this many seconds past its last refresh
 # (a connection refreshes every third of it; a crashed process's entries expire).
 PRESENCE_TTL = env.float("PRESENCE_TTL", default=60.0)

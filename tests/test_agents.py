@@ -165,7 +165,7 @@ async def test_original_readme_examples_work(chat_users, start_worker, kafka_boo
         )
     assert (rejected.value.code, rejected.value.detail) == (
         "empty",
-        "The message is empty.",
+        "The message is empty (no visible character).",
     )
 
     sent = await agent.send_chat_message(

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat.models import Message
-from chat.schemas import is_read_frame
+from chat.schemas import control_frame_type
 
 from .support import WSClient, event_of, read_topic, wait_for
 
@@ -173,7 +173,7 @@ invisible = st.builds(
         max_size=20,
     ),
 )
-garbage_text = any_text.filter(lambda t: not is_read_frame(t)).map(Frame)
+garbage_text = any_text.filter(lambda t: control_frame_type(t) is None).map(Frame)
 binary = st.binary(max_size=200).map(lambda b: Frame(b, must_refuse=True))
 random_json = json_values.map(lambda v: Frame(dumps(v)))
 
