@@ -213,5 +213,7 @@ def _publish_batch(
 
 @shared_task(ignore_result=True)
 def sweep_outbox() -> int:
-    """Re-enqueue messages whose publication was lost or gave up (run by beat)."""
+    """Re-enqueue messages whose publication was lost or gave up, and forget
+    idempotency keys past their window (run by beat)."""
+    services.client_ids_expire()
     return len(services.outbox_sweep())
