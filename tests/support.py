@@ -162,14 +162,19 @@ class WSClient:
 
     @classmethod
     async def connect(
-        cls, server: str, room: str, cookie: str | None, path: str = "ws/chat"
+        cls,
+        server: str,
+        room: str,
+        cookie: str | None,
+        path: str = "ws/chat",
+        query: str = "",
     ) -> WSClient:
-        """Open /<path>/<room>/ with the session cookie of a logged-in user."""
+        """Open /<path>/<room>/[?query] with the session cookie of a logged-in user."""
         from websockets.asyncio.client import connect
 
         headers = {"Cookie": f"sessionid={cookie}"} if cookie else {}
         connection = await connect(
-            f"ws://{server}/{path}/{room}/",
+            f"ws://{server}/{path}/{room}/" + (f"?{query}" if query else ""),
             origin=f"http://{server}",  # type: ignore[arg-type]
             additional_headers=headers,
             open_timeout=10,

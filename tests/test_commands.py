@@ -13,7 +13,7 @@ from http.cookiejar import CookieJar
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import authenticate
+from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
 from django.http import HttpRequest
 
@@ -23,16 +23,29 @@ from .support import ROOT, WSClient, wait_for
 
 
 @pytest.mark.django_db
-def test_create_demo_users_is_repeatable(capsys):
-    """alice, bob and carol can log in with the printed password, after two runs."""
+def test_create_demo_users_creates_only_missing_ones_and_keeps_passwords(capsys):
+    """A second run (every `make run`) changes no password, so nobody is logged out;
+    a missing user is created; --reset is the explicit way to reset them."""
     call_command("create_demo_users")
+    assert "password: chatdemo" in capsys.readouterr().out
+    get_user_model().objects.get(username="bob").delete()
+    alice = get_user_model().objects.get(username="alice")
+    alice.set_password("alice-own-pass")
+    alice.save()
     call_command("create_demo_users", password="s3cret-pass")
-    assert "password: s3cret-pass" in capsys.readouterr().out
-    for name in ("alice", "bob", "carol"):
-        assert (
-            authenticate(HttpRequest(), username=name, password="s3cret-pass")
-            is not None
-        )  # axes throttles logins per request, so it needs one
+    assert "Demo users bob created" in capsys.readouterr().out
+
+    def logs_in(name: str, password: str) -> bool:
+        # axes throttles logins per request, so authenticate needs one
+        request = HttpRequest()
+        return authenticate(request, username=name, password=password) is not None
+
+    assert logs_in("alice", "alice-own-pass") and logs_in("carol", "chatdemo")
+    assert logs_in("bob", "s3cret-pass")
+    call_command("create_demo_users")
+    assert "exist already" in capsys.readouterr().out
+    call_command("create_demo_users", password="reset-all", reset=True)
+    assert all(logs_in(name, "reset-all") for name in ("alice", "bob", "carol"))
 
 
 @pytest.mark.django_db
