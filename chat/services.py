@@ -79,12 +79,27 @@ def room_get_or_create(*, name: str) -> Room:
             logger.info("Room %s created", name)
             pair = DM_ROOM.match(name)
             if pair:
-                users = get_user_model().objects.filter(pk__in=map(int, pair.groups()))
+                users = list(
+                    get_user_model().objects.filter(pk__in=map(int, pair.groups()))
+                )
                 RoomMembership.objects.bulk_create(
                     [RoomMembership(user=user, room=room) for user in users],
                     ignore_conflicts=True,
                 )
+                _announce_joined([user.pk for user in users], name)
     return room
+
+
+def _announce_joined(user_ids: Iterable[int], room_name: str) -> None:
+    # the users' open /ws/notifications/ connections follow the room from now on
+    events = [
+        (
+            broadcast.notify_user_group(user_id),
+            {"type": "membership.joined", "room": room_name},
+        )
+        for user_id in user_ids
+    ]
+    transaction.on_commit(lambda: broadcast.send_events(events), robust=True)
 
 
 def membership_join(*, user_id: int, room_name: str) -> bool:
@@ -101,17 +116,7 @@ def membership_join(*, user_id: int, room_name: str) -> bool:
     )
     if created:
         logger.info("User %s joined room %s", user_id, room_name)
-        transaction.on_commit(
-            lambda: broadcast.send_events(
-                [
-                    (
-                        broadcast.notify_user_group(user_id),
-                        {"type": "membership.joined", "room": room_name},
-                    )
-                ]
-            ),
-            robust=True,
-        )
+        _announce_joined([user_id], room_name)
     return created
 
 

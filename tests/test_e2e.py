@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 from channels.db import database_sync_to_async
 
-from chat.models import Message
+from chat.models import Message, dm_room_name
 
 from .support import WSClient, event_of, read_topic
 
@@ -77,7 +77,8 @@ async def test_room_message_reaches_users_and_kafka(
 async def test_direct_message_is_private(
     asgi_server, start_worker, kafka_bootstrap, chat_users
 ):
-    """A DM reaches sender and receiver only; a third user in the room never sees it."""
+    """A DM sent from a room's socket goes to the pair's conversation: its sockets
+    get it, the room's never do (not even the receiver's), Kafka keys it by the pair."""
     worker = await database_sync_to_async(start_worker)()
     alice, bob, carol = [
         await WSClient.connect(asgi_server, "lobby", chat_users[n].cookie)
@@ -86,21 +87,24 @@ async def test_direct_message_is_private(
     for client in (alice, bob, carol):
         await client.expect("history")
     bob_id = chat_users["bob"].id
+    conversation = dm_room_name(chat_users["alice"].id, bob_id)
+    bob_dm = await WSClient.connect(asgi_server, conversation, chat_users["bob"].cookie)
+    await bob_dm.expect("history")
     await alice.send(
         {"message": "just for bob", "receiver_id": bob_id, "client_id": "d"}
     )
     ack = await alice.expect("message.ack")
-    dm = await bob.expect("chat.message")
+    assert ack["room"] == conversation
+    dm = await bob_dm.expect("chat.message")
     assert dm["receiver_id"] == bob_id and dm["content"] == "just for bob"
-    await alice.expect(
-        lambda f: f.get("message_id") == ack["message_id"] and "content" in f
-    )
-    await alice.expect("message.status")
-    # A room message sent after the DM is the next thing carol sees.
+    status = await alice.expect("message.status")
+    assert status["message_id"] == ack["message_id"]
+    # A room message sent after the DM is the next thing the room's sockets see.
     await alice.send({"message": "for everyone"})
-    seen = await carol.expect("chat.message")
-    assert seen["content"] == "for everyone"
-    assert all(f.get("content") != "just for bob" for f in carol.unread)
+    for client in (carol, bob):
+        seen = await client.expect("chat.message")
+        assert seen["content"] == "for everyone"
+        assert all(f.get("content") != "just for bob" for f in client.unread)
 
     records = await database_sync_to_async(read_topic)(
         kafka_bootstrap, worker.topic, expected=2
@@ -112,15 +116,15 @@ async def test_direct_message_is_private(
         "for everyone": b"room:lobby",
     }
 
-    # History after reconnecting: carol still does not see the DM, bob does.
+    # History after reconnecting: the room has only the room message, the
+    # conversation only the DM.
     carol2 = await WSClient.connect(asgi_server, "lobby", chat_users["carol"].cookie)
     assert [m["content"] for m in (await carol2.expect("history"))["messages"]] == [
         "for everyone"
     ]
-    bob2 = await WSClient.connect(asgi_server, "lobby", chat_users["bob"].cookie)
+    bob2 = await WSClient.connect(asgi_server, conversation, chat_users["bob"].cookie)
     history = (await bob2.expect("history"))["messages"]
-    assert [m["content"] for m in history] == ["just for bob", "for everyone"]
-    assert [m["seq"] for m in history] == [1, 2]
-    assert [m["status"] for m in history] == ["published", "published"]
-    for client in (alice, bob, carol, carol2, bob2):
+    assert [m["content"] for m in history] == ["just for bob"]
+    assert [(m["seq"], m["status"]) for m in history] == [(1, "published")]
+    for client in (alice, bob, carol, carol2, bob2, bob_dm):
         await client.close()

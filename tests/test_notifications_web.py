@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from chat import presence, selectors, services
-from chat.models import Message, Notification, Room, RoomMembership
+from chat.models import Message, Notification, Room, RoomMembership, dm_room_name
 from chat.schemas import ChatEvent
 
 from .support import WSClient, wait_for
@@ -385,11 +385,20 @@ async def test_live_notifications_counts_and_reads(
         "seq": 1, "sender": "alice",
     }  # fmt: skip
     dm = await say({"message": "just you", "receiver_id": carol_u.id})
+    conversation = dm_room_name(alice_u.id, carol_u.id)  # the DM's own conversation
+    assert (dm["room"], dm["seq"]) == (conversation, 1)
     plain = await say({"message": "hello all"})
-    assert (await carol_notes.expect("notification"))["message_id"] == dm["message_id"]
-    assert (await carol_notes.expect("unread"))["counts"] == {"lobby": 2}
-    assert (await carol_notes.expect("unread"))["counts"] == {"lobby": 3}
-    for client in bob_notes:  # the DM is not bob's to read
+    note = await carol_notes.expect("notification")
+    assert (note["kind"], note["message_id"], note["room"]) == (
+        "dm", dm["message_id"], conversation,
+    )  # fmt: skip
+
+    def counts(room: str, n: int):
+        return lambda f: f["type"] == "unread" and f["counts"].get(room) == n
+
+    await carol_notes.expect(counts(conversation, 1))  # followed since its creation
+    await carol_notes.expect(counts("lobby", 2))
+    for client in bob_notes:  # the DM is not bob's
         assert (await client.expect("unread"))["counts"] == {"lobby": 2}
 
     # bob reads on the chat socket: both of his notification sockets hear it
@@ -398,12 +407,14 @@ async def test_live_notifications_counts_and_reads(
         assert (await client.expect("unread"))["counts"] == {"lobby": 0}
         # bob had the room open: no notification frame, only counts
         assert not [f for f in client.unread if f["type"] == "notification"]
-    # carol reads over HTTP, up to the DM
+    # carol reads the conversation over HTTP
     state = await database_sync_to_async(read_over_http)(
-        asgi_server, carol_u.cookie, "lobby", dm["seq"]
+        asgi_server, carol_u.cookie, conversation, dm["seq"]
     )
-    assert state == {"room": "lobby", "last_read_seq": 2, "latest_seq": 3, "unread": 1}
-    assert (await carol_notes.expect("unread"))["counts"] == {"lobby": 1}
+    assert state == {
+        "room": conversation, "last_read_seq": 1, "latest_seq": 1, "unread": 0
+    }  # fmt: skip
+    await carol_notes.expect(counts(conversation, 0))
 
     # offline: carol closes everything; alice mentions her; she sees it on return
     await carol_notes.close()
@@ -413,8 +424,11 @@ async def test_live_notifications_counts_and_reads(
     )
     carol_notes = await notification_socket(asgi_server, carol_u)
     snapshot = await carol_notes.expect("unread")
-    assert snapshot["counts"] == {"lobby": 2}
-    assert [n["message_id"] for n in snapshot["notifications"]] == [later["message_id"]]
+    assert snapshot["counts"] == {"lobby": 3, conversation: 0}
+    assert [n["message_id"] for n in snapshot["notifications"]] == [
+        later["message_id"],
+        mention["message_id"],
+    ]
 
     rows = await database_sync_to_async(
         lambda: sorted(
@@ -424,9 +438,9 @@ async def test_live_notifications_counts_and_reads(
     assert [(u, s, k, r is not None) for u, s, k, r in rows] == sorted(
         [
             (bob_u.id, 1, "mention", True),
-            (carol_u.id, 1, "mention", True),
-            (carol_u.id, 2, "dm", True),
-            (carol_u.id, 4, "mention", False),
+            (carol_u.id, 1, "mention", False),
+            (carol_u.id, 1, "dm", True),
+            (carol_u.id, 3, "mention", False),
         ]
     )
     for client in (alice, bob_chat, *bob_notes, carol_notes):

@@ -164,7 +164,9 @@ def test_opening_joins_a_public_room_but_not_a_private_one(team):
     assert "carol" not in members("team")
 
 
-def test_dm_conversations_are_private_to_their_two_users(chat_users):
+def test_dm_conversations_are_private_to_their_two_users(
+    chat_users, in_memory_channel_layer
+):
     """A dm-<a>-<b> room, however created (even by a third user's visit), has only
     its two users; a third one is refused; one of the pair without a row gets it."""
     alice, bob, carol = (chat_users[n].id for n in ("alice", "bob", "carol"))
@@ -438,8 +440,9 @@ async def test_dm_conversation_is_private_to_its_pair(asgi_server, stack, chat_u
     sender = await WSClient.connect(asgi_server, "lobby", alice.cookie)
     await sender.expect("history")
     await sender.send({"message": "direct again", "receiver_id": bob.id})
-    frame = await bob_lobby.expect("chat.message")
+    frame = await reader.expect("chat.message")  # in the conversation, not the lobby
     assert frame["content"] == "direct again" and frame["receiver_id"] == bob.id
+    assert frame["room"] == room and frame["seq"] == 2
     assert set(await database_sync_to_async(members)(room)) == {"alice", "bob"}
     for client in (reader, bob_lobby, sender):
         await client.close()

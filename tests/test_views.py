@@ -9,7 +9,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import Client
 
-from chat.models import Message
+from chat.models import Message, dm_room_name
 
 from .support import ROOT
 
@@ -99,13 +99,13 @@ async def test_room_page_chats_in_a_real_browser(
         "#log li:has-text('hello bob') .status:has-text('published')"
     )
 
+    # A DM goes to the pair's own conversation, which has its own page.
+    conversation = dm_room_name(chat_users["alice"].id, chat_users["bob"].id)
+    bob_dm = await open_room(browser, asgi_server, "bob", conversation)
     await alice.select_option("#receiver", label="bob (direct)")
     await alice.fill("#message", "a secret for bob")
     await alice.click("#send button")
-    await bob.wait_for_selector("#log li.dm:has-text('a secret for bob')")
-    await alice.wait_for_selector(
-        "#log li.dm:has-text('a secret for bob') .status:has-text('published')"
-    )
+    await bob_dm.wait_for_selector("#log li:has-text('a secret for bob')")
 
     await alice.fill("#message", "   ")
     await alice.click("#send button")
@@ -118,10 +118,13 @@ async def test_room_page_chats_in_a_real_browser(
     await alice.screenshot(path=str(ARTIFACTS / "room-alice.png"))
     await bob.screenshot(path=str(ARTIFACTS / "room-bob.png"))
 
-    # History after a reload shows both messages with their status.
+    assert await bob.locator("#log li:has-text('a secret for bob')").count() == 0
+    # History after a reload shows each message in its own conversation.
+    await bob_dm.reload()
+    await bob_dm.wait_for_selector("#log li:has-text('a secret for bob')")
     await bob.reload()
-    await bob.wait_for_selector("#log li.dm:has-text('a secret for bob')")
-    assert await bob.locator("#log li").count() == 2
+    await bob.wait_for_selector("#log li:has-text('hello bob, from a browser')")
+    assert await bob.locator("#log li").count() == 1
     count = await database_sync_to_async(
         Message.objects.filter(status="published").count
     )()
