@@ -1,16 +1,38 @@
-// Every page of a signed-in user: unread badges, the tab title's total, and a notice
-// for each new DM or @mention, live from /ws/notifications/.
+// Every page of a signed-in user: unread badges (added to the sidebar for a
+// conversation it does not list yet), the tab title's total, and a notice for each new
+// DM or @mention, live from /ws/notifications/.
 (function () {
   "use strict";
   const counts = {};
+  const labels = {}; // room -> who it is with, for DM conversations new to the sidebar
   const notice = document.getElementById("notice");
   const baseTitle = document.title;
   let retryDelay = 500;
+
+  // A conversation the page was rendered without (a first DM, a new invitation).
+  function ensureEntry(room) {
+    const list = document.getElementById(room.startsWith("dm-") ? "dms" : "rooms");
+    if (!list || list.querySelector('.unread[data-room="' + CSS.escape(room) + '"]')) return;
+    const li = document.createElement("li");
+    li.dataset.room = room;
+    const link = document.createElement("a");
+    link.href = "/chat/" + encodeURIComponent(room) + "/";
+    link.textContent = labels[room] || room;
+    const badge = document.createElement("span");
+    badge.className = "unread";
+    badge.dataset.room = room;
+    badge.title = "unread messages";
+    li.append(link, " ", badge);
+    const more = list.querySelector("li.more");
+    if (more) more.before(li);
+    else list.append(li);
+  }
 
   function render() {
     let total = 0;
     for (const [room, n] of Object.entries(counts)) {
       total += n;
+      if (n > 0) ensureEntry(room);
       document.querySelectorAll('.unread[data-room="' + CSS.escape(room) + '"]').forEach((el) => {
         el.textContent = String(n);
         el.hidden = n === 0;
@@ -20,10 +42,16 @@
   }
 
   function announce(n) {
+    if (n.kind === "dm") {
+      labels[n.room] = n.sender;
+      const entry = document.querySelector('#dms li[data-room="' + CSS.escape(n.room) + '"] a');
+      if (entry && entry.textContent === n.room) entry.textContent = n.sender;
+    }
     const link = document.createElement("a");
     link.href = "/chat/" + encodeURIComponent(n.room) + "/";
     link.textContent = n.kind === "dm" ? n.sender + " (direct): " : n.sender + " in #" + n.room + ": ";
     const text = document.createElement("span");
+    text.dir = "auto";
     text.textContent = n.excerpt;
     notice.replaceChildren(link, text);
     notice.hidden = false;
@@ -34,11 +62,24 @@
     const socket = new WebSocket(scheme + "://" + location.host + "/ws/notifications/");
     socket.onopen = () => { retryDelay = 500; };
     socket.onclose = (e) => {
-      if (e.code !== 4401) setTimeout(connect, retryDelay = Math.min(retryDelay * 2, 10000));
+      if (e.code === 4401) {
+        // The session ended: say so once (the room page says it too) and stop.
+        if (!document.getElementById("session-notice")) {
+          const link = document.createElement("a");
+          link.href = "/accounts/login/?next=" + encodeURIComponent(location.pathname + location.search);
+          link.textContent = "Log in again";
+          notice.replaceChildren("Your session has ended. ", link, ".");
+          notice.hidden = false;
+        }
+        return;
+      }
+      const delay = e.code === 4429 ? 30000 : (retryDelay = Math.min(retryDelay * 2, 10000));
+      setTimeout(connect, delay);
     };
     socket.onmessage = (e) => {
       const frame = JSON.parse(e.data);
       if (frame.type === "unread") {
+        for (const n of frame.notifications || []) if (n.kind === "dm") labels[n.room] = n.sender;
         Object.assign(counts, frame.counts);
         render();
         if (frame.notifications && frame.notifications.length) announce(frame.notifications[0]);

@@ -1,94 +1,530 @@
-// Room page: history, live messages, sending messages and DMs, error frames.
+// The conversation page: history, live messages in seq order with date separators,
+// own-message states, an offline queue resent with the same client_id, gap filling and
+// resume after a reconnect, "load older", presence and the session-expiry notice.
 (function () {
   "use strict";
-  const room = JSON.parse(document.getElementById("room-name").textContent);
-  const log = document.getElementById("log");
-  const errorBox = document.getElementById("error");
-  const state = document.getElementById("conn-state");
-  const form = document.getElementById("send");
-  const input = document.getElementById("message");
-  const receiver = document.getElementById("receiver");
-  const seen = new Map(); // message_id -> <li>
+  const $ = (id) => document.getElementById(id);
+  const room = JSON.parse($("room-name").textContent);
+  const configuredMax = JSON.parse($("max-length").textContent);
+  const maxLength = Number.isInteger(configuredMax) && configuredMax > 0 ? configuredMax : null;
+  const me = Number($("me").dataset.userId);
+  const myName = $("me").textContent;
+  const log = $("log");
+  const scroller = $("scroller");
+  const errorBox = $("error");
+  const connState = $("conn-state");
+  const form = $("send");
+  const input = $("message");
+  const counter = $("counter");
+  const olderButton = $("load-older");
+  const historyStart = $("history-start");
+  const presence = $("presence");
+  const sessionNotice = $("session-notice");
+  const storageKey = "chatproj:" + me + ":" + room + ":";
+
+  // Own-message states: the word shown, and the tooltip that explains it.
+  const STATES = {
+    queued: ["queued", "Not sent yet: you are offline. It is sent when the connection is back."],
+    sending: ["sending…", "On its way to the server."],
+    sent: ["sent", "Stored by the server and shown to the others in this conversation."],
+    retrying: ["retrying", "The others have it; handing it to the message stream failed for now and the server keeps retrying."],
+    delivered: ["delivered", "Delivered: stored, shown to the others and published to the message stream."],
+    skipped: ["sent", "Stored and shown to the others; the message stream is off on this server."],
+    dead: ["not delivered", "The others have it, but it can never be published to the message stream."],
+  };
+  const RANK = { queued: 0, sending: 1, sent: 2, retrying: 3, skipped: 4, delivered: 4, dead: 5 };
+  const FROM_SERVER = { pending: "sent", published: "delivered", failed: "retrying", dead: "dead", skipped: "skipped" };
+
+  const byId = new Map(); // message_id -> <li>
+  const seqs = new Set(); // seqs on the page
+  const early = new Map(); // message_id -> status frame that came before its message
+  const outbox = new Map(); // client_id -> {text, li}: sends not acknowledged yet, in order
   let socket = null;
-  let counter = 0;
+  let haveHistory = false; // the first history frame arrived: reconnects resume after lastSeq
+  let lastSeq = 0; // every seq up to here is on the page (or a complete resume covered it)
+  let maxSeq = 0;
+  let oldestSeq = null;
+  let hasOlder = false;
+  let loadingOlder = false;
+  let resuming = false;
   let retryDelay = 500;
-  let readUpTo = 0; // highest seq shown on this page
-  let readSent = 0; // highest seq reported read
+  let retryTimer = null;
+  let ended = false; // the session ended or access was refused: no more reconnects
+  let readSent = 0;
+
+  // --- small helpers -----------------------------------------------------------------
+
+  function uuid() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    const b = crypto.getRandomValues(new Uint8Array(16)); // randomUUID needs a secure context
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+    return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" + h.slice(16, 20) + "-" + h.slice(20);
+  }
+
+  const characters = (text) => Array.from(text).length; // code points, as the server counts
+
+  function dayKey(date) {
+    return date.getFullYear() + "-" + (date.getMonth() + 1) + "-" + date.getDate();
+  }
+
+  function dayLabel(date) {
+    const today = new Date();
+    const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+    if (dayKey(date) === dayKey(today)) return "Today";
+    if (dayKey(date) === dayKey(yesterday)) return "Yesterday";
+    return date.toLocaleDateString(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+  }
+
+  function nearBottom() {
+    return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
+  }
+
+  function toBottom() {
+    scroller.scrollTop = scroller.scrollHeight;
+  }
+
+  function showError(text) {
+    errorBox.textContent = text;
+    errorBox.hidden = false;
+  }
+
+  function hideError() {
+    errorBox.hidden = true;
+    errorBox.textContent = "";
+  }
+
+  function setConn(stateName, text) {
+    connState.dataset.state = stateName;
+    connState.textContent = text;
+  }
+
+  // --- drafts and the offline queue survive a reload of the tab ------------------------
+
+  function save() {
+    try {
+      sessionStorage.setItem(storageKey + "draft", input.value);
+      const pending = Array.from(outbox, ([clientId, entry]) => ({ clientId, text: entry.text }));
+      sessionStorage.setItem(storageKey + "outbox", JSON.stringify(pending));
+    } catch (err) {
+      // storage full or disabled: the page still works, only a reload would lose them
+    }
+  }
+
+  // --- rendering ------------------------------------------------------------------------
+
+  function setState(li, stateName, detail) {
+    const current = li.dataset.state;
+    if (current && RANK[stateName] < RANK[current] && stateName !== "queued") return; // never back
+    const [word, tip] = STATES[stateName];
+    const badge = li.querySelector(".status");
+    li.dataset.state = stateName;
+    badge.textContent = stateName === "dead" && detail ? word + ": " + detail : word;
+    badge.title = tip + (detail ? " (" + detail + ")" : "");
+  }
+
+  function timeElement(created) {
+    const time = document.createElement("time");
+    time.dateTime = created.toISOString();
+    time.textContent = created.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+    time.title = created.toLocaleString(undefined, { dateStyle: "full", timeStyle: "medium" });
+    return time;
+  }
+
+  function element(sender, text, created, mine) {
+    const li = document.createElement("li");
+    li.className = "msg" + (mine ? " mine" : "");
+    li.dataset.day = dayKey(created);
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const who = document.createElement("span");
+    who.className = "sender";
+    who.textContent = sender;
+    meta.append(who, " ", timeElement(created));
+    const body = document.createElement("div");
+    body.className = "content";
+    body.dir = "auto"; // with unicode-bidi: isolate (chat.css) RTL text cannot reorder the rest
+    body.textContent = text;
+    li.append(meta, body);
+    if (mine) {
+      const badge = document.createElement("span");
+      badge.className = "status";
+      li.append(badge);
+    }
+    return li;
+  }
+
+  // Put a message <li> in seq order, before the unacknowledged sends at the end.
+  function place(li, seq) {
+    for (let node = log.lastElementChild; node; node = node.previousElementSibling) {
+      if (node.dataset.seq && Number(node.dataset.seq) < seq) {
+        node.after(li);
+        return;
+      }
+    }
+    log.prepend(li);
+  }
+
+  function remember(li, msg) {
+    li.dataset.messageId = msg.message_id;
+    li.dataset.seq = String(msg.seq);
+    byId.set(msg.message_id, li);
+    seqs.add(msg.seq);
+    maxSeq = Math.max(maxSeq, msg.seq);
+    oldestSeq = oldestSeq === null ? msg.seq : Math.min(oldestSeq, msg.seq);
+  }
+
+  function applyEarlyStatus(messageId) {
+    const frame = early.get(messageId);
+    if (frame) {
+      early.delete(messageId);
+      onStatus(frame);
+    }
+  }
+
+  // Add server messages (history, live, older pages); duplicates are ignored.
+  function addMessages(messages) {
+    let added = false;
+    for (const msg of messages) {
+      if (msg.room && msg.room !== room) continue;
+      const known = byId.get(msg.message_id);
+      if (known && known.dataset.provisional) {
+        // shown from our own ack: take the server's time
+        const time = new Date(msg.created_at);
+        known.querySelector("time").replaceWith(timeElement(time));
+        known.dataset.day = dayKey(time);
+        delete known.dataset.provisional;
+        added = true;
+      }
+      if (known || seqs.has(msg.seq)) continue;
+      const mine = msg.sender_id === me;
+      const li = element(msg.sender, msg.content, new Date(msg.created_at), mine);
+      remember(li, msg);
+      place(li, msg.seq);
+      if (mine) {
+        setState(li, FROM_SERVER[msg.status] || "sent");
+        applyEarlyStatus(msg.message_id);
+      }
+      added = true;
+    }
+    if (added) redrawDays();
+    return added;
+  }
+
+  // Date separators before the first message of each day.
+  function redrawDays() {
+    log.querySelectorAll("li.day").forEach((n) => n.remove());
+    let previous = null;
+    for (const li of Array.from(log.children)) {
+      if (li.dataset.day && li.dataset.day !== previous) {
+        previous = li.dataset.day;
+        const separator = document.createElement("li");
+        separator.className = "day";
+        const label = document.createElement("span");
+        label.textContent = dayLabel(new Date(li.querySelector("time").dateTime));
+        separator.append(label);
+        li.before(separator);
+      }
+    }
+  }
+
+  function updateOlder() {
+    olderButton.hidden = !hasOlder;
+    olderButton.disabled = loadingOlder;
+    olderButton.textContent = loadingOlder ? "Loading older messages…" : "Load older messages";
+    historyStart.hidden = hasOlder || !haveHistory || seqs.size === 0;
+  }
+
+  function advance() {
+    while (seqs.has(lastSeq + 1)) lastSeq += 1;
+  }
+
+  // --- read marks ----------------------------------------------------------------------
 
   // The user has read what this page shows while it is visible.
   function markRead() {
-    if (document.hidden || readUpTo <= readSent) return;
+    if (document.hidden || maxSeq <= readSent) return;
     if (!socket || socket.readyState !== WebSocket.OPEN) return;
-    readSent = readUpTo;
-    socket.send(JSON.stringify({ type: "read", up_to_seq: readUpTo }));
+    readSent = maxSeq;
+    socket.send(JSON.stringify({ type: "read", up_to_seq: maxSeq }));
   }
   document.addEventListener("visibilitychange", markRead);
 
-  function setStatus(messageId, status) {
-    const li = seen.get(messageId);
-    if (!li) return;
-    const badge = li.querySelector(".status");
-    badge.textContent = status;
-    badge.className = "status " + status;
+  // --- frames from the server ----------------------------------------------------------
+
+  function onHistory(frame) {
+    const stick = nearBottom() || !haveHistory;
+    addMessages(frame.messages || []);
+    if (frame.after_seq === undefined || frame.after_seq === null) {
+      // The latest messages: everything up to the newest is here.
+      if (!haveHistory) hasOlder = frame.has_older !== undefined ? !!frame.has_older : oldestSeq !== null && oldestSeq > 1;
+      haveHistory = true;
+      resuming = false;
+      lastSeq = Math.max(lastSeq, maxSeq);
+    } else if (frame.complete) {
+      resuming = false;
+      lastSeq = Math.max(lastSeq, maxSeq);
+    }
+    advance();
+    updateOlder();
+    if (stick) toBottom();
+    markRead();
   }
 
-  function show(msg) {
-    if (seen.has(msg.message_id)) return;
-    const li = document.createElement("li");
-    li.dataset.messageId = msg.message_id;
-    if (msg.receiver_id !== null) li.classList.add("dm");
-    const meta = document.createElement("span");
-    meta.className = "meta";
-    const when = new Date(msg.created_at).toLocaleTimeString();
-    meta.textContent = when + " " + msg.sender + (msg.receiver_id !== null ? " (direct)" : "") + ":";
-    const body = document.createElement("span");
-    body.className = "content";
-    body.dir = "auto"; // with unicode-bidi: isolate (chat.css), RTL text cannot reorder the name or status around it
-    body.textContent = msg.content;
-    const badge = document.createElement("span");
-    badge.className = "status";
-    li.append(meta, body, badge);
-    log.append(li);
-    seen.set(msg.message_id, li);
-    if (msg.room === room) readUpTo = Math.max(readUpTo, msg.seq);
-    if (msg.status && msg.status !== "pending") setStatus(msg.message_id, msg.status);
-    log.scrollTop = log.scrollHeight;
+  function onLive(msg) {
+    if (msg.room && msg.room !== room) return; // other conversations only bump badges
+    const stick = nearBottom() || msg.sender_id === me;
+    addMessages([msg]);
+    if (haveHistory && !resuming && msg.seq > lastSeq + 1) {
+      resume(); // a live frame was missed: fill the gap
+    } else {
+      advance();
+    }
+    if (stick) toBottom();
+    updateOlder();
+    markRead();
+  }
+
+  function resume() {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    resuming = true;
+    socket.send(JSON.stringify({ type: "resume", after_seq: lastSeq }));
+  }
+
+  function onAck(frame) {
+    const entry = outbox.get(frame.client_id);
+    if (!entry) return;
+    outbox.delete(frame.client_id);
+    save();
+    const shown = byId.get(frame.message_id);
+    if (shown && shown !== entry.li) {
+      entry.li.remove(); // the broadcast (or a resume) already showed it
+      setState(shown, "sent");
+      redrawDays();
+    } else {
+      remember(entry.li, frame);
+      entry.li.dataset.provisional = "1";
+      entry.li.classList.remove("pending");
+      entry.li.remove();
+      place(entry.li, frame.seq);
+      setState(entry.li, "sent");
+      advance();
+      redrawDays();
+    }
+    applyEarlyStatus(frame.message_id);
+  }
+
+  function onStatus(frame) {
+    const li = byId.get(frame.message_id);
+    if (!li) {
+      early.set(frame.message_id, frame);
+      return;
+    }
+    const stateName = FROM_SERVER[frame.status];
+    if (stateName) setState(li, stateName, frame.status === "dead" ? frame.reason : "");
+  }
+
+  function onError(frame) {
+    const entry = frame.client_id ? outbox.get(frame.client_id) : null;
+    if (entry) {
+      // Refused: the text goes back into the box, in front of anything typed since.
+      outbox.delete(frame.client_id);
+      entry.li.remove();
+      redrawDays();
+      input.value = input.value ? entry.text + "\n" + input.value : entry.text;
+      updateCounter();
+      save();
+      input.focus();
+    }
+    showError(frame.code + ": " + frame.detail);
+  }
+
+  function onPresence(frame) {
+    const names = (frame.online || []).map((u) => (u.user_id === me ? "you" : u.username));
+    presence.textContent = names.length ? "Online: " + names.join(", ") : "";
+  }
+
+  // --- the socket ----------------------------------------------------------------------
+
+  function send(entry) {
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "chat.message", message: entry.text, client_id: entry.clientId }));
+      setState(entry.li, "sending");
+    } else {
+      setState(entry.li, "queued");
+    }
   }
 
   function connect() {
+    clearTimeout(retryTimer);
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    socket = new WebSocket(scheme + "://" + location.host + "/ws/chat/" + room + "/");
-    socket.onopen = () => { state.textContent = "connected"; retryDelay = 500; };
-    socket.onclose = (e) => {
-      const final = { 4401: "not logged in", 4403: "not a member of this private room" };
-      state.textContent = final[e.code] || "disconnected, reconnecting…";
-      if (!final[e.code]) setTimeout(connect, retryDelay = Math.min(retryDelay * 2, 10000));
+    let url = scheme + "://" + location.host + "/ws/chat/" + encodeURIComponent(room) + "/";
+    if (haveHistory) {
+      url += "?after_seq=" + lastSeq; // resume: every message after the last one shown
+      resuming = true;
+    }
+    setConn("connecting", haveHistory ? "reconnecting…" : "connecting…");
+    const ws = new WebSocket(url);
+    socket = ws;
+    ws.onopen = () => {
+      retryDelay = 500;
+      setConn("open", "connected");
+      for (const entry of outbox.values()) send(entry); // same client_id: never twice
     };
-    socket.onmessage = (e) => {
+    ws.onclose = (e) => {
+      if (socket === ws) closed(e.code);
+    };
+    ws.onmessage = (e) => {
       const frame = JSON.parse(e.data);
       switch (frame.type) {
-        case "history": frame.messages.forEach(show); markRead(); break;
-        case "chat.message": show(frame); markRead(); break;
-        case "message.status": setStatus(frame.message_id, frame.status); break;
-        case "message.ack": break;
-        case "error":
-          errorBox.textContent = frame.code + ": " + frame.detail;
-          errorBox.hidden = false;
-          break;
+        case "history": onHistory(frame); break;
+        case "chat.message": onLive(frame); break;
+        case "message.ack": onAck(frame); break;
+        case "message.status": onStatus(frame); break;
+        case "presence": onPresence(frame); break;
+        case "error": onError(frame); break;
       }
     };
   }
 
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    if (!socket || socket.readyState !== WebSocket.OPEN) return;
-    errorBox.hidden = true;
-    const to = receiver.value ? Number(receiver.value) : null;
-    socket.send(JSON.stringify({
-      type: "chat.message", message: input.value, receiver_id: to, client_id: "c-" + (++counter),
-    }));
-    input.value = "";
+  function closed(code) {
+    socket = null;
+    resuming = false;
+    presence.textContent = "";
+    for (const entry of outbox.values()) setState(entry.li, "queued");
+    if (code === 4401) {
+      ended = true;
+      setConn("ended", "session ended");
+      const link = document.createElement("a");
+      link.href = "/accounts/login/?next=" + encodeURIComponent(location.pathname + location.search);
+      link.textContent = "Log in again";
+      sessionNotice.replaceChildren("Your session has ended. ", link, " to come back to this conversation; what you typed is kept.");
+      sessionNotice.hidden = false;
+      return;
+    }
+    if (code === 4403) {
+      ended = true;
+      setConn("forbidden", "no access");
+      sessionNotice.textContent = "You have no access to this conversation: it is private, or you were removed from it.";
+      sessionNotice.hidden = false;
+      return;
+    }
+    let delay;
+    if (code === 4429) {
+      delay = 30000; // the server asked us to back off: no tight reconnect loop
+      setConn("limited", "too many connections or messages; trying again in 30 s");
+    } else {
+      delay = retryDelay + Math.random() * 250;
+      retryDelay = Math.min(retryDelay * 2, 8000);
+      setConn("offline", "offline, reconnecting…");
+    }
+    retryTimer = setTimeout(connect, delay);
+  }
+
+  window.addEventListener("online", () => {
+    if (!ended && !socket) connect();
   });
 
+  // --- load older ----------------------------------------------------------------------
+
+  async function loadOlder() {
+    if (loadingOlder || !hasOlder || oldestSeq === null) return;
+    loadingOlder = true;
+    updateOlder();
+    const url = "/chat/" + encodeURIComponent(room) + "/messages/?before_seq=" + oldestSeq + "&limit=50";
+    try {
+      const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      if (!response.ok) {
+        let detail = "HTTP " + response.status;
+        try {
+          detail = (await response.json()).detail || detail;
+        } catch (err) { /* not JSON */ }
+        throw new Error(detail);
+      }
+      const data = await response.json();
+      const fromBottom = scroller.scrollHeight - scroller.scrollTop;
+      addMessages(data.messages || []);
+      hasOlder = !!data.has_more;
+      scroller.scrollTop = scroller.scrollHeight - fromBottom; // keep what the reader sees
+    } catch (err) {
+      showError("Could not load older messages: " + err.message);
+    } finally {
+      loadingOlder = false;
+      updateOlder();
+    }
+  }
+  olderButton.addEventListener("click", loadOlder);
+  scroller.addEventListener("scroll", () => {
+    if (scroller.scrollTop < 40 && hasOlder) loadOlder();
+  });
+
+  // --- the message box -----------------------------------------------------------------
+
+  function updateCounter() {
+    const n = characters(input.value);
+    const over = maxLength !== null && n > maxLength;
+    counter.textContent = maxLength === null ? "" : n + " / " + maxLength;
+    counter.classList.toggle("over", over);
+    counter.classList.toggle("near", !over && maxLength !== null && n > maxLength * 0.9);
+    if (over) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
+    if (!fieldSizing) input.rows = Math.min(8, Math.max(1, input.value.split("\n").length));
+  }
+  const fieldSizing = window.CSS && CSS.supports && CSS.supports("field-sizing", "content");
+
+  input.addEventListener("input", () => {
+    updateCounter();
+    save();
+  });
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.altKey && !e.ctrlKey && !e.metaKey && !e.isComposing) {
+      e.preventDefault();
+      form.requestSubmit();
+    }
+  });
+
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = input.value;
+    if (text === "") return;
+    const n = characters(text);
+    if (maxLength !== null && n > maxLength) {
+      showError("too_long: This message has " + n + " characters; the limit is " + maxLength + ". Shorten it, then send it.");
+      input.focus();
+      return; // the text stays in the box
+    }
+    hideError();
+    const li = element(myName, text, new Date(), true);
+    li.classList.add("pending");
+    const entry = { clientId: uuid(), text, li };
+    outbox.set(entry.clientId, entry);
+    log.append(li);
+    redrawDays();
+    send(entry);
+    input.value = "";
+    updateCounter();
+    save();
+    toBottom();
+    input.focus();
+  });
+
+  // --- start ---------------------------------------------------------------------------
+
+  try {
+    input.value = sessionStorage.getItem(storageKey + "draft") || "";
+    for (const saved of JSON.parse(sessionStorage.getItem(storageKey + "outbox") || "[]")) {
+      const li = element(myName, saved.text, new Date(), true);
+      li.classList.add("pending");
+      log.append(li);
+      outbox.set(saved.clientId, { clientId: saved.clientId, text: saved.text, li });
+      setState(li, "queued");
+    }
+    redrawDays();
+  } catch (err) {
+    // nothing saved, or storage disabled
+  }
+  updateCounter();
+  updateOlder();
   connect();
 })();
