@@ -5,6 +5,9 @@
   "use strict";
   const counts = {};
   const labels = {}; // room -> who it is with, for DM conversations new to the sidebar
+  // Rooms the server does not count for this socket yet (a DM conversation created
+  // after it connected): counted here from their notifications until it does.
+  const provisional = new Set();
   const notice = document.getElementById("notice");
   const baseTitle = document.title;
   let retryDelay = 500;
@@ -80,10 +83,17 @@
       const frame = JSON.parse(e.data);
       if (frame.type === "unread") {
         for (const n of frame.notifications || []) if (n.kind === "dm") labels[n.room] = n.sender;
+        for (const room of Object.keys(frame.counts)) provisional.delete(room);
         Object.assign(counts, frame.counts);
         render();
         if (frame.notifications && frame.notifications.length) announce(frame.notifications[0]);
       } else if (frame.type === "notification") {
+        if (!(frame.room in counts) || provisional.has(frame.room)) {
+          provisional.add(frame.room);
+          counts[frame.room] = (counts[frame.room] || 0) + 1;
+          if (frame.kind === "dm") labels[frame.room] = frame.sender;
+          render();
+        }
         announce(frame);
       }
     };
