@@ -468,8 +468,12 @@ async def test_load_older_and_a_missed_live_message_is_filled_in(
 # --- accounts --------------------------------------------------------------------------
 
 
-async def test_sign_up_then_chat(asgi_server, chat_users, browser):
-    """From the login page's link: a new account, logged in and back on the room."""
+async def test_sign_up_chat_and_come_back_after_the_session_ends(
+    asgi_server, chat_users, browser
+):
+    """From the login page's link: a new account, logged in and back on the room.
+    When the session ends (a logout elsewhere) the page says so and links to the
+    login, which returns to the room with the draft still in the box."""
     page = await (await browser.new_context(viewport=DESKTOP)).new_page()
     await page.goto(f"http://{asgi_server}/accounts/login/?next=/chat/lobby/")
     assert await page.locator("#demo-hint").count() == 1  # tests run with DEBUG on
@@ -484,6 +488,26 @@ async def test_sign_up_then_chat(asgi_server, chat_users, browser):
     assert await page.locator("#me").text_content() == "dana"
     await send(page, "hello, I am new")
     await page.wait_for_selector(message("hello, I am new") + ACKED)
+
+    # logging out in another tab ends the session: the page says so, keeps the
+    # draft, and its link leads back here after logging in again
+    await page.fill("#message", "half-written")
+    other = await page.context.new_page()
+    await other.goto(f"http://{asgi_server}/")
+    await other.get_by_role("button", name="Log out").click()
+    await page.wait_for_selector("#conn-state[data-state=ended]")
+    notice = page.locator("#session-notice")
+    await expect(notice).to_contain_text("Your session has ended")
+    await notice.get_by_role("link", name="Log in again").click()
+    await page.wait_for_url(
+        lambda url: "/accounts/login/?next=%2Fchat%2Flobby%2F" in url
+    )
+    await page.fill("#id_username", "dana")
+    await page.fill("#id_password", "a long pass phrase 42")
+    await page.click("form.stacked button[type=submit]")
+    await page.wait_for_url("**/chat/lobby/")
+    await page.wait_for_selector(CONNECTED)
+    assert await page.input_value("#message") == "half-written"
 
 
 # --- phone ---------------------------------------------------------------------------------
