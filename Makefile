@@ -10,7 +10,7 @@ export DEBUG
 # a fresh checkout; git-ignored, never committed.
 DOTENV := .env
 
-.PHONY: run test test-fast lint venv clean chromium reliability bench
+.PHONY: run test test-fast lint venv clean chromium reliability bench screenshots
 
 venv: $(STAMP)
 
@@ -42,6 +42,10 @@ chromium:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "Chromium not installed: browser tests will be skipped (apt-get install chromium)"; }
+
+# Rewrites README's pictures (docs/screenshots/) from the browser tests.
+screenshots: $(STAMP) $(DOTENV) chromium
+	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_ui.py
 
 # Re-measures the fault-injection scenarios and rewrites docs/RELIABILITY.md.
 reliability: $(STAMP)

@@ -84,8 +84,6 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
         services.membership_join(user_id=_user_id(request), room_name=room)
     except services.RoomError as exc:
         return _error_page(request, exc)
-    others = get_user_model().objects.exclude(username=request.user.get_username())
-    users = others.order_by("username")
     room_obj = selectors.room_get(name=room)
     assert room_obj is not None  # membership_join created it
     return render(
@@ -95,7 +93,6 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
             **_sidebar(request),
             "max_length": settings.CHAT_MAX_MESSAGE_LENGTH,
             "room": room,
-            "users": users,
             "room_pattern": ROOM_NAME_PATTERN,
             "is_private": room_obj.is_private,
             "is_dm": room.startswith(DM_ROOM_PREFIX),

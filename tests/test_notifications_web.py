@@ -192,7 +192,9 @@ def test_reading_a_room_marks_its_notifications_read(
     assert Notification.objects.get(message_id=first.message_id).read_at is not None
 
 
-def test_dm_conversation_has_its_two_users_as_members(chat_users):
+def test_dm_conversation_has_its_two_users_as_members(
+    chat_users, in_memory_channel_layer
+):
     """The pair's room dm-<low>-<high> is created with both users as members."""
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
     room = services.room_get_or_create(name=f"dm-{min(alice, bob)}-{max(alice, bob)}")

@@ -1,7 +1,8 @@
 """The chat as people use it, in a real headless Chromium (Debian's, driven by
 Playwright): conversations, message states, safe and right-to-left text, typed text
 that survives, catch-up across a server restart, the offline queue, older history,
-sign-up, phone width and keyboard. Screenshots go to docs/screenshots/."""
+sign-up, phone width and keyboard. Screenshots go to docs/screenshots/
+(`make screenshots`)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ from chatproj.embedded import free_port, port_answers
 from .support import ROOT, ManagedProcess, WSClient, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# README's pictures are rewritten with UPDATE_SCREENSHOTS=1 (make screenshots);
+# ordinary runs keep theirs under test-artifacts/, so a test run changes no tracked file.
+SCREENSHOTS = (
+    ROOT / "docs" / "screenshots"
+    if os.environ.get("UPDATE_SCREENSHOTS")
+    else ROOT / "test-artifacts" / "screenshots"
+)
 CONNECTED = "#conn-state[data-state=open]"
 ACKED = ":is([data-state=sent], [data-state=delivered])"  # stored (maybe published)
 DESKTOP = {"width": 1280, "height": 800}
