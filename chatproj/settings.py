@@ -294,8 +294,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # A retried task waits in Redis with an ETA; the broker must not redeliver it early.
+# An undecodable queue entry is moved to the Redis list poison_list (chatproj/
+# kombu_poison.py) instead of stopping the worker.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+    "poison_list": env("CELERY_POISON_LIST", default="celery.poison"),
 }
 CELERY_BEAT_SCHEDULE = {
     "outbox-sweep": {

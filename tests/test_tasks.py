@@ -9,7 +9,6 @@ from typing import Any
 
 import psutil
 import pytest
-import redis
 from channels.db import database_sync_to_async
 
 from chat import services
@@ -232,22 +231,6 @@ def test_garbage_tasks_are_dropped_and_worker_keeps_working(
     [failed] = events.of("task-failed")  # the unchecked call with a wrong signature
     assert failed["exception"].startswith("TypeError(")
     assert not events.of("task-retried")
-
-
-def test_undecodable_queue_entry_loses_nothing(start_worker, chat_users, redis_url):
-    """Garbage written straight into the Redis queue stops the worker (a kombu limit),
-    but the messages behind it are restored and a restarted worker publishes them."""
-    worker = start_worker()
-    redis.Redis.from_url(redis_url).lpush("celery", b"\x00 definitely not a task")
-    message = make_message(chat_users["bob"].id, "behind the garbage")
-    wait_for(lambda: worker.process.poll() is not None, 30, what="worker exit")
-    assert worker.process.returncode != 0
-    start_worker()
-    wait_for(
-        lambda: Message.objects.get(pk=message.pk).status == "published",
-        20,
-        what="publish",
-    )
 
 
 def test_each_prefork_child_builds_its_own_producer(

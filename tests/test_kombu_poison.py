@@ -1,0 +1,131 @@
+"""Undecodable Celery queue entries: moved aside by chatproj.kombu_poison, the worker
+keeps consuming (a real prefork worker on the real Redis-compatible server)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import kombu
+import pytest
+import redis
+from celery import Celery
+
+from chat.models import Message
+from chatproj import kombu_poison
+
+from .support import wait_for
+from .test_tasks import make_message
+
+
+def envelope(body: str, **properties: Any) -> bytes:
+    """A kombu Redis envelope as Celery writes it, with `body` and properties replaced."""
+    return json.dumps(
+        {
+            "body": body,
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {},
+            "properties": {
+                "body_encoding": "base64",
+                "delivery_info": {"exchange": "", "routing_key": "celery"},
+                "delivery_mode": 2,
+                "delivery_tag": "d3b07384-d9a0-4c9b-8a1e-poison",
+                "priority": 0,
+                **properties,
+            },
+        }
+    ).encode()
+
+
+# Each of these stopped the worker with "Unrecoverable error" before the fix.
+POISON = [
+    b"not json",
+    b"[]",
+    b'"hello"',
+    b"{}",
+    b"\xff\xfe not utf-8",
+    envelope("not base64!"),  # b64decode: Incorrect padding
+    envelope(base64.b64encode(b"[]").decode(), delivery_info=None),
+    envelope(base64.b64encode(b"[]").decode(), delivery_tag=["a", "list"]),
+]
+
+
+@pytest.fixture
+def memory_channel() -> Any:
+    """A kombu virtual channel without a server (the in-memory transport)."""
+    with kombu.Connection("memory://") as connection:
+        yield connection.default_channel
+
+
+def test_envelope_problem_names_each_poison_and_passes_real_envelopes(memory_channel):
+    """Every poison shape gets a reason; an envelope kombu itself wrote gets none."""
+    for item in POISON:
+        assert kombu_poison.envelope_problem(memory_channel, item), item
+    producer = kombu.Producer(memory_channel)
+    producer.publish({"task": "x"}, routing_key="q", declare=[kombu.Queue("q")])
+    raw = json.dumps(memory_channel._get("q")).encode()
+    assert kombu_poison.envelope_problem(memory_channel, raw) is None
+
+
+def test_installed_kombu_is_verified_and_only_plain_redis_gets_the_transport():
+    """The installed kombu is in the verified range (an upgrade fails here until it is
+    re-checked); redis:// brokers get the transport, rediss:// and explicit ones not."""
+    assert kombu_poison.kombu_verified()
+    assert not kombu_poison.kombu_verified("5.8.0")
+    assert not kombu_poison.kombu_verified("6.0.0")
+
+    def transport_for(url: str, **conf: Any) -> type:
+        app = Celery(set_as_current=False)
+        app.conf.broker_url = url
+        app.conf.update(conf)
+        kombu_poison.install(app)
+        return type(app.connection_for_read().transport)
+
+    assert transport_for("redis://127.0.0.1:1/0") is kombu_poison.Transport
+    assert transport_for("rediss://127.0.0.1:1/0") is not kombu_poison.Transport
+    assert (
+        transport_for("redis://127.0.0.1:1/0", broker_transport="memory")
+        is not kombu_poison.Transport
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_survives_each_poison_entry_and_loses_nothing(
+    start_worker, chat_users, redis_url
+):
+    """Poison LPUSHed between good publish tasks: the worker stays up, every good task
+    publishes, each poison is logged once and is on the dead-letter list as written."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete("celery.poison")
+    worker = start_worker(concurrency=1)
+    bob = chat_users["bob"].id
+    before = [make_message(bob, f"before {i}") for i in range(2)]  # queued on commit
+    for item in POISON:
+        client.lpush("celery", item)
+    after = [make_message(bob, f"after {i}") for i in range(2)]
+    sent = {m.pk for m in before + after}
+
+    wait_for(
+        lambda: (
+            set(
+                Message.objects.filter(pk__in=sent, status="published").values_list(
+                    "pk", flat=True
+                )
+            )
+            == sent
+        ),
+        30,
+        what="every good task published",
+    )
+    last = make_message(bob, "still consuming")  # the same worker, after the poison
+    wait_for(
+        lambda: Message.objects.get(pk=last.pk).status == "published", 20, what="last"
+    )
+    assert worker.process is not None and worker.process.poll() is None
+    assert sorted(client.lrange("celery.poison", 0, -1)) == sorted(POISON)
+    assert worker.log().count("Moved an undecodable entry of queue celery") == len(
+        POISON
+    )
+    assert "Unrecoverable error" not in worker.log()
