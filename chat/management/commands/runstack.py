@@ -2,13 +2,20 @@
 
 Migrates, creates the demo users, starts an embedded Redis-compatible server and an
 embedded Kafka-compatible broker when the configured ones do not answer, then hands
-over to honcho (Procfile), which runs the web server, the Celery worker, beat (the
-outbox sweep) and the notification agent (unless KAFKA_ENABLED is off) and stops every
-child on Ctrl-C.
+over to supervisord, which runs the Procfile's processes (web server, Celery worker,
+beat, the notification agent unless KAFKA_ENABLED is off, and the embedded servers),
+restarts any that crashes (with a log line, and a growing delay if it keeps crashing
+at start), and stops every child on Ctrl-C or SIGTERM.
 """
 
+from __future__ import annotations
+
+import fcntl
 import os
+import re
+import shlex
 import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,78 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chat.agents.kafka_chat import parse_bootstrap_servers
 from chatproj.embedded import port_answers, redis_address
+
+# A process that lives this long counts as started; one that dies sooner is retried
+# after 1 s, 2 s, 3 s, ... (supervisord's backoff) and given up after START_RETRIES.
+START_SECONDS = 5
+START_RETRIES = 10
+# Embedded servers start first and stop last.
+SERVER_PRIORITY, APP_PRIORITY = 10, 100
+PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
+
+
+def procfile_commands(path: Path) -> dict[str, str]:
+    """`name: command` lines of a Procfile, in order."""
+    lines = (
+        PROCFILE_LINE.match(line.strip()) for line in path.read_text().splitlines()
+    )
+    return {match[1]: match[2] for match in lines if match}
+
+
+def supervisor_config(
+    commands: dict[str, str], processes: list[str], run_dir: Path, tag: str
+) -> str:
+    """supervisord configuration that runs `processes` in the foreground and restarts
+    each that exits; its log and every process's output go to this terminal."""
+    base = Path(settings.BASE_DIR)
+    sections = [
+        "[supervisord]",
+        "nodaemon = true",
+        f"logfile = {run_dir / f'supervisord-{tag}.log'}",
+        f"pidfile = {run_dir / f'supervisord-{tag}.pid'}",
+        f"childlogdir = {run_dir}",
+        "",
+        "[unix_http_server]",  # `supervisorctl -c <this file> status|restart worker`
+        f"file = {run_dir / f'supervisor-{tag}.sock'}",
+        "chmod = 0700",
+        "",
+        "[supervisorctl]",
+        f"serverurl = unix://{run_dir / f'supervisor-{tag}.sock'}",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = "
+        "supervisor.rpcinterface:make_main_rpcinterface",
+    ]
+    for name in processes:
+        command = commands[name].replace("%", "%%")  # supervisord interpolates %(...)s
+        server = name in ("redis", "kafka")
+        sections += [
+            "",
+            f"[program:{name}]",
+            f"command = /bin/sh -c {shlex.quote('exec ' + command)}",
+            f"directory = {base}",
+            f"priority = {SERVER_PRIORITY if server else APP_PRIORITY}",
+            "autorestart = true",
+            f"startsecs = {START_SECONDS}",
+            f"startretries = {START_RETRIES}",
+            # A worker's prefork children are in its process group: stopped with it.
+            "stopasgroup = true",
+            "killasgroup = true",
+            "stopwaitsecs = 15",
+            "redirect_stderr = true",
+            "stdout_logfile = /dev/stdout",
+            "stdout_logfile_maxbytes = 0",
+        ]
+    return "\n".join(sections) + "\n"
+
+
+def append_only_output() -> None:
+    """Put stdout and stderr in append mode when they are files (`make run > log`):
+    supervisord reopens /dev/stdout for each process, and without O_APPEND each of
+    those writes at its own offset, over the others' lines."""
+    for fd in (1, 2):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
 
 
 class Command(BaseCommand):
@@ -33,7 +112,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, port: int, **options: Any) -> None:
-        """Prepare, then exec honcho with the processes that are needed."""
+        """Prepare, then exec supervisord with the processes that are needed."""
         call_command("migrate", interactive=False, verbosity=0)
         call_command("create_demo_users")
         processes = ["web", "worker", "beat"]
@@ -75,21 +154,27 @@ class Command(BaseCommand):
             else:
                 raise CommandError(f"{setting} {value} does not answer.")
 
+        supervisord = shutil.which("supervisord", path=str(Path(sys.executable).parent))
+        if supervisord is None:
+            raise CommandError(
+                "supervisor is not installed: pip install -r requirements-dev.txt"
+            )
+        commands = procfile_commands(Path(settings.BASE_DIR) / "Procfile")
+        config = run_dir / f"supervisord-{port}.conf"  # one per port: runs can coexist
+        config.write_text(supervisor_config(commands, processes, run_dir, str(port)))
         self.stdout.write(
             f"\nchatproj on http://127.0.0.1:{port}/  (log in at "
             f"http://127.0.0.1:{port}/accounts/login/, room: "
             f"http://127.0.0.1:{port}/chat/lobby/; metrics: "
             f"http://127.0.0.1:{port}/metrics, readiness: /readyz)\n"
             f"Kafka topic {settings.KAFKA_CHAT_TOPIC} on "
-            f"{settings.KAFKA_BOOTSTRAP_SERVERS}. Ctrl-C stops everything.\n"
+            f"{settings.KAFKA_BOOTSTRAP_SERVERS}.\n"
+            f'A process that crashes is restarted ("exited: ... not expected", then '
+            f'"spawned:"); .venv/bin/supervisorctl -c {config} status shows them. '
+            f"Ctrl-C stops everything.\n"
         )
         sys.stdout.flush()
-        honcho = shutil.which("honcho", path=str(Path(sys.executable).parent))
-        if honcho is None:
-            raise CommandError(
-                "honcho is not installed: pip install -r requirements-dev.txt"
-            )
-        procfile = str(Path(settings.BASE_DIR) / "Procfile")
+        append_only_output()
         # The venv's bin first, so the Procfile's daphne, celery and python are its own.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        os.execve(honcho, [honcho, "-f", procfile, "start", *processes], env)
+        os.execve(supervisord, [supervisord, "-c", str(config)], env)
