@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from itertools import takewhile
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlparse
 
 import environ
 import jsonschema
@@ -214,7 +216,7 @@ def test_urls_point_at_the_compose_services():
     assert database["PASSWORD"] == postgres["POSTGRES_PASSWORD"] == "probe-pw"
     assert database["USER"] == postgres["POSTGRES_USER"]
     for name in ("REDIS_URL", "CELERY_BROKER_URL"):
-        assert re.fullmatch(r"redis://redis:6379/\d+", env[name]), name
+        assert re.fullmatch(r"redis://:[^@]+@redis:6379/\d+", env[name]), name
     hosts = {s.rsplit(":", 1)[0] for s in env["KAFKA_BOOTSTRAP_SERVERS"].split(",")}
     assert hosts <= set(services()), hosts
 
@@ -362,6 +364,55 @@ def test_servers_have_healthchecks_and_volumes():
     for name in ("postgres", "kafka"):
         sources = {str(v).split(":")[0] for v in document[name]["volumes"]}
         assert sources & volumes, f"{name} has no named volume"
+
+
+def test_every_long_running_service_restarts():
+    """Each service but the one-shots (migrate, kafka-init: what others wait to
+    complete) is restarted when it crashes; the one-shots never are."""
+    all_services = services()
+    one_shots = {
+        dep
+        for service in all_services.values()
+        for dep, spec in (service.get("depends_on") or {}).items()
+        if spec["condition"] == "service_completed_successfully"
+    }
+    assert one_shots == {"migrate", "kafka-init"}
+    long_running = set(all_services) - one_shots
+    assert {"web", "worker", "beat", "notifications", "flower", "redis"} < long_running
+    for name in long_running:
+        policy = all_services[name].get("restart")
+        assert policy in ("always", "unless-stopped", "on-failure"), (name, policy)
+    for name in one_shots:
+        assert all_services[name].get("restart") == "no", name
+
+
+def test_redis_demands_the_password_everywhere():
+    """Redis runs with requirepass REDIS_PASSWORD; every URL and the healthcheck carry
+    it; without it compose stops with a message (`:?`), as for SECRET_KEY."""
+    probe = "probe-Redis_pw-1"
+    redis = services(REDIS_PASSWORD=probe)["redis"]
+    assert redis["environment"]["REDIS_PASSWORD"] == probe
+    script = argv(redis["command"])
+    assert script[:2] == ["sh", "-c"]
+    server = shlex.split(script[2].replace("$REDIS_PASSWORD", probe))
+    assert server[:2] == ["exec", "redis-server"]
+    assert server[server.index("--requirepass") + 1] == probe
+    check = " ".join(argv(redis["healthcheck"]["test"]))
+    assert re.search(r'REDISCLI_AUTH="\$REDIS_PASSWORD" redis-cli ping', check), check
+    env = django_env(REDIS_PASSWORD=probe)
+    for name in ("REDIS_URL", "CELERY_BROKER_URL"):
+        assert urlparse(env[name]).password == probe, name
+    raw = raw_compose()
+    required = r"\$\{REDIS_PASSWORD:\?[^}]+\}"
+    assert re.fullmatch(
+        required, raw["services"]["redis"]["environment"]["REDIS_PASSWORD"]
+    )
+    for name in ("REDIS_URL", "CELERY_BROKER_URL"):
+        assert re.search(f":{required}@redis:", raw[ANCHOR]["environment"][name]), name
+    assert "required-REDIS_PASSWORD" in django_env()["REDIS_URL"]  # unset: an error
+    assert env_example().get("REDIS_PASSWORD"), (
+        "document REDIS_PASSWORD in .env.example"
+    )
 
 
 def test_web_port_and_healthcheck_match_the_server():
