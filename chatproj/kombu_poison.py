@@ -30,8 +30,8 @@ from kombu.utils.json import loads
 
 logger = logging.getLogger(__name__)
 
-# The kombu releases whose BRPOP path this was read against and tested with
-# (tests/test_kombu_poison.py). Outside them the stock transport is used (a warning).
+# kombu releases whose BRPOP path was read (5.5.4, 5.6.2 and 5.7.0: the same code) and
+# that tests/test_kombu_poison.py runs on. Outside them: the stock transport, a warning.
 VERIFIED_KOMBU = ((5, 5), (5, 7))
 TRANSPORT = "chatproj.kombu_poison:Transport"
 # The dead-letter list is capped so a flood of poison cannot fill the broker's memory.
