@@ -8,12 +8,13 @@ from celery.signals import setup_logging
 
 from chatproj import kombu_poison
 
+# An undecodable queue entry is moved aside instead of stopping the worker.
+kombu_poison.install()
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproj.settings")
 
 app = Celery("chatproj")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-# An undecodable queue entry is moved aside instead of stopping the worker.
-kombu_poison.install(app)
 app.autodiscover_tasks()
 
 

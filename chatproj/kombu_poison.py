@@ -7,8 +7,11 @@ Celery stops with "Unrecoverable error". Celery's `on_decode_error` only sees bo
 well-formed envelopes, and kombu 5.7.0 (the newest release) still decodes unguarded
 (celery/celery#4308 is open; kombu#2421 is the same for SQS).
 
-This module subclasses the transport instead of patching kombu's code: Celery's
-`broker_transport` setting takes a class path. The channel wraps the BRPOP reply parser
+This module subclasses the transport instead of patching kombu's code, and registers
+the subclass as kombu's `redis` transport (its alias table), so redis:// URLs stay
+redis:// for Flower and in logs (Celery's `broker_transport` setting would show the
+class path as the URL scheme, which Flower cannot read). The channel wraps the BRPOP
+reply parser
 of its consuming client (redis-py's public `set_response_callback`) and checks the
 entry the way kombu is about to use it. A bad entry is logged once, pushed onto the
 Redis list `poison_list` (a transport option, CELERY_POISON_LIST) and reported to
@@ -21,9 +24,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
 
 import kombu
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -119,23 +122,19 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-def install(app: Any) -> None:
-    """Make `app` consume through this transport when its broker is plain redis://."""
+def install() -> bool:
+    """Make redis:// broker URLs use this transport (verified kombu releases only).
 
-    @app.on_after_configure.connect(weak=False)
-    def use_poison_safe_transport(sender: Any, source: Any, **_: Any) -> None:
-        if source.broker_transport:  # chosen explicitly: respected
-            return
-        scheme = urlparse(str(source.broker_url or "")).scheme
-        if scheme != "redis":
-            return  # rediss://, sentinel:// and others keep their stock transport
-        if not kombu_verified():
-            logger.warning(
-                "kombu %s is outside the releases the poison-safe transport was "
-                "verified with (%s to %s): using kombu's own Redis transport, so an "
-                "undecodable queue entry stops the worker. Run "
-                "tests/test_kombu_poison.py and widen VERIFIED_KOMBU in %s.",
-                kombu.__version__, VERIFIED_KOMBU[0], VERIFIED_KOMBU[1], __name__,
-            )  # fmt: skip
-            return
-        source.broker_transport = TRANSPORT
+    Called from chatproj/celery.py, before any broker connection is made."""
+    if not kombu_verified():
+        logger.warning(
+            "kombu %s is outside the releases the poison-safe transport was "
+            "checked against (%s to %s): using kombu's own Redis transport, so an "
+            "undecodable queue entry stops the worker. Run "
+            "tests/test_kombu_poison.py and widen VERIFIED_KOMBU in %s.",
+            kombu.__version__, VERIFIED_KOMBU[0], VERIFIED_KOMBU[1], __name__,
+        )  # fmt: skip
+        return False
+    # rediss://, sentinel:// and the others keep their stock transports.
+    TRANSPORT_ALIASES["redis"] = TRANSPORT
+    return True

@@ -70,25 +70,26 @@ def test_envelope_problem_names_each_poison_and_passes_real_envelopes(memory_cha
 
 
 def test_installed_kombu_is_verified_and_only_plain_redis_gets_the_transport():
-    """The installed kombu is in the verified range (an upgrade fails here until it is
-    re-checked); redis:// brokers get the transport, rediss:// and explicit ones not."""
+    """The installed kombu is in the checked range (an upgrade fails here until it is
+    re-checked); redis:// brokers get the transport and still show as redis://;
+    rediss:// and an explicit broker_transport do not get it."""
     assert kombu_poison.kombu_verified()
     assert not kombu_poison.kombu_verified("5.8.0")
     assert not kombu_poison.kombu_verified("6.0.0")
+    assert kombu_poison.install()  # chatproj.celery did it already; repeatable
 
-    def transport_for(url: str, **conf: Any) -> type:
+    def connection(url: str, **conf: Any) -> Any:
         app = Celery(set_as_current=False)
         app.conf.broker_url = url
         app.conf.update(conf)
-        kombu_poison.install(app)
-        return type(app.connection_for_read().transport)
+        return app.connection_for_read()
 
-    assert transport_for("redis://127.0.0.1:1/0") is kombu_poison.Transport
-    assert transport_for("rediss://127.0.0.1:1/0") is not kombu_poison.Transport
-    assert (
-        transport_for("redis://127.0.0.1:1/0", broker_transport="memory")
-        is not kombu_poison.Transport
-    )
+    plain = connection("redis://:pw@127.0.0.1:1/0")
+    assert type(plain.transport) is kombu_poison.Transport
+    assert plain.as_uri() == "redis://:**@127.0.0.1:1/0"  # what Flower and logs read
+    assert type(connection("rediss://h:1/0").transport) is not kombu_poison.Transport
+    explicit = connection("redis://h:1/0", broker_transport="memory")
+    assert type(explicit.transport) is not kombu_poison.Transport
 
 
 @pytest.mark.django_db(transaction=True)
