@@ -11,6 +11,8 @@ import pytest
 import redis
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from limits.storage import storage_from_string
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from chatproj import kombu_poison
 from chatproj.embedded import EmbeddedServer, free_port, redis_command
@@ -31,8 +33,9 @@ async def test_every_redis_client_authenticates_with_the_compose_url(password_re
     work with redis://:<password>@host/0; a client without it is refused."""
     port, password = password_redis
     url = f"redis://:{password}@127.0.0.1:{port}/0"
+    no_retry = Retry(NoBackoff(), 0)  # redis-py retries a refused AUTH for seconds
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port).ping()
+        redis.Redis(port=port, retry=no_retry).ping()
     assert redis.Redis.from_url(url).ping()
 
     with kombu.Connection(url, transport=kombu_poison.Transport) as connection:
