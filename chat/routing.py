@@ -1,5 +1,7 @@
 """WebSocket URL routes."""
 
+from typing import Any
+
 from django.urls import re_path
 
 from .consumers import ChatConsumer, NotificationConsumer
@@ -11,7 +13,16 @@ def room_route(prefix: str) -> str:
     return rf"^{prefix}/(?P<room>{ROOM_NAME_PATTERN.strip('^$')})/$"
 
 
+async def refuse_unknown_path(scope: Any, receive: Any, send: Any) -> None:
+    """Any other WebSocket path (a bad room name, a typo): refused at the handshake
+    (HTTP 403), quietly; without this route Channels raises, and the server logs a
+    traceback for every such attempt."""
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.close"})
+
+
 websocket_urlpatterns = [
     re_path(room_route("ws/chat"), ChatConsumer.as_asgi()),
     re_path(r"^ws/notifications/$", NotificationConsumer.as_asgi()),
+    re_path(r"", refuse_unknown_path),  # type: ignore[arg-type]  # an ASGI app
 ]

@@ -84,13 +84,22 @@ async def test_anonymous_connection_is_refused(asgi_server):
     assert closed.value.rcvd.code == 4401
 
 
-async def test_bad_room_name_is_not_routed(asgi_server, chat_users):
-    """Room names outside 1-64 of [A-Za-z0-9_.-] get no WebSocket."""
+async def test_bad_room_name_is_not_routed(asgi_server, chat_users, log_dir):
+    """Room names outside 1-64 of [A-Za-z0-9_.-], and unknown paths, get no WebSocket
+    (403 at the handshake) and leave no traceback in the server's log."""
     from websockets.exceptions import InvalidStatus
 
+    log = log_dir / "daphne.log"
+    before = log.read_text().count("Traceback")
     for room in ("x" * 65, "bad%20room", "semi;colon"):
-        with pytest.raises((InvalidStatus, OSError)):
+        with pytest.raises(InvalidStatus) as refused:
             await WSClient.connect(asgi_server, room, chat_users["alice"].cookie)
+        assert refused.value.response.status_code == 403
+    with pytest.raises(InvalidStatus):
+        await WSClient.connect(
+            asgi_server, "x", chat_users["alice"].cookie, path="ws/nope"
+        )
+    assert log.read_text().count("Traceback") == before
 
 
 class ChatConsumerWithKafka(ChatConsumer):

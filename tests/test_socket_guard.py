@@ -220,9 +220,9 @@ async def test_rate_limit_is_global_across_web_processes(start_web, chat_users):
     for client in clients:
         await client.expect("history")
     outcomes = []
-    for client in clients:
-        for n in range(4):
-            await client.send({"message": f"m{n}", "client_id": f"c{n}"})
+    for i, client in enumerate(clients):
+        for n in range(4):  # (a client_id is an idempotency key: one per message)
+            await client.send({"message": f"m{n}", "client_id": f"c{i}-{n}"})
         for _ in range(4):
             frame = await client.expect(
                 lambda f: f.get("type") in ("message.ack", "error")
