@@ -11,6 +11,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
+
 from bench.analysis import targets
 from bench.ledger import Ledger
 from bench.tasks import CEILING_KEY
@@ -21,6 +23,7 @@ STAGES = {"ack", "broadcast", "published", "kafka"}
 STATUSES = {"met", "not met", "not measured"}
 
 
+@pytest.mark.servers  # the benchmark starts its own stack (no fixture says so)
 def test_bench_tiny_run_writes_a_well_formed_report_with_nothing_lost(tmp_path):
     """4 clients, 2 rooms, 10 msgs/s for 3 s on its own stack: 0 lost, 0 duplicates,
     every stage measured, targets judged, and the markdown and the PNG written."""
