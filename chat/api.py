@@ -1,15 +1,19 @@
-"""JSON endpoints of the pages: older history and the people search."""
+"""JSON endpoints of the pages: read marks, older history and the people search."""
 
 from __future__ import annotations
 
-from typing import cast
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, cast
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import selectors
+from . import selectors, services
+from .models import Room
 from .rooms import RoomAccessDenied, room_require_member
 from .schemas import MAX_DB_ID, message_payload
 
@@ -21,6 +25,57 @@ def _error(status: int, code: str, detail: str) -> JsonResponse:
     return JsonResponse({"error": code, "detail": detail}, status=status)
 
 
+def _logged_in(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
+    # A JSON client gets a 401 it can read, not the login page's redirect.
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        if not request.user.is_authenticated:
+            return _error(401, "not_authenticated", "Log in first.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _user_id(request: HttpRequest) -> int:
+    return cast(int, request.user.pk)
+
+
+class _ReadMark(BaseModel):
+    model_config = ConfigDict(strict=False, extra="ignore")
+
+    up_to_seq: int = Field(ge=0, le=MAX_DB_ID)
+
+
+@require_POST
+@_logged_in
+def room_read(request: HttpRequest, room: str) -> JsonResponse:
+    """POST /chat/<room>/read/ with `up_to_seq` (form field or JSON body): the user
+    has read the room up to there. Answers the room's new read state as JSON."""
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body)
+        except (ValueError, RecursionError):
+            return _error(400, "invalid_json", "The body is not valid JSON.")
+    else:
+        data = request.POST.dict()
+    if not isinstance(data, dict):
+        return _error(400, "invalid_message", 'Send {"up_to_seq": <int>}.')
+    try:
+        mark = _ReadMark.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return _error(400, "invalid_message", f"up_to_seq: {first['msg']}.")
+    try:
+        state = services.room_mark_read(
+            user_id=_user_id(request), room_name=room, up_to_seq=mark.up_to_seq
+        )
+    except Room.DoesNotExist:
+        return _error(404, "unknown_room", f"There is no room named {room!r}.")
+    except services.RoomAccessDenied as exc:
+        return _error(403, exc.code, exc.detail)
+    return JsonResponse(state._asdict())
+
+
 class _Page(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -30,12 +85,11 @@ class _Page(BaseModel):
 
 
 @require_GET
+@_logged_in
 def room_messages(request: HttpRequest, room: str) -> JsonResponse:
     """GET /chat/<room>/messages/?before_seq=n (older, "load older") or ?after_seq=n
     (newer, gap filling), &limit=k (at most 100): messages oldest first, and whether
     more exist in that direction."""
-    if not request.user.is_authenticated:
-        return _error(401, "not_authenticated", "Log in first.")
     try:
         page = _Page.model_validate(request.GET.dict())
     except ValidationError as exc:
@@ -47,7 +101,7 @@ def room_messages(request: HttpRequest, room: str) -> JsonResponse:
     room_obj = selectors.room_get(name=room)
     if room_obj is None:
         return _error(404, "unknown_room", f"There is no room named {room!r}.")
-    user_id = cast(int, request.user.pk)
+    user_id = _user_id(request)
     try:
         room_require_member(user_id=user_id, room=room_obj)
     except RoomAccessDenied as exc:
@@ -78,15 +132,14 @@ def room_messages(request: HttpRequest, room: str) -> JsonResponse:
 
 
 @require_GET
+@_logged_in
 def users_search(request: HttpRequest) -> JsonResponse:
     """GET /api/users/?q=<text>: up to 20 other users whose name contains it, to
     start a direct conversation with."""
-    if not request.user.is_authenticated:
-        return _error(401, "not_authenticated", "Log in first.")
     text = request.GET.get("q", "").strip()
     if len(text) > 150:
         return _error(400, "invalid_message", "q: at most 150 characters.")
     found = selectors.users_search(
-        text=text, exclude_id=cast(int, request.user.pk), limit=MAX_SEARCH_RESULTS
+        text=text, exclude_id=_user_id(request), limit=MAX_SEARCH_RESULTS
     )
     return JsonResponse({"users": [{"id": i, "username": n} for i, n in found]})

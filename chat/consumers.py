@@ -8,7 +8,6 @@ import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -23,8 +22,9 @@ from .broadcast import notify_room_group, notify_user_group, room_group, user_gr
 from .dispatch import await_outbound_first
 from .frame_context import handling_frame, message_create_once
 from .models import Room, dm_room_name
+from .origins import query_params
 from .rate_limit import message_rate_limiter
-from .rooms import dm_pair
+from .rooms import dm_other
 from .schemas import (
     MAX_DB_ID,
     control_frame_type,
@@ -257,11 +257,10 @@ class ChatConsumer(GuardedConsumer):
         # A DM goes to the pair's conversation, from whichever socket; on a DM
         # conversation's socket every message is to the other user.
         receiver_id, room_name = data["receiver_id"], self.room_name
-        pair = dm_pair(self.room_name)
         if receiver_id is not None:
             room_name = dm_room_name(self.user_id, receiver_id)
-        elif pair is not None:
-            receiver_id = pair[1] if pair[0] == self.user_id else pair[0]
+        else:
+            receiver_id = dm_other(self.room_name, self.user_id)
         message, _ = await message_create_once(
             room_name=room_name,
             sender=self.scope["user"],
@@ -336,7 +335,7 @@ def _message_window() -> float:
 
 def _after_seq(scope: dict[str, Any]) -> int | None:
     # ?after_seq=<n> on the socket's URL: a reconnecting client catching up
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("after_seq")
+    values = query_params(scope).get("after_seq")
     if not values or not values[0].isdigit() or int(values[0]) > MAX_DB_ID:
         return None
     return int(values[0])

@@ -61,10 +61,15 @@ def request_origin(scope: dict[str, Any]) -> str | None:
     return f"{'https' if secure else 'http'}://{host}"
 
 
+def query_params(scope: dict[str, Any]) -> dict[str, list[str]]:
+    """The parameters of the socket URL's query string (blank values kept)."""
+    query = bytes(scope.get("query_string", b"")).decode("latin1")
+    return parse_qs(query, keep_blank_values=True)
+
+
 def has_ticket(scope: dict[str, Any]) -> bool:
     """Whether the socket URL carries `?ticket=` (a non-browser client)."""
-    query = bytes(scope.get("query_string", b"")).decode("latin1")
-    return "ticket" in parse_qs(query, keep_blank_values=True)
+    return "ticket" in query_params(scope)
 
 
 def origin_allowed(scope: dict[str, Any]) -> bool:

@@ -66,6 +66,15 @@ def dm_pair(room_name: str) -> tuple[int, int] | None:
     return (int(pair.group(1)), int(pair.group(2))) if pair else None
 
 
+def dm_other(room_name: str, user_id: int) -> int | None:
+    """In a DM conversation, the other user's id (the user's own, talking to
+    themself); None for another room."""
+    pair = dm_pair(room_name)
+    if pair is None:
+        return None
+    return pair[1] if pair[0] == user_id else pair[0]
+
+
 def room_require_member(*, user_id: int, room: Room) -> None:
     """Raise RoomAccessDenied unless the user may enter the room: any user a public
     one, a member (or one of the two users of a DM conversation) a private one. One

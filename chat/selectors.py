@@ -12,7 +12,14 @@ from django.db import connection
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from .models import UNPUBLISHED_STATUSES, Message, Notification, Room, RoomMembership
+from .models import (
+    DM_ROOM_PREFIX,
+    UNPUBLISHED_STATUSES,
+    Message,
+    Notification,
+    Room,
+    RoomMembership,
+)
 
 
 def user_exists(*, user_id: int) -> bool:
@@ -30,11 +37,6 @@ def room_exists(*, name: str) -> bool:
     return Room.objects.filter(name=name).exists()
 
 
-def room_list() -> QuerySet[Room]:
-    """All rooms, by name."""
-    return Room.objects.order_by("name")
-
-
 def rooms_of_user(*, user_id: int) -> QuerySet[Room]:
     """The rooms this user belongs to, by name."""
     return Room.objects.filter(memberships__user_id=user_id).order_by("name")
@@ -46,7 +48,7 @@ def rooms_to_join(*, user_id: int, limit: int = 50) -> QuerySet[Room]:
     return (
         Room.objects.filter(is_private=False)
         .exclude(memberships__user_id=user_id)
-        .exclude(name__startswith="dm-")
+        .exclude(name__startswith=DM_ROOM_PREFIX)
         .order_by("name")[:limit]
     )
 
@@ -146,13 +148,6 @@ def messages_by_id(*, message_ids: list[Any]) -> dict[str, Message]:
             "room", "sender"
         )
     }
-
-
-def room_history(*, room_name: str, user_id: int, limit: int) -> list[Message]:
-    """The latest `limit` messages of a room that this user may see, oldest first."""
-    return room_messages_before(
-        room_name=room_name, user_id=user_id, before_seq=None, limit=limit
-    )[0]
 
 
 def message_by_client_id(*, sender_id: int, client_id: str) -> Message | None:

@@ -31,12 +31,11 @@ from .models import (
     Room,
     RoomMembership,
 )
-from .rooms import (  # private rooms: their services are part of this module's API
-    DM_ROOM,
-    room_require_member,
-)
+
+# private rooms: their services are part of this module's API
 from .rooms import RoomAccessDenied as RoomAccessDenied
 from .rooms import RoomError as RoomError
+from .rooms import dm_pair, room_require_member
 from .rooms import room_create_private as room_create_private
 from .rooms import room_invite as room_invite
 from .rooms import room_remove_member as room_remove_member
@@ -77,11 +76,9 @@ def room_get_or_create(*, name: str) -> Room:
         room, created = Room.objects.get_or_create(name=name)
         if created:
             logger.info("Room %s created", name)
-            pair = DM_ROOM.match(name)
+            pair = dm_pair(name)
             if pair:
-                users = list(
-                    get_user_model().objects.filter(pk__in=map(int, pair.groups()))
-                )
+                users = list(get_user_model().objects.filter(pk__in=pair))
                 RoomMembership.objects.bulk_create(
                     [RoomMembership(user=user, room=room) for user in users],
                     ignore_conflicts=True,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import secrets
 from typing import Any
-from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -26,6 +25,7 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
+from .origins import query_params
 from .outbox import redis_client
 from .session_end import session_ref
 
@@ -107,8 +107,7 @@ class TicketAuthMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
         """Replace scope["user"] when the socket carries a ticket."""
-        query = bytes(scope.get("query_string", b"")).decode("latin1")
-        tickets = parse_qs(query, keep_blank_values=True).get("ticket")
+        tickets = query_params(scope).get("ticket")
         if tickets is None:
             return await self.application(scope, receive, send)
         redeemed = None

@@ -1,22 +1,19 @@
-"""Web pages (the room list and a room), the read-mark endpoint, and the forms that
-create private rooms and manage their members."""
+"""Web pages (the room list and a room) and the forms that create private rooms and
+manage their members. The JSON endpoints are in chat.api."""
 
-import json
 import re
 from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import selectors, services
-from .models import DM_ROOM_PREFIX, ROOM_NAME_PATTERN, Room, dm_room_name
-from .rooms import RoomNotFound, dm_pair
-from .schemas import MAX_DB_ID
+from .models import DM_ROOM_PREFIX, ROOM_NAME_PATTERN, dm_room_name
+from .rooms import RoomNotFound, dm_other
 
 
 def _user_id(request: HttpRequest) -> int:
@@ -27,11 +24,10 @@ def _sidebar(request: HttpRequest) -> dict[str, Any]:
     """The sidebar's context: the user's rooms and DM conversations with unread
     counts (kept live by /ws/notifications/), and each DM's other user."""
     states = selectors.read_states(user_id=_user_id(request))
-    pairs = {s.room: dm_pair(s.room) for s in states}
     others = {
-        room: pair[1] if pair[0] == _user_id(request) else pair[0]
-        for room, pair in pairs.items()
-        if pair is not None
+        s.room: other
+        for s in states
+        if (other := dm_other(s.room, _user_id(request))) is not None
     }
     names = selectors.usernames(user_ids=others.values())
     return {
@@ -62,13 +58,13 @@ def room_index(request: HttpRequest) -> HttpResponse:
         return redirect("chat:room", room=name)
     if name:
         error = "A room name is 1-64 letters, digits, '-', '_' or '.'."
-    states = selectors.read_states(user_id=_user_id(request))
+    sidebar = _sidebar(request)
     return render(
         request,
         "chat/index.html",
         {
-            **_sidebar(request),
-            "rooms": states,
+            **sidebar,
+            "rooms": sidebar["sidebar_rooms"],
             "private_rooms": selectors.private_room_names(user_id=_user_id(request)),
             "others": selectors.rooms_to_join(user_id=_user_id(request)),
             "error": error,
@@ -162,44 +158,3 @@ def room_member_remove(request: HttpRequest, room: str) -> HttpResponse:
     except services.RoomError as exc:
         return _error_page(request, exc)
     return redirect("chat:room", room=room)
-
-
-class _ReadMark(BaseModel):
-    model_config = ConfigDict(strict=False, extra="ignore")
-
-    up_to_seq: int = Field(ge=0, le=MAX_DB_ID)
-
-
-def _error(status: int, code: str, detail: str) -> JsonResponse:
-    return JsonResponse({"error": code, "detail": detail}, status=status)
-
-
-@require_POST
-def room_read(request: HttpRequest, room: str) -> JsonResponse:
-    """POST /chat/<room>/read/ with `up_to_seq` (form field or JSON body): the user
-    has read the room up to there. Answers the room's new read state as JSON."""
-    if not request.user.is_authenticated:
-        return _error(401, "not_authenticated", "Log in first.")
-    if request.content_type == "application/json":
-        try:
-            data = json.loads(request.body)
-        except (ValueError, RecursionError):
-            return _error(400, "invalid_json", "The body is not valid JSON.")
-    else:
-        data = request.POST.dict()
-    if not isinstance(data, dict):
-        return _error(400, "invalid_message", 'Send {"up_to_seq": <int>}.')
-    try:
-        mark = _ReadMark.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        return _error(400, "invalid_message", f"up_to_seq: {first['msg']}.")
-    try:
-        state = services.room_mark_read(
-            user_id=_user_id(request), room_name=room, up_to_seq=mark.up_to_seq
-        )
-    except Room.DoesNotExist:
-        return _error(404, "unknown_room", f"There is no room named {room!r}.")
-    except services.RoomAccessDenied as exc:
-        return _error(403, exc.code, exc.detail)
-    return JsonResponse(state._asdict())
