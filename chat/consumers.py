@@ -335,9 +335,12 @@ def _message_window() -> float:
 
 def _after_seq(scope: dict[str, Any]) -> int | None:
     # ?after_seq=<n> on the socket's URL: a reconnecting client catching up
+    # (a bad value is ignored: the socket gets the latest history instead)
     values = query_params(scope).get("after_seq")
-    if not values or not values[0].isdigit() or int(values[0]) > MAX_DB_ID:
-        return None
+    if not values or not values[0].isascii() or not values[0].isdigit():
+        return None  # "²" is a digit to str.isdigit() but not to int()
+    if len(values[0]) > len(str(MAX_DB_ID)) or int(values[0]) > MAX_DB_ID:
+        return None  # (int() refuses strings of more than 4300 digits)
     return int(values[0])
 
 

@@ -296,6 +296,24 @@ async def test_resume_sends_every_message_after_a_seq_once(
     await alice.close()
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["after_seq=%C2%B2", "after_seq=" + "9" * 5000, "after_seq=-1", "after_seq=",
+     "after_seq=1e3", "after_seq=%D9%A3", "after_seq=99999999999999999999"],
+)  # fmt: skip
+async def test_a_bad_after_seq_gets_the_latest_history(asgi_server, chat_users, query):
+    """A garbage after_seq is ignored (the latest history, has_older) and the socket
+    keeps working; it never crashes the connection."""
+    client = await WSClient.connect(
+        asgi_server, "lobby", chat_users["alice"].cookie, query=query
+    )
+    history = await client.expect("history")
+    assert "has_older" in history and "complete" not in history
+    await client.send({"message": "still here", "client_id": "ok"})
+    assert (await client.expect("message.ack"))["client_id"] == "ok"
+    await client.close()
+
+
 async def test_presence_says_who_has_the_room_open(asgi_server, chat_users):
     """A presence frame after the history and on every arrival and departure."""
     alice_u, bob_u = chat_users["alice"], chat_users["bob"]
