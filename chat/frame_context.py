@@ -16,9 +16,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from channels.db import database_sync_to_async
-
 from . import services
+from .db_connections import db_call
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -81,9 +80,7 @@ async def message_create_once(
             await frame.admit()
     # Not on the process's one shared ORM thread: message_create also waits on Redis
     # (broadcast, enqueue) after its commit, and consumers must not queue behind it.
-    message = await database_sync_to_async(
-        services.message_create, thread_sensitive=False
-    )(
+    message = await db_call(services.message_create)(
         room_name=room_name,
         sender_id=sender_id,
         receiver_id=receiver_id,

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from celery import Task, shared_task
+from celery.signals import task_prerun
 from django.conf import settings
 from redis.exceptions import LockError
 
@@ -19,9 +20,18 @@ from .agents import (
     PermanentPublishError,
     RetriablePublishError,
 )
+from .db_connections import close_unusable_connections
 from .models import FINAL_STATUSES, Message, Room
 
 logger = logging.getLogger(__name__)
+
+
+@task_prerun.connect
+def _drop_unusable_connections(**_: Any) -> None:
+    """Before a task, close a database connection Django would not reuse (an error
+    since the last commit, past CONN_MAX_AGE): Celery's fix-up no longer closes it
+    after every task (CELERY_DB_REUSE_MAX)."""
+    close_unusable_connections()
 
 
 def retry_countdown(

@@ -65,24 +65,31 @@ def test_a_resent_client_id_returns_the_original_and_takes_no_seq(
     assert Message.objects.count() == 3
 
 
-def test_a_client_id_race_returns_the_winner_without_a_seq_gap(
-    chat_users, stack, settings, monkeypatch
+def test_a_resent_client_id_rolls_back_its_seq_and_returns_the_first(
+    chat_users, stack, settings
 ):
-    """Two frames with one key racing (both miss the lookup): the loser's insert hits
-    the unique constraint, rolls back its seq and returns the winner's message."""
+    """The insert comes first: a resend hits the unique constraint, its transaction
+    (seq included) rolls back, and the first message comes back."""
     alice = chat_users["alice"].id
-    winner = send("lobby", alice, "once", client_id="k")
-    real = services.message_by_client_id
-    misses = iter([None])
-    monkeypatch.setattr(
-        services,
-        "message_by_client_id",
-        lambda **kw: next(misses, None) or real(**kw),
-    )
-    loser = send("lobby", alice, "once", client_id="k")
-    assert loser.replayed and loser.message_id == winner.message_id
+    first = send("lobby", alice, "once", client_id="k")
+    again = send("lobby", alice, "once", client_id="k")
+    assert again.replayed and again.message_id == first.message_id
     assert Room.objects.get(name="lobby").next_seq == 2  # no gap
     assert send("lobby", alice, "next", client_id="k2").seq == 2
+    assert Message.objects.count() == 2
+
+
+def test_a_client_id_past_the_window_not_yet_swept_makes_a_new_message(
+    chat_users, stack, settings
+):
+    """A key older than the window is free again even before the sweep forgets it."""
+    alice = chat_users["alice"].id
+    first = send("lobby", alice, "old", client_id="k")
+    past = timezone.now() - timedelta(seconds=settings.CHAT_CLIENT_ID_WINDOW + 1)
+    Message.objects.filter(pk=first.pk).update(created_at=past)
+    fresh = send("lobby", alice, "new", client_id="k")
+    assert not fresh.replayed and fresh.seq == 2 and fresh.client_id == "k"
+    assert Message.objects.get(pk=first.pk).client_id is None
 
 
 # --- older history, people search, DM pages, sign-up -----------------

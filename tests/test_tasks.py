@@ -276,3 +276,37 @@ def test_each_prefork_child_builds_its_own_producer(
     process = worker.process
     worker.stop()  # warm shutdown: each child flushes and closes its producer
     assert process is not None and process.returncode == 0
+
+
+def test_a_worker_child_keeps_its_database_connection_across_tasks(
+    start_worker, chat_users
+):
+    """Celery's Django fix-up would reconnect before and after every task; with
+    CELERY_DB_REUSE_MAX and chat.tasks' check a child keeps one connection."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("seen through the child's TCP connection to Postgres")
+    db_port = int(connection.settings_dict["PORT"] or 5432)
+    start_worker(concurrency=1)
+    stats = wait_for(lambda: app.control.inspect(timeout=2).stats(), 10)
+    [worker_stats] = stats.values()
+    [child] = worker_stats["pool"]["processes"]
+
+    def local_ports() -> set[int]:
+        return {
+            c.laddr.port
+            for c in psutil.Process(child).net_connections("tcp")
+            if c.raddr and c.raddr.port == db_port and c.status == "ESTABLISHED"
+        }
+
+    ports: list[set[int]] = []
+    for n in range(6):  # one task each: the next message waits for the last
+        make_message(chat_users["alice"].id, f"m{n}")
+        wait_for(
+            lambda n=n: Message.objects.filter(status="published").count() == n + 1,
+            30,
+            what=f"message {n} published",
+        )
+        ports.append(local_ports())
+    assert len(ports[0]) == 1 and all(p == ports[0] for p in ports)

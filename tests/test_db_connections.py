@@ -1,0 +1,48 @@
+"""chat.db_connections: a connection is kept across calls and closed only when Django
+would close it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db import connection
+
+from chat.db_connections import close_unusable_connections, db_call
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def select_one() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        return cursor.fetchone()[0]
+
+
+def test_a_healthy_connection_is_kept_without_a_health_check():
+    select_one()
+    raw = connection.connection
+    connection.health_check_done = True
+    close_unusable_connections()
+    assert connection.connection is raw
+    assert connection.health_check_done  # no SELECT 1 before the next statement
+
+
+def test_an_obsolete_or_failed_connection_is_closed():
+    select_one()
+    connection.close_at = time.monotonic() - 1  # past CONN_MAX_AGE
+    close_unusable_connections()
+    assert connection.connection is None
+    assert select_one() == 1  # and the next statement reconnects
+    connection.set_autocommit(False)  # left in a transaction by a caller
+    close_unusable_connections()
+    assert connection.connection is None
+    assert select_one() == 1
+
+
+async def test_db_call_runs_off_the_event_loop_thread():
+    import threading
+
+    loop_thread = threading.get_ident()
+    assert await db_call(select_one)() == 1
+    assert await db_call(threading.get_ident)() != loop_thread
