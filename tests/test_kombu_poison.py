@@ -92,6 +92,24 @@ def test_installed_kombu_is_verified_and_only_plain_redis_gets_the_transport():
     assert type(explicit.transport) is not kombu_poison.Transport
 
 
+def test_a_channel_reuses_one_command_client_until_its_pool_changes(redis_url):
+    """kombu built a redis-py client object per command; the channel keeps one (on
+    the same pool), and a new pool after fork gets a new one. Commands still work."""
+    with kombu.Connection(redis_url) as connection:
+        channel = connection.default_channel
+        assert type(channel) is kombu_poison.Channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as again:
+            assert first is again and first.connection_pool is channel.pool
+            assert first.ping()
+        own = redis.Redis.from_url(redis_url)
+        with channel.conn_or_acquire(own) as given:
+            assert given is own
+        channel._after_fork()  # what kombu does in a forked child
+        with channel.conn_or_acquire() as after:
+            assert after is not first and after.connection_pool is channel.pool
+            assert after.ping()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_worker_survives_each_poison_entry_and_loses_nothing(
     start_worker, chat_users, redis_url
