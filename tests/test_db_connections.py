@@ -46,3 +46,34 @@ async def test_db_call_runs_off_the_event_loop_thread():
     loop_thread = threading.get_ident()
     assert await db_call(select_one)() == 1
     assert await db_call(threading.get_ident)() != loop_thread
+
+
+async def test_a_consumer_handles_frames_and_events_without_the_orm_thread_hop(
+    monkeypatch,
+):
+    """Channels closes old connections before every handler, a hop to the process's
+    one shared ORM thread per frame and event; the sockets' base consumer does not."""
+    import channels.consumer
+    from channels.consumer import AsyncConsumer
+
+    from chat.socket_guard import GuardedConsumer, SocketCrashed
+
+    hops: list[None] = []
+
+    async def hop() -> None:
+        hops.append(None)
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", hop)
+
+    class Probe(GuardedConsumer):
+        async def probe_event(self, event: dict) -> None:
+            self.seen = event
+
+    consumer = Probe()
+    await consumer.dispatch({"type": "probe.event", "n": 1})
+    assert consumer.seen == {"type": "probe.event", "n": 1} and not hops
+    await AsyncConsumer.dispatch(consumer, {"type": "probe.event"})
+    assert hops  # Channels' own dispatch does hop: this test sees the difference
+    with pytest.raises(SocketCrashed) as crashed:
+        await consumer.dispatch({"type": "no.such.handler"})
+    assert "No handler" in str(crashed.value.__cause__)
