@@ -1,4 +1,4 @@
-# chatproj runtime image: the web server (daphne), Celery worker, beat and Flower all
+# chatproj runtime image: the web server (uvicorn), Celery worker, beat and Flower all
 # run from it; docker-compose.yml picks the process with `command`.
 FROM python:3.11-slim-bookworm
 
@@ -35,4 +35,4 @@ RUN DEBUG=False SECRET_KEY=build-only-collectstatic-not-a-secret \
 
 USER 10001:10001
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "chatproj.asgi:application"]
+CMD ["uvicorn", "chatproj.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--lifespan", "off", "--ws-max-size", "1048576", "--no-proxy-headers"]

@@ -34,7 +34,7 @@ class BenchConfig:
     search_bisections: int = 3
     message_size: int = 100
     database_url: str = "sqlite"
-    server: str = "daphne"
+    server: str = "uvicorn"
     web_processes: int = 1
     workers: int = 1
     concurrency: int = 2
@@ -133,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stack.add_argument(
         "--server",
-        choices=["daphne", "uvicorn"],
-        default="daphne",
-        help="ASGI server (uvicorn: pip install 'uvicorn[standard]')",
+        choices=["uvicorn", "daphne"],
+        default="uvicorn",
+        help="ASGI server: uvicorn as the Procfile runs it, or daphne for comparison",
     )
     stack.add_argument(
         "--web-processes", type=int, default=1, help="web processes, one port each"

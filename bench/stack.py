@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,17 @@ from chatproj.embedded import (
 )
 
 from .config import ROOT, BenchConfig
+
+
+def procfile_web_args(port: int) -> list[str]:
+    """The Procfile's web command (uvicorn and its flags) on `port`."""
+    from chat.management.commands.runstack import procfile_commands
+
+    line = procfile_commands(ROOT / "Procfile")["web"]
+    args = shlex.split(line.replace("${CHATPROJ_WEB_PORT:-8000}", str(port)))
+    assert args[0] == "uvicorn", f"the Procfile's web server is {args[0]}"
+    return [sys.executable, "-m", *args]
+
 
 logger = logging.getLogger(__name__)
 
@@ -143,18 +155,7 @@ class Stack:
         for i in range(config.web_processes):
             port = free_port()
             if config.server == "uvicorn":
-                args = [
-                    python,
-                    "-m",
-                    "uvicorn",
-                    "chatproj.asgi:application",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--lifespan",
-                    "off",
-                ]
+                args = procfile_web_args(port)
             else:
                 args = [
                     python,

@@ -50,7 +50,7 @@ class MessageRateLimiter:
     def __init__(self, rate: str, storage_uri: str = "async+memory://") -> None:
         self.item = parse_rate("CHAT_RATE_LIMIT", rate)
         self.storage_uri = storage_uri
-        # redis.asyncio clients belong to one event loop: one limiter per loop (daphne
+        # redis.asyncio clients belong to one event loop: one limiter per loop (a server
         # has one; in-process tests make one per test).
         self._limiters: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, strategies.MovingWindowRateLimiter

@@ -77,11 +77,12 @@ class GuardedConsumer(AsyncJsonWebsocketConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch; an unexpected exception ends only this socket.
 
-        The exception leaves the application as SocketCrashed (naming the user, the
-        cause chained), after the `finally` of __call__ released everything: the ASGI
-        server logs it once and closes the socket with 1011 (daphne and uvicorn both
-        do; an application cannot send 1011 itself through daphne). A socket that
-        fails before it was accepted is accepted first, so the client sees 1011 too.
+        The socket is closed with 1011 (a socket that fails before it was accepted
+        is accepted first, so the client sees 1011 too), and the exception leaves the
+        application as SocketCrashed (naming the user, the cause chained), after the
+        `finally` of __call__ released everything: the ASGI server logs it once.
+        uvicorn would only drop the connection (the client sees 1006); daphne refuses
+        an application's 1011 and closes with 1011 itself.
         """
         if self.closing and message.get("type") != "websocket.disconnect":
             return
@@ -90,11 +91,17 @@ class GuardedConsumer(AsyncJsonWebsocketConsumer):
         except StopConsumer:
             raise
         except Exception as exc:
-            self.closing = True
-            metrics.SOCKETS_CLOSED.labels(code=str(CLOSE_INTERNAL_ERROR)).inc()
-            if not self.accepted and message.get("type") != "websocket.disconnect":
-                with contextlib.suppress(Exception):
-                    await self.accept()
+            if type(exc).__name__ == "ClientDisconnected":
+                # A send to a client that has left (uvicorn raises this OSError; daphne
+                # drops the send): end quietly, as its disconnect would have.
+                self.closing = True
+                raise StopConsumer from None
+            if message.get("type") != "websocket.disconnect":
+                with contextlib.suppress(Exception):  # the client may be gone
+                    await self.close_with(CLOSE_INTERNAL_ERROR)
+            if not self.closing:
+                self.closing = True
+                metrics.SOCKETS_CLOSED.labels(code=str(CLOSE_INTERNAL_ERROR)).inc()
             raise SocketCrashed(
                 f"Socket of {self._who()} closed (1011) after "
                 f"{type(exc).__name__} handling {message.get('type')}"

@@ -370,7 +370,7 @@ LOGGING = {
 # Login throttling (django-axes): LOGIN_FAILURE_LIMIT wrong passwords for one username
 # from one address lock that pair out for LOGIN_COOLOFF_MINUTES (HTTP 429, even with
 # the right password); a successful login resets the count. Behind a proxy, give
-# daphne --proxy-headers so the address is the client's, not the proxy's.
+# uvicorn --proxy-headers --forwarded-allow-ips so the address is the client's.
 INSTALLED_APPS += ["axes"]
 MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last, as axes requires
 AUTHENTICATION_BACKENDS = [

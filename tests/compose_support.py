@@ -154,32 +154,42 @@ def celery_problems(args: list[str]) -> list[str]:
     return []
 
 
-def daphne_args(args: list[str]) -> Any:
-    """daphne's own parse of its command line (AssertionError when it rejects it)."""
-    from daphne.cli import CommandLineInterface
+def uvicorn_args(args: list[str]) -> dict[str, Any]:
+    """uvicorn's own parse of its command line (AssertionError when it rejects it)."""
+    from uvicorn.main import main as uvicorn_cli
 
     try:
-        return CommandLineInterface().parser.parse_args(args)
-    except SystemExit:
-        raise AssertionError(f"daphne rejects its arguments {args}") from None
+        return dict(uvicorn_cli.make_context("uvicorn", list(args)).params)
+    except click.ClickException as exc:
+        raise AssertionError(
+            f"uvicorn rejects its arguments {args}: {exc.format_message()}"
+        ) from None
 
 
-def daphne_problems(args: list[str]) -> list[str]:
-    """Why `daphne <args>` would not serve our ASGI application."""
+def uvicorn_problems(args: list[str]) -> list[str]:
+    """Why `uvicorn <args>` would not serve our ASGI application as `make run` does
+    (lifespan off, 1 MiB frames, no proxy headers unless asked)."""
     from channels.routing import ProtocolTypeRouter
-    from daphne.utils import import_by_path
+    from uvicorn.importer import ImportFromStringError, import_from_string
+
+    from .support import UVICORN_FLAGS
 
     try:
-        parsed = daphne_args(args)
+        parsed = uvicorn_args(args)
     except AssertionError as exc:
         return [str(exc)]
     try:
-        application = import_by_path(parsed.application)
-    except (ImportError, AttributeError) as exc:
-        return [f"daphne application {parsed.application!r}: {exc}"]
+        application = import_from_string(parsed["app"])
+    except ImportFromStringError as exc:
+        return [f"uvicorn application {parsed['app']!r}: {exc}"]
     if not isinstance(application, ProtocolTypeRouter):
-        return [f"{parsed.application} is not the Channels router"]
-    return []
+        return [f"{parsed['app']} is not the Channels router"]
+    expected = uvicorn_args(["x:y", *UVICORN_FLAGS])
+    return [
+        f"uvicorn {name}={parsed[name]!r}, not {expected[name]!r} as in the Procfile"
+        for name in ("lifespan", "ws_max_size", "proxy_headers")
+        if parsed[name] != expected[name]
+    ]
 
 
 def manage_problems(args: list[str]) -> list[str]:
@@ -198,8 +208,8 @@ def entry_point_problems(args: list[str]) -> list[str]:
     """Why this command line would not start a process of this project."""
     if args[:1] == ["celery"]:
         return celery_problems(args[1:])
-    if args[:1] == ["daphne"]:
-        return daphne_problems(args[1:])
+    if args[:1] == ["uvicorn"]:
+        return uvicorn_problems(args[1:])
     if args[:2] == ["python", "manage.py"]:
         return manage_problems(args[2:])
     return [f"{shlex.join(args)!r} is not a known entry point"]

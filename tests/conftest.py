@@ -40,6 +40,7 @@ from .support import (
     unique_group,
     unique_topic,
     wait_for,
+    web_server_args,
 )
 
 
@@ -244,17 +245,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 @pytest.fixture(scope="session")
 def asgi_server(process_env: dict[str, str], log_dir: Path) -> Iterator[str]:
-    """A real daphne serving chatproj.asgi on a free port; yields its base URL."""
+    """A real web server (uvicorn, as `make run`) serving chatproj.asgi on a free
+    port; yields its base URL."""
     port = free_port()
-    server = ManagedProcess(
-        "daphne",
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-         "chatproj.asgi:application"],
-        process_env,
-        log_dir,
-    ).start()  # fmt: skip
+    server = ManagedProcess("web", web_server_args(port), process_env, log_dir).start()
     try:
-        wait_for(lambda: port_answers("127.0.0.1", port), 30, what="daphne listening")
+        wait_for(lambda: port_answers("127.0.0.1", port), 30, what="web listening")
         yield f"127.0.0.1:{port}"
     finally:
         server.stop()
@@ -262,19 +258,17 @@ def asgi_server(process_env: dict[str, str], log_dir: Path) -> Iterator[str]:
 
 @pytest.fixture
 def start_web(process_env, log_dir):
-    """Start a dedicated daphne with environment overrides; yields its base URL maker."""
+    """Start a dedicated web server with environment overrides; yields its base URL
+    maker."""
     servers = []
 
     def start(app: str = "chatproj.asgi:application", **env: str) -> str:
         port = free_port()
         server = ManagedProcess(
-            f"daphne-{port}",
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app],
-            {**process_env, **env},
-            log_dir,
-        ).start()  # fmt: skip
+            f"web-{port}", web_server_args(port, app), {**process_env, **env}, log_dir
+        ).start()
         servers.append(server)
-        wait_for(lambda: port_answers("127.0.0.1", port), 30, what="daphne")
+        wait_for(lambda: port_answers("127.0.0.1", port), 30, what="web server")
         return f"http://127.0.0.1:{port}"
 
     yield start

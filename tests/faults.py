@@ -251,7 +251,7 @@ def render_report(rows: list[dict[str, Any]], *, failed: int) -> str:
         "",
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, embedded Valkey and Tansu, SQLite or the "
-        "configured `DATABASE_URL`, real prefork Celery workers and a real daphne server"
+        "configured `DATABASE_URL`, real prefork Celery workers and a real uvicorn server"
         + (f". **{failed} test(s) failed in this run.**" if failed else "."),
         "",
         "Each scenario sends chat messages from real WebSocket clients, injects the "

@@ -71,9 +71,9 @@ def group_members(redis_url: str, group: str, backend: str = "pubsub") -> int:
 
 
 def server_log(log_dir: Path, base: str) -> str:
-    """What a daphne started by `start_web` printed so far."""
+    """What a web server started by `start_web` printed so far."""
     port = base.rsplit(":", 1)[1]
-    return (log_dir / f"daphne-{port}.log").read_text(errors="replace")
+    return (log_dir / f"web-{port}.log").read_text(errors="replace")
 
 
 def post_form(

@@ -141,6 +141,19 @@ class ManagedProcess:
         self.log_file.close()
 
 
+def web_server_args(port: int, app: str = "chatproj.asgi:application") -> list[str]:
+    """Command line of the web server as the Procfile runs it (uvicorn)."""
+    return [
+        sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
+        "--port", str(port), *UVICORN_FLAGS,
+    ]  # fmt: skip
+
+
+# The Procfile's, docker-compose's and the Dockerfile's flags (tests/test_compose.py
+# checks that they agree).
+UVICORN_FLAGS = ["--lifespan", "off", "--ws-max-size", "1048576", "--no-proxy-headers"]
+
+
 def celery_worker_args(
     concurrency: int = 2, beat_schedule: Path | None = None
 ) -> list[str]:

@@ -220,7 +220,7 @@ async def test_runstack_restarts_crashed_processes_and_stops_on_sigterm(
         wait_for(stack.agent_consuming, 60, interval=1, what="agent --check")
         crashes = [
             ("worker", "celery -A chatproj worker"),
-            ("web", "daphne"),
+            ("web", "uvicorn chatproj.asgi"),
             ("notifications", "run_agent notifications"),
             ("redis", "valkey-server"),
         ]

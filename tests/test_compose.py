@@ -32,7 +32,6 @@ from .compose_support import (
     code_string_constants,
     compose,
     container_port,
-    daphne_args,
     django_env,
     django_services,
     dockerfile,
@@ -44,6 +43,7 @@ from .compose_support import (
     services,
     settings_env_reads,
     shell_commands,
+    uvicorn_args,
 )
 
 # --- Compose file --------------------------------------------------------------------
@@ -111,7 +111,8 @@ def test_entry_point_check_rejects_wrong_commands():
         "celery -A chatproj worker --concurency 2",
         "celery -A chatproj.nowhere worker",
         "celery -A chatproj flower --no-such-option=1",
-        "daphne -b 0.0.0.0 -p 8000 chatproj.asgi:nothing_here",
+        "uvicorn chatproj.asgi:nothing_here --host 0.0.0.0 --port 8000",
+        "uvicorn chatproj.asgi:application --lifespan on",
         "python manage.py migrat",
         "gunicorn chatproj.wsgi",
     ]
@@ -124,11 +125,11 @@ def test_entry_point_check_rejects_wrong_commands():
 
 
 def test_dockerfile_default_command_is_the_web_server():
-    """The image's CMD is the web service's daphne command and resolves."""
+    """The image's CMD is the web service's uvicorn command and resolves."""
     cmds = [rest for keyword, rest in dockerfile() if keyword == "CMD"]
     assert cmds, "no CMD"
     args = dockerfile_args(cmds[-1])
-    assert args[0] == "daphne" and not entry_point_problems(args), args
+    assert args[0] == "uvicorn" and not entry_point_problems(args), args
     assert args == argv(services()["web"]["command"])
 
 
@@ -416,19 +417,20 @@ def test_redis_demands_the_password_everywhere():
 
 
 def test_web_port_and_healthcheck_match_the_server():
-    """daphne listens on the published port; the healthcheck URL exists and is allowed."""
+    """uvicorn listens on the published port; the healthcheck URL exists and is
+    allowed."""
     web = services()["web"]
     args = argv(web["command"])
-    parsed = daphne_args(args[1:])
-    assert parsed.host == "0.0.0.0"
-    assert parsed.port == container_port(web) == 8000
+    parsed = uvicorn_args(args[1:])
+    assert parsed["host"] == "0.0.0.0"
+    assert parsed["port"] == container_port(web) == 8000
     assert services(WEB_PORT="8080")["web"]["ports"] == ["8080:8000"]
     check = " ".join(argv(web["healthcheck"]["test"]))
     assert "urllib" in check
     match = re.search(r"http://(127\.0\.0\.1|localhost):(\d+)(/[^'\"\s]*)", check)
     assert match, check
     host, port, path = match.groups()
-    assert int(port) == parsed.port
+    assert int(port) == parsed["port"]
     try:
         resolve(path)
     except Resolver404:
@@ -487,3 +489,15 @@ def test_kafka_init_creates_the_chat_topic_and_its_dlq():
         assert found and min(found) >= 2, found
         assert partitions is None or found == {partitions}
     assert django_env()["KAFKA_CHAT_TOPIC"] == "chat_messages"
+
+
+def test_make_run_serves_with_the_composed_web_command():
+    """The Procfile's web line runs the server of the web service with its flags."""
+    from chat.management.commands.runstack import procfile_commands
+
+    line = procfile_commands(ROOT / "Procfile")["web"]
+    args = argv(line.replace("${CHATPROJ_WEB_PORT:-8000}", "8000"))
+    assert not entry_point_problems(args), args
+    composed = argv(services()["web"]["command"])
+    local = [a for a in args if a != "127.0.0.1"]
+    assert local == [a for a in composed if a != "0.0.0.0"]

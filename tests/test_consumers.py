@@ -89,7 +89,7 @@ async def test_bad_room_name_is_not_routed(asgi_server, chat_users, log_dir):
     (403 at the handshake) and leave no traceback in the server's log."""
     from websockets.exceptions import InvalidStatus
 
-    log = log_dir / "daphne.log"
+    log = log_dir / "web.log"
     before = log.read_text().count("Traceback")
     for room in ("x" * 65, "bad%20room", "semi;colon"):
         with pytest.raises(InvalidStatus) as refused:

@@ -68,7 +68,7 @@ def test_accepted_content_is_kept_as_sent(text):
 async def test_content_rules_through_the_server(
     asgi_server, start_worker, kafka_bootstrap, chat_users
 ):
-    """Through daphne, a worker and the broker: refused content gets its code and is
+    """Through uvicorn, a worker and the broker: refused content gets its code and is
     neither stored nor published; accepted content is the same string in the ack'd
     row, the broadcast and the Kafka event."""
     worker = await database_sync_to_async(start_worker)()

@@ -180,7 +180,7 @@ def test_sign_up_logs_in_and_goes_on(db, in_memory_channel_layer, settings):
     assert 'id="demo-hint"' not in Client().get("/accounts/login/").content.decode()
 
 
-# --- over the real server: daphne, Redis, a worker, Kafka ---------------------------
+# --- over the real server: uvicorn, Redis, a worker, Kafka ---------------------------
 
 
 async def test_a_dm_lives_in_its_own_conversation(

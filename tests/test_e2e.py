@@ -1,4 +1,4 @@
-"""The whole path: real WebSocket client → daphne → DB → Celery worker → Kafka."""
+"""The whole path: real WebSocket client → uvicorn → DB → Celery worker → Kafka."""
 
 from __future__ import annotations
 

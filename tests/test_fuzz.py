@@ -1,4 +1,4 @@
-"""Fuzzing a live ChatConsumer through a real daphne (hypothesis).
+"""Fuzzing a live ChatConsumer through a real uvicorn (hypothesis).
 
 At least 10,000 generated frames (CHAT_FUZZ_EXAMPLES examples of 100 frames; 100 by
 default) go over four sockets of one user: random JSON, chat-shaped objects with wrong
@@ -44,7 +44,7 @@ DOCUMENTED_CODES = {
 EXAMPLES = int(os.environ.get("CHAT_FUZZ_EXAMPLES", "100"))
 FRAMES_PER_EXAMPLE = 100
 SOCKETS = 4
-MB = 1_000_000  # under daphne's 1 MiB frame limit (larger frames: close 1009)
+MB = 1_000_000  # under the server's 1 MiB frame limit (larger frames: close 1009)
 
 
 @dataclass(frozen=True)

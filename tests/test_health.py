@@ -1,4 +1,4 @@
-"""/healthz and /readyz on a real daphne, with dependencies really going away."""
+"""/healthz and /readyz on a real uvicorn, with dependencies really going away."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""/metrics scraped from a real daphne while a real prefork worker publishes."""
+"""/metrics scraped from a real uvicorn while a real prefork worker publishes."""
 
 from __future__ import annotations
 

@@ -282,7 +282,7 @@ def test_read_endpoint_needs_a_logged_in_post_with_csrf(
     assert strict.post("/chat/lobby/read/", {"up_to_seq": 1}).status_code == 403
 
 
-# --- /ws/notifications/ through the real pipeline: daphne, Redis, Celery, Kafka, agent
+# --- /ws/notifications/ through the real pipeline: uvicorn, Redis, Celery, Kafka, agent
 
 
 def read_over_http(server: str, cookie: str, room: str, up_to_seq: int) -> dict:

@@ -81,7 +81,7 @@ def test_trusted_origins_tls_proxy_and_tickets(settings):
 
 
 async def test_origins_through_the_server(asgi_server, chat_users):
-    """Through daphne with alice's cookie: wrong port, wrong scheme, a foreign host,
+    """Through uvicorn with alice's cookie: wrong port, wrong scheme, a foreign host,
     `null` and no Origin are refused at the handshake (403, no consumer runs); the
     site's own origin gets its history."""
     from websockets.asyncio.client import connect

@@ -1,5 +1,5 @@
 """Private rooms: the services and pages (server-free, Django's test client and an
-in-process consumer), then sockets through a real daphne (servers)."""
+in-process consumer), then sockets through a real uvicorn (servers)."""
 
 from __future__ import annotations
 
@@ -351,7 +351,7 @@ async def test_consumer_refuses_an_outsider_before_any_frame(team, stack):
     assert "carol" not in await database_sync_to_async(members)("team")
 
 
-# --- through the real server: daphne, Redis ------------------------------------------
+# --- through the real server: uvicorn, Redis ------------------------------------------
 
 
 async def close_code(client: WSClient, timeout: float = 10.0) -> tuple[int, list]:

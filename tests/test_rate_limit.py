@@ -1,4 +1,4 @@
-"""CHAT_RATE_LIMIT on a real daphne: floods are refused per user, nothing is lost."""
+"""CHAT_RATE_LIMIT on a real uvicorn: floods are refused per user, nothing is lost."""
 
 from __future__ import annotations
 

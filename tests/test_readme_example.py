@@ -1,5 +1,5 @@
 """The original README's ChatConsumerWithKafka, pasted verbatim, through real servers:
-daphne serving it, a Celery worker publishing, the Kafka-compatible broker."""
+uvicorn serving it, a Celery worker publishing, the Kafka-compatible broker."""
 
 from __future__ import annotations
 

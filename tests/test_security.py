@@ -1,6 +1,6 @@
 """Login throttling, operator endpoints' access, Content-Security-Policy and password
 reset: server-free with Django's test client, and /metrics and /readyz on a real
-daphne."""
+uvicorn."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sockets end with the session, through a real daphne: logout, a password change, a
+"""Sockets end with the session, through a real uvicorn: logout, a password change, a
 deactivated user, a session deleted behind the socket's back."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from chat import services
 from chat.models import Message, Room
 from chatproj.embedded import free_port, port_answers
 
-from .support import ROOT, ManagedProcess, WSClient, wait_for
+from .support import ROOT, ManagedProcess, WSClient, wait_for, web_server_args
 
 pytestmark = pytest.mark.django_db(transaction=True)
 # README's pictures are rewritten with UPDATE_SCREENSHOTS=1 (make screenshots);
@@ -148,20 +148,16 @@ def store(room: str, sender_id: int, texts: list[str]) -> list[int]:
 def restartable_web(
     process_env: dict[str, str], log_dir: Path
 ) -> Iterator[Callable[[], ManagedProcess]]:
-    """A dedicated daphne that a test stops and starts again on the same port."""
+    """A dedicated web server that a test stops and starts again on the same port."""
     port = free_port()
     server = ManagedProcess(
-        f"daphne-ui-{port}",
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-         "chatproj.asgi:application"],
-        process_env,
-        log_dir,
-    )  # fmt: skip
+        f"web-ui-{port}", web_server_args(port), process_env, log_dir
+    )
     server.address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
 
     def start() -> ManagedProcess:
         server.start()
-        wait_for(lambda: port_answers("127.0.0.1", port), 30, what="daphne listening")
+        wait_for(lambda: port_answers("127.0.0.1", port), 30, what="web listening")
         return server
 
     yield start

@@ -1,5 +1,5 @@
 """Tickets for non-browser clients (chat.tickets, examples/ws_client.py) through a
-real daphne: one socket per ticket; expired, reused, forged and stale ones refused."""
+real uvicorn: one socket per ticket; expired, reused, forged and stale ones refused."""
 
 from __future__ import annotations
 

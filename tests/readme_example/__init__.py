@@ -1,1 +1,1 @@
-"""The original README's consumer integration, served by a real daphne in the tests."""
+"""The original README's consumer integration, served by a real uvicorn in the tests."""

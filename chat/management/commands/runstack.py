@@ -175,6 +175,6 @@ class Command(BaseCommand):
         )
         sys.stdout.flush()
         append_only_output()
-        # The venv's bin first, so the Procfile's daphne, celery and python are its own.
+        # The venv's bin first: the Procfile's uvicorn, celery and python are its own.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         os.execve(supervisord, [supervisord, "-c", str(config)], env)
