@@ -46,3 +46,41 @@ async def test_ready_events_go_out_before_the_next_frame():
                 200 + n - 1,
             ) in earlier
     assert [n for kind, n in handled if kind == "event"][:5] == [0, 1, 2, 3, 4]
+
+
+async def test_a_consumer_threads_group_sends_go_to_its_loop(
+    in_memory_channel_layer, caplog, monkeypatch
+):
+    """From the thread of a consumer's sync call, a group send is handed to the
+    server's loop (the thread is not parked for it); one that fails is logged."""
+    from channels.layers import get_channel_layer
+
+    from chat import broadcast
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    loop = asyncio.get_running_loop()
+    threads: list[bool] = []
+
+    def in_thread() -> None:
+        token = broadcast.server_loop.set(loop)
+        try:
+            broadcast._group_send("g", {"type": "x.y", "n": 1})
+            threads.append(True)
+        finally:
+            broadcast.server_loop.reset(token)
+
+    await asyncio.to_thread(in_thread)
+    assert threads and (await asyncio.wait_for(layer.receive(channel), 5))["n"] == 1
+
+    async def refuse(group: str, event: dict) -> None:
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(layer, "group_send", refuse)
+    await asyncio.to_thread(in_thread)
+    for _ in range(100):  # the handed-over send runs on this loop
+        if "Live event for g not sent" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    assert "redis is down" in caplog.text
