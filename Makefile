@@ -32,7 +32,7 @@ test: $(STAMP) $(DOTENV) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The server-free tier: every test not marked `servers` (tests/conftest.py marks those
-# whose fixtures start Redis, Kafka, a worker or daphne). Starts no server; ~1.5 min.
+# whose fixtures start Redis, Kafka, a worker or the web server). Starts no server; ~1.5 min.
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not servers" $(PYTEST_ARGS)
 
