@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -36,10 +35,9 @@ from .config import ROOT, BenchConfig
 
 def procfile_web_args(port: int) -> list[str]:
     """The Procfile's web command (uvicorn and its flags) on `port`."""
-    from chat.management.commands.runstack import procfile_commands
+    from chat.management.commands.runstack import procfile_web_command
 
-    line = procfile_commands(ROOT / "Procfile")["web"]
-    args = shlex.split(line.replace("${CHATPROJ_WEB_PORT:-8000}", str(port)))
+    args = procfile_web_command(ROOT / "Procfile", port)
     assert args[0] == "uvicorn", f"the Procfile's web server is {args[0]}"
     return [sys.executable, "-m", *args]
 

@@ -154,6 +154,11 @@ def celery_problems(args: list[str]) -> list[str]:
     return []
 
 
+# What the Procfile, compose and the image give uvicorn: no lifespan (Channels has no
+# handler), frames up to 1 MiB (the README's 1009), addresses not taken from headers.
+UVICORN_SETTINGS = {"lifespan": "off", "ws_max_size": 1048576, "proxy_headers": False}
+
+
 def uvicorn_args(args: list[str]) -> dict[str, Any]:
     """uvicorn's own parse of its command line (AssertionError when it rejects it)."""
     from uvicorn.main import main as uvicorn_cli
@@ -172,8 +177,6 @@ def uvicorn_problems(args: list[str]) -> list[str]:
     from channels.routing import ProtocolTypeRouter
     from uvicorn.importer import ImportFromStringError, import_from_string
 
-    from .support import UVICORN_FLAGS
-
     try:
         parsed = uvicorn_args(args)
     except AssertionError as exc:
@@ -184,11 +187,10 @@ def uvicorn_problems(args: list[str]) -> list[str]:
         return [f"uvicorn application {parsed['app']!r}: {exc}"]
     if not isinstance(application, ProtocolTypeRouter):
         return [f"{parsed['app']} is not the Channels router"]
-    expected = uvicorn_args(["x:y", *UVICORN_FLAGS])
     return [
-        f"uvicorn {name}={parsed[name]!r}, not {expected[name]!r} as in the Procfile"
-        for name in ("lifespan", "ws_max_size", "proxy_headers")
-        if parsed[name] != expected[name]
+        f"uvicorn {name}={parsed[name]!r}, not {expected!r}"
+        for name, expected in UVICORN_SETTINGS.items()
+        if parsed[name] != expected
     ]
 
 

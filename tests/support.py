@@ -142,16 +142,15 @@ class ManagedProcess:
 
 
 def web_server_args(port: int, app: str = "chatproj.asgi:application") -> list[str]:
-    """Command line of the web server as the Procfile runs it (uvicorn)."""
+    """Command line of the web server as the Procfile runs it (uvicorn and its flags),
+    serving `app` on `port`."""
+    from chat.management.commands.runstack import procfile_web_command
+
+    args = procfile_web_command(ROOT / "Procfile", port)
     return [
-        sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
-        "--port", str(port), *UVICORN_FLAGS,
+        sys.executable, "-m",
+        *(app if arg == "chatproj.asgi:application" else arg for arg in args),
     ]  # fmt: skip
-
-
-# The Procfile's, docker-compose's and the Dockerfile's flags (tests/test_compose.py
-# checks that they agree).
-UVICORN_FLAGS = ["--lifespan", "off", "--ws-max-size", "1048576", "--no-proxy-headers"]
 
 
 def celery_worker_args(

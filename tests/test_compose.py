@@ -493,10 +493,9 @@ def test_kafka_init_creates_the_chat_topic_and_its_dlq():
 
 def test_make_run_serves_with_the_composed_web_command():
     """The Procfile's web line runs the server of the web service with its flags."""
-    from chat.management.commands.runstack import procfile_commands
+    from chat.management.commands.runstack import procfile_web_command
 
-    line = procfile_commands(ROOT / "Procfile")["web"]
-    args = argv(line.replace("${CHATPROJ_WEB_PORT:-8000}", "8000"))
+    args = procfile_web_command(ROOT / "Procfile", 8000)
     assert not entry_point_problems(args), args
     composed = argv(services()["web"]["command"])
     local = [a for a in args if a != "127.0.0.1"]

@@ -44,6 +44,12 @@ def procfile_commands(path: Path) -> dict[str, str]:
     return {match[1]: match[2] for match in lines if match}
 
 
+def procfile_web_command(path: Path, port: int) -> list[str]:
+    """The Procfile's web command (the server and its flags) listening on `port`."""
+    line = procfile_commands(path)["web"]
+    return shlex.split(line.replace("${CHATPROJ_WEB_PORT:-8000}", str(port)))
+
+
 def supervisor_config(
     commands: dict[str, str], processes: list[str], run_dir: Path, tag: str
 ) -> str:
