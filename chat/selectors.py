@@ -242,20 +242,27 @@ def message_publish_state(*, message_id: str) -> PublishState | None:
     return PublishState(*row) if row else None
 
 
+# Literals, not parameters: SQLite uses a partial index only when the query names the
+# index's own constants. With bound parameters it walked the room's whole history in
+# seq order instead (6 ms a query at 17,500 messages in a room, against 3 µs), so
+# publishing slowed down as rooms grew. The statuses are the model's own choices.
+_UNPUBLISHED_SQL = ", ".join(f"'{status}'" for status in UNPUBLISHED_STATUSES)
+
+
 def messages_unpublished(*, room_id: int, limit: int) -> list[Message]:
     """The conversation's first `limit` messages still to publish, in seq order.
 
     Plain SQL (the partial index message_unpublished serves it): the ORM's query
     compilation was a third of a publish task's time.
     """
-    statuses = ", ".join("%s" for _ in UNPUBLISHED_STATUSES)
     return list(
         Message.objects.raw(
             "SELECT id, message_id, room_id, seq, sender_id, receiver_id, content, "
             "created_at, status, attempts, sweep_count "
             f"FROM {Message._meta.db_table} "
-            f"WHERE room_id = %s AND status IN ({statuses}) ORDER BY seq LIMIT %s",
-            [room_id, *UNPUBLISHED_STATUSES, limit],
+            f"WHERE room_id = %s AND status IN ({_UNPUBLISHED_SQL}) "
+            "ORDER BY seq LIMIT %s",
+            [room_id, limit],
         )
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from chat import outbox, services
 from chat.models import Message
@@ -248,3 +248,33 @@ def test_enqueue_failure_after_commit_loses_nothing(chat_users, monkeypatch):
     monkeypatch.undo()  # Redis is back: the sweep enqueues it for real
     due = services.outbox_sweep(now=timezone.now() + timedelta(hours=1))
     assert str(message.message_id) in due
+
+
+def test_the_publisher_finds_unpublished_messages_through_their_partial_index(
+    chat_users,
+):
+    """messages_unpublished is served by the partial index message_unpublished, so
+    it does not slow down as a room's history grows. (On SQLite, with the statuses
+    as bound parameters, the plan walked the room's whole history instead.)"""
+    from chat import selectors
+
+    message = services.message_create(
+        room_name="px", sender_id=chat_users["alice"].id, receiver_id=None, content="x"
+    )
+    sent: list[tuple[str, object]] = []
+
+    def capture(execute, sql, params, many, context):
+        sent.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(capture):
+        selectors.messages_unpublished(room_id=message.room_id, limit=10)
+    ((sql, params),) = sent  # as sent, parameters apart
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        else:  # with a handful of rows the planner would rather scan
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("EXPLAIN " + sql, params)
+        plan = " ".join(str(row) for row in cursor.fetchall())
+    assert "message_unpublished" in plan, plan
