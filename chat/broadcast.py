@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
 from collections import defaultdict
 from collections.abc import Coroutine, Iterable
 from contextvars import ContextVar
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
@@ -93,13 +95,29 @@ class _LayerLoop:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
+        # Sends started and not finished; a caller waits for a free one.
+        self.slots = threading.BoundedSemaphore(SENDS_IN_FLIGHT)
         threading.Thread(
             target=self.loop.run_forever, name="channel-layer", daemon=True
         ).start()
 
-    def run(self, coroutine: Coroutine[Any, Any, None], timeout: float) -> None:
-        """Run a coroutine on the loop and wait for it, at most `timeout` seconds."""
-        asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+    def start(self, coroutine: Coroutine[Any, Any, None], what: str) -> None:
+        """Run a coroutine on the loop without waiting for it (its failure is
+        logged); with SENDS_IN_FLIGHT already running, first wait for one to end, at
+        most STATUS_SEND_TIMEOUT seconds."""
+        if not self.slots.acquire(timeout=STATUS_SEND_TIMEOUT):
+            coroutine.close()
+            logger.warning("%s not sent: the channel layer is not keeping up", what)
+            return
+        future = asyncio.run_coroutine_threadsafe(
+            asyncio.wait_for(coroutine, STATUS_SEND_TIMEOUT), self.loop
+        )
+        future.add_done_callback(partial(self._ended, what=what))
+
+    def _ended(self, future: concurrent.futures.Future[None], *, what: str) -> None:
+        self.slots.release()
+        if not future.cancelled() and future.exception() is not None:
+            logger.warning("%s not sent: %s", what, future.exception())
 
 
 _layer_loop: _LayerLoop | None = None
@@ -115,25 +133,39 @@ def _process_layer_loop() -> _LayerLoop:
 
 
 STATUS_SEND_TIMEOUT = 5.0
+SENDS_IN_FLIGHT = 4
 
 
 def send_events(events: Iterable[tuple[str, dict[str, Any]]]) -> None:
     """Send (group, event) pairs from sync code on the process's one channel-layer
-    connection. At most once: if Redis does not take them, the history and the next
+    connection, without waiting for Redis: in order within a group, the groups side
+    by side. At most once: if Redis does not take them, the history and the next
     connect carry the same facts."""
-    pending = list(events)
+    by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for group, event in events:
+        by_group[group].append(event)
     layer = get_channel_layer()
-    if layer is None or not pending:
+    if layer is None or not by_group:
         return
 
-    async def send_all() -> None:
-        for group, event in pending:
-            await layer.group_send(group, event)
+    async def send_group(group: str, group_events: list[dict[str, Any]]) -> None:
+        for sent, event in enumerate(group_events):
+            try:
+                await layer.group_send(group, event)
+            except Exception as exc:  # a lost live frame must not fail the caller
+                logger.warning(
+                    "%d live event(s) for %s not sent: %s",
+                    len(group_events) - sent,
+                    group,
+                    exc,
+                )
+                return
 
-    try:
-        _process_layer_loop().run(send_all(), STATUS_SEND_TIMEOUT)
-    except Exception as exc:  # a lost live frame must not fail the caller
-        logger.warning("%d live event(s) not sent: %s", len(pending), exc)
+    async def send_all() -> None:
+        await asyncio.gather(*(send_group(g, e) for g, e in by_group.items()))
+
+    count = sum(len(e) for e in by_group.values())
+    _process_layer_loop().start(send_all(), f"{count} live event(s)")
 
 
 def send_statuses(messages: Iterable[Message]) -> None:

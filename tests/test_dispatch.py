@@ -7,6 +7,8 @@ import contextlib
 
 from chat.dispatch import await_outbound_first
 
+from .support import wait_for
+
 
 async def test_ready_events_go_out_before_the_next_frame():
     """With frames and events both waiting, every ready event is dispatched first."""
@@ -84,3 +86,50 @@ async def test_a_consumer_threads_group_sends_go_to_its_loop(
             break
         await asyncio.sleep(0.01)
     assert "redis is down" in caplog.text
+
+
+def test_sync_code_sends_live_events_without_waiting_in_order_per_group(
+    in_memory_channel_layer, monkeypatch, caplog
+):
+    """broadcast.send_events (a worker's statuses) returns before the channel layer
+    took its events; groups go side by side, each group's events in order; a send
+    that fails is logged, not raised."""
+    import threading
+
+    from channels.layers import get_channel_layer
+
+    from chat import broadcast
+
+    layer = get_channel_layer()
+    gate = threading.Event()
+    sent: list[tuple[str, int]] = []
+
+    async def group_send(group: str, event: dict) -> None:
+        if group == "slow":
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10)
+        if group == "broken":
+            raise ConnectionError("redis is down")
+        sent.append((group, event["n"]))
+
+    monkeypatch.setattr(layer, "group_send", group_send)
+
+    broadcast.send_events(
+        (group, {"type": "x.y", "n": n})
+        for group, n in [
+            ("slow", 1),
+            ("fast", 1),
+            ("slow", 2),
+            ("fast", 2),
+            ("broken", 1),
+        ]
+    )
+    # returned while "slow" is held; "fast" went on without it
+    wait_for(lambda: ("fast", 2) in sent)
+    assert [s for s in sent if s[0] == "fast"] == [("fast", 1), ("fast", 2)]
+    assert not any(group == "slow" for group, _ in sent)
+    gate.set()
+    wait_for(lambda: ("slow", 2) in sent)
+    assert [s for s in sent if s[0] == "slow"] == [("slow", 1), ("slow", 2)]
+    wait_for(
+        lambda: "1 live event(s) for broken not sent: redis is down" in caplog.text
+    )
