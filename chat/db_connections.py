@@ -8,17 +8,24 @@ would close it for a reason (an error since the last commit, past CONN_MAX_AGE,
 autocommit left off); a connection that broke makes its statement fail and is
 replaced on the next call. Celery workers use the same check before each task
 (chat.tasks).
+
+SQLite lets one connection write at a time, and a connection that finds the database
+locked sleeps in SQLite's busy handler (1, 2, 5, 10, ... ms) before it tries again, so
+a process whose threads write at once loses most of its time asleep. `write_turn`
+queues a process's SQLite writers on a lock instead, which hands over at once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,6 +42,43 @@ def close_unusable_connections() -> None:
             or conn.get_autocommit() != conn.settings_dict["AUTOCOMMIT"]
         ):
             conn.close_if_unusable_or_obsolete()
+
+
+_sqlite_writer = threading.Lock()
+
+
+@contextmanager
+def write_turn(using: str = DEFAULT_DB_ALIAS) -> Iterator[Callable[[], None]]:
+    """Around a write transaction that this block starts: on SQLite, wait for this
+    process's other writers on a lock (not in SQLite's sleeping busy handler).
+
+    Gives a `release` callable, to be registered first with `transaction.on_commit`,
+    so the next writer starts while this one's commit callbacks run. The lock is
+    released on leaving the block in any case. Inside an outer transaction nothing is
+    taken: that transaction already holds (or waits for) SQLite's lock, and waiting on
+    this lock too could deadlock with a writer that waits for SQLite's.
+    """
+    conn = connections[using]
+    if conn.vendor != "sqlite" or conn.in_atomic_block:
+        yield _nothing
+        return
+    _sqlite_writer.acquire()
+    held = True
+
+    def release() -> None:
+        nonlocal held
+        if held:
+            held = False
+            _sqlite_writer.release()
+
+    try:
+        yield release
+    finally:
+        release()
+
+
+def _nothing() -> None:
+    pass
 
 
 def db_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:

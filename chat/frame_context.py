@@ -10,15 +10,13 @@ Calls with anything else create their own messages, as outside a frame.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import broadcast, services
-from .db_connections import db_call
+from . import message_writer, services
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -79,12 +77,11 @@ async def message_create_once(
             return frame.messages[key], False
         if frame.admit is not None and not frame.messages:
             await frame.admit()
-    # Not on the process's one shared ORM thread: message_create also waits on Redis
-    # (the enqueue) after its commit, and consumers must not queue behind it. Its
-    # broadcast goes to this loop.
-    token = broadcast.server_loop.set(asyncio.get_running_loop())
-    try:
-        message = await db_call(services.message_create)(
+    # In this process's next group commit (message_writer), not on the process's one
+    # shared ORM thread: the insert also waits on Redis (the enqueue) after its
+    # commit, and consumers must not queue behind it.
+    message = await message_writer.message_create(
+        services.NewMessage(
             room_name=room_name,
             sender_id=sender_id,
             receiver_id=receiver_id,
@@ -92,8 +89,7 @@ async def message_create_once(
             content=content,
             client_id=client_id,
         )
-    finally:
-        broadcast.server_loop.reset(token)
+    )
     if frame is not None and in_frame:
         frame.messages[key] = message
     return message, True

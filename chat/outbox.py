@@ -11,6 +11,7 @@ conversation (a Redis lock), which keeps its events in seq order in Kafka.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from functools import cache
 
 import redis
@@ -47,18 +48,30 @@ def enqueue_publish(*, room_id: int, message_id: str, force: bool = False) -> bo
     backlog). Returns whether a task was sent. Raises redis/kombu errors when Redis
     is down (callers on commit are robust: the sweep enqueues later).
     """
-    scheduled = redis_client().set(
-        _scheduled_key(room_id),
-        message_id,
-        nx=not force,
-        # A lost task's mark must not outlive the grace after which the sweep
-        # re-enqueues its messages.
-        px=max(1, int(settings.OUTBOX_GRACE_SECONDS * 1000)),
-    )
-    if not scheduled:
-        return False
-    current_app.send_task(PUBLISH_TASK, args=[message_id])
-    return True
+    return bool(enqueue_publishes({room_id: message_id}, force=force))
+
+
+def enqueue_publishes(marks: Mapping[int, str], *, force: bool = False) -> list[int]:
+    """enqueue_publish for several conversations (room id → message id), their
+    marks set in one round trip. Returns the rooms whose task was sent."""
+    pipe = redis_client().pipeline(transaction=False)
+    for room_id, message_id in marks.items():
+        pipe.set(
+            _scheduled_key(room_id),
+            message_id,
+            nx=not force,
+            # A lost task's mark must not outlive the grace after which the sweep
+            # re-enqueues its messages.
+            px=max(1, int(settings.OUTBOX_GRACE_SECONDS * 1000)),
+        )
+    sent = []
+    for (room_id, message_id), scheduled in zip(
+        marks.items(), pipe.execute(), strict=True
+    ):
+        if scheduled:
+            current_app.send_task(PUBLISH_TASK, args=[message_id])
+            sent.append(room_id)
+    return sent
 
 
 _TAKE_MARK_IF_OWNER = """

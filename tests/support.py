@@ -288,3 +288,13 @@ class Agent(ManagedProcess):
 
 def unique_group() -> str:
     return f"notif-test-{uuid.uuid4().hex[:10]}"
+
+
+def queued_tasks(redis_url: str) -> list[str]:
+    """Message ids of the publish tasks waiting in the real Redis queue."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    return [
+        json.loads(raw)["headers"]["argsrepr"] for raw in client.lrange("celery", 0, -1)
+    ]

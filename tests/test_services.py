@@ -10,6 +10,8 @@ from django.db import connection, transaction
 from chat import outbox, services
 from chat.models import Message
 
+from .support import queued_tasks
+
 # message_create broadcasts and enqueues on commit: Redis must be there.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("stack")]
 
@@ -74,18 +76,6 @@ def test_mark_failed_ignores_unknown_and_published(chat_users):
     )
     message.refresh_from_db()
     assert message.status == "published"
-
-
-def queued_tasks(redis_url: str) -> list[str]:
-    """Message ids of the publish tasks waiting in the real Redis queue."""
-    import json
-
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    return [
-        json.loads(raw)["headers"]["argsrepr"] for raw in client.lrange("celery", 0, -1)
-    ]
 
 
 def test_sweep_re_enqueues_due_messages_with_capped_backoff(
@@ -232,10 +222,10 @@ def test_enqueue_failure_after_commit_loses_nothing(chat_users, monkeypatch):
     """If Redis refuses the task after the commit, the message stays, pending, for the
     outbox sweep, and the caller still gets it (the sender is acked)."""
 
-    def broker_down(room_id: int, message_id: str) -> None:
+    def broker_down(marks: dict[int, str]) -> None:
         raise ConnectionError("Redis is down")
 
-    monkeypatch.setattr(services, "_enqueue_publish", broker_down)
+    monkeypatch.setattr(services, "_enqueue_publishes", broker_down)
     message = services.message_create(
         room_name="r", sender_id=chat_users["alice"].id, receiver_id=None, content="x"
     )

@@ -1,0 +1,190 @@
+"""Group commit: services.messages_create stores several senders' messages in one
+transaction, and chat.message_writer batches a server's frames into it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+from django.db import IntegrityError, connection
+from django.test.utils import CaptureQueriesContext
+
+from chat import message_writer, services
+from chat.models import Message, Room
+
+from .support import queued_tasks
+
+# messages_create broadcasts and enqueues on commit: Redis must be there.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("stack")]
+
+
+def new(room: str, sender: int, content: str, **kwargs) -> services.NewMessage:
+    return services.NewMessage(
+        room_name=room, sender_id=sender, receiver_id=None, content=content, **kwargs
+    )
+
+
+def test_a_batch_takes_each_rooms_seqs_in_order_in_one_insert(chat_users):
+    """Messages for two rooms in one call: each room's seqs follow the order given,
+    and each caller gets its own message. One UPDATE per room and one INSERT."""
+    alice, bob = chat_users["alice"].id, chat_users["bob"].id
+    requests = [
+        new("wa", alice, "0"),
+        new("wb", bob, "1"),
+        new("wa", bob, "2"),
+        new("wa", alice, "3"),
+        new("wb", alice, "4"),
+    ]
+    services.messages_create(requests[:2])  # the rooms exist: no room creation below
+    with CaptureQueriesContext(connection) as queries:
+        results = services.messages_create(requests)
+    assert all(isinstance(m, Message) for m in results)
+    assert [(m.room.name, m.seq, m.content, m.sender_id) for m in results] == [
+        ("wa", 2, "0", alice),
+        ("wb", 2, "1", bob),
+        ("wa", 3, "2", bob),
+        ("wa", 4, "3", alice),
+        ("wb", 3, "4", alice),
+    ]
+    stored = Message.objects.filter(pk__in=[m.pk for m in results])
+    assert sorted(stored.values_list("room__name", "seq", "content")) == sorted(
+        (m.room.name, m.seq, m.content) for m in results
+    )
+    statements = [q["sql"].split()[0].upper() for q in queries.captured_queries]
+    assert statements.count("UPDATE") == 2 and statements.count("INSERT") == 1
+
+
+def test_one_publication_per_room_is_asked_for_by_its_last_message(
+    chat_users, redis_url
+):
+    """With no task waiting, a batch enqueues one task per room, naming the room's
+    last message of the batch."""
+    redis.Redis.from_url(redis_url).delete("celery")
+    alice = chat_users["alice"].id
+    results = services.messages_create(
+        [new("q1", alice, "a"), new("q2", alice, "b"), new("q1", alice, "c")]
+    )
+    assert sorted(queued_tasks(redis_url)) == sorted(
+        [f"['{results[2].message_id}']", f"['{results[1].message_id}']"]
+    )
+
+
+def test_a_resend_in_a_batch_gets_its_original_and_leaves_no_gap(chat_users):
+    """A client_id the sender already used makes the batch roll back; each request
+    then goes alone: the resend gets the original, the others seqs with no gap."""
+    alice, bob = chat_users["alice"].id, chat_users["bob"].id
+    first = services.message_create(
+        room_name="rs", sender_id=alice, receiver_id=None, content="hi", client_id="k"
+    )
+    results = services.messages_create(
+        [
+            new("rs", bob, "before"),
+            new("rs", alice, "hi again", client_id="k"),
+            new("rs", alice, "after", client_id="k2"),
+        ]
+    )
+    assert isinstance(results[1], Message) and results[1].replayed
+    assert results[1].message_id == first.message_id
+    assert [(r.seq, r.content) for r in results] == [
+        (2, "before"),
+        (1, "hi"),
+        (3, "after"),
+    ]
+    assert Room.objects.get(name="rs").next_seq == 4
+
+
+def test_a_request_that_breaks_a_constraint_fails_alone(chat_users):
+    """A receiver that does not exist: that request gets the IntegrityError, the
+    others are stored."""
+    alice = chat_users["alice"].id
+    results = services.messages_create(
+        [
+            new("fa", alice, "ok"),
+            services.NewMessage(
+                room_name="fa", sender_id=alice, receiver_id=987654, content="no"
+            ),
+            new("fa", alice, "ok too"),
+        ]
+    )
+    assert isinstance(results[1], IntegrityError)
+    assert [(r.seq, r.content) for r in (results[0], results[2])] == [
+        (1, "ok"),
+        (2, "ok too"),
+    ]
+    assert Message.objects.filter(room__name="fa").count() == 2
+
+
+def test_callers_hear_of_the_commit_before_the_enqueue(chat_users, monkeypatch):
+    """on_stored runs after the commit (the messages are there for everyone), before
+    the Redis round trip that asks for the publication."""
+    order: list[str] = []
+
+    def on_stored(messages: list[Message]) -> None:
+        assert not connection.in_atomic_block
+        order.append(f"stored {len(messages)}")
+
+    real = services._enqueue_publishes
+    monkeypatch.setattr(
+        services,
+        "_enqueue_publishes",
+        lambda marks: (order.append("enqueue"), real(marks)),
+    )
+    services.messages_create(
+        [new("cs", chat_users["alice"].id, str(n)) for n in range(3)],
+        on_stored=on_stored,
+    )
+    assert order == ["stored 3", "enqueue"]
+
+
+async def test_concurrent_frames_share_transactions_and_each_gets_its_own(
+    chat_users, monkeypatch
+):
+    """Many senders at once on one loop: fewer transactions than messages, each
+    caller gets the message it asked for, the room's seqs are 1..N with no gap, and a
+    caller whose request fails gets its own error."""
+    batches: list[int] = []
+    real = services.messages_create
+
+    def counting(requests, **kwargs):
+        batches.append(len(requests))
+        return real(requests, **kwargs)
+
+    monkeypatch.setattr(services, "messages_create", counting)
+    alice, bob = chat_users["alice"].id, chat_users["bob"].id
+    requests = [new("cc", (alice, bob)[n % 2], f"m{n}") for n in range(40)]
+    requests[7] = services.NewMessage(
+        room_name="cc", sender_id=alice, receiver_id=987654, content="bad"
+    )
+    results = await asyncio.gather(
+        *(message_writer.message_create(r) for r in requests), return_exceptions=True
+    )
+    assert isinstance(results[7], IntegrityError)
+    good = [r for n, r in enumerate(results) if n != 7]
+    assert [m.content for m in good] == [
+        r.content for n, r in enumerate(requests) if n != 7
+    ]
+    assert sorted(m.seq for m in good) == list(range(1, 40))
+    assert sum(batches) >= 40 and len(batches) < 40
+
+
+async def test_a_cancelled_caller_still_has_its_message_stored(chat_users):
+    """A sender that leaves while its batch is written: the message is stored (it may
+    already be in the transaction), and other callers are not disturbed."""
+    alice = chat_users["alice"].id
+    leaving = asyncio.ensure_future(
+        message_writer.message_create(new("cx", alice, "bye"))
+    )
+    await asyncio.sleep(0)  # one turn of the loop: the task runs up to its await
+    leaving.cancel()
+    staying = await message_writer.message_create(new("cx", alice, "still here"))
+    assert staying.content == "still here"
+
+    def stored() -> list[str]:
+        return list(
+            Message.objects.filter(room__name="cx")
+            .order_by("seq")
+            .values_list("content", flat=True)
+        )
+
+    assert await asyncio.to_thread(stored) == ["bye", "still here"]
