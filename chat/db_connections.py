@@ -52,11 +52,12 @@ def write_turn(using: str = DEFAULT_DB_ALIAS) -> Iterator[Callable[[], None]]:
     """Around a write transaction that this block starts: on SQLite, wait for this
     process's other writers on a lock (not in SQLite's sleeping busy handler).
 
-    Gives a `release` callable, to be registered first with `transaction.on_commit`,
-    so the next writer starts while this one's commit callbacks run. The lock is
-    released on leaving the block in any case. Inside an outer transaction nothing is
-    taken: that transaction already holds (or waits for) SQLite's lock, and waiting on
-    this lock too could deadlock with a writer that waits for SQLite's.
+    Gives a `release` callable, to be registered with `transaction.on_commit` after
+    the callbacks that must run in commit order, so the next writer starts while this
+    one's slower callbacks run. The lock is released on leaving the block in any
+    case. Inside an outer transaction nothing is taken: that transaction already
+    holds (or waits for) SQLite's lock, and waiting on this lock too could deadlock
+    with a writer that waits for SQLite's.
     """
     conn = connections[using]
     if conn.vendor != "sqlite" or conn.in_atomic_block:

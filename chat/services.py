@@ -306,7 +306,9 @@ def _messages_insert(
     messages: list[Message | None] = [None] * len(requests)
     publish: dict[int, str] = {}  # room id → its last message, whose task carries it
     with write_turn() as release_turn, transaction.atomic():
-        for room_name, indexes in by_room.items():
+        # Rooms in name order: two servers' batches lock room rows (Postgres) in the
+        # same order, so they wait for each other instead of deadlocking.
+        for room_name, indexes in sorted(by_room.items()):
             taken = _take_seqs(room_name, len(indexes))
             if taken is None:
                 room_get_or_create(name=room_name)

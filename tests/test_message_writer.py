@@ -188,3 +188,22 @@ async def test_a_cancelled_caller_still_has_its_message_stored(chat_users):
         )
 
     assert await asyncio.to_thread(stored) == ["bye", "still here"]
+
+
+def test_a_batch_locks_its_rooms_in_name_order(chat_users):
+    """Whatever order the senders came in, a batch takes its rooms' seqs in room-name
+    order, so two servers' batches lock room rows in one order and never deadlock."""
+    alice = chat_users["alice"].id
+    rooms = ("zz", "mm", "aa")
+    services.messages_create([new(room, alice, "first") for room in rooms])
+    with CaptureQueriesContext(connection) as queries:
+        results = services.messages_create([new(room, alice, room) for room in rooms])
+    updated = [
+        room
+        for q in queries.captured_queries
+        if q["sql"].startswith("UPDATE")
+        for room in rooms
+        if f"'{room}'" in q["sql"]
+    ]
+    assert updated == ["aa", "mm", "zz"]
+    assert [(m.room.name, m.seq) for m in results] == [("zz", 2), ("mm", 2), ("aa", 2)]
