@@ -35,4 +35,4 @@ RUN DEBUG=False SECRET_KEY=build-only-collectstatic-not-a-secret \
 
 USER 10001:10001
 EXPOSE 8000
-CMD ["uvicorn", "chatproj.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--lifespan", "off", "--ws-max-size", "1048576", "--no-proxy-headers"]
+CMD ["uvicorn", "chatproj.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--lifespan", "off", "--ws-max-size", "1048576", "--ws-ping-timeout", "60", "--no-proxy-headers"]

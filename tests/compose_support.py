@@ -155,8 +155,15 @@ def celery_problems(args: list[str]) -> list[str]:
 
 
 # What the Procfile, compose and the image give uvicorn: no lifespan (Channels has no
-# handler), frames up to 1 MiB (the README's 1009), addresses not taken from headers.
-UVICORN_SETTINGS = {"lifespan": "off", "ws_max_size": 1048576, "proxy_headers": False}
+# handler), frames up to 1 MiB (the README's 1009), a minute for a keepalive pong (a
+# backpressured client's pong waits behind its own frames), addresses not taken from
+# headers.
+UVICORN_SETTINGS = {
+    "lifespan": "off",
+    "ws_max_size": 1048576,
+    "ws_ping_timeout": 60.0,
+    "proxy_headers": False,
+}
 
 
 def uvicorn_args(args: list[str]) -> dict[str, Any]:
@@ -173,7 +180,7 @@ def uvicorn_args(args: list[str]) -> dict[str, Any]:
 
 def uvicorn_problems(args: list[str]) -> list[str]:
     """Why `uvicorn <args>` would not serve our ASGI application as `make run` does
-    (lifespan off, 1 MiB frames, no proxy headers unless asked)."""
+    (lifespan off, 1 MiB frames, 60 s pong timeout, no proxy headers unless asked)."""
     from channels.routing import ProtocolTypeRouter
     from uvicorn.importer import ImportFromStringError, import_from_string
 
