@@ -102,8 +102,15 @@ class BenchClient:
         text = json.dumps(
             {"message": message_text(client_id, size), "client_id": client_id}
         )
+        if self.closed_unexpectedly:  # the server closed it: reported, not retried
+            return client_id
+        from websockets.exceptions import ConnectionClosed
+
         self.ledger.on_send(client_id, self.index, self.room, step)
-        await self.connection.send(text)
+        try:
+            await self.connection.send(text)
+        except ConnectionClosed as exc:  # counted unanswered; the run goes on
+            self.closed_unexpectedly = f"{exc.rcvd.code if exc.rcvd else '?'}"
         return client_id
 
     async def send_and_wait(self, step: int, size: int, timeout: float = 30.0) -> None:
