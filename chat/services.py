@@ -230,28 +230,33 @@ def message_create(
     it within CHAT_CLIENT_ID_WINDOW, that message is returned (`replayed` True) and
     nothing is created or sent, and no seq is used.
     """
-    new = NewMessage(
-        room_name=room_name,
-        sender_id=sender_id,
-        receiver_id=receiver_id,
-        content=content,
-        sender=sender,
-        client_id=client_id,
+    return _message_create(
+        NewMessage(
+            room_name=room_name,
+            sender_id=sender_id,
+            receiver_id=receiver_id,
+            content=content,
+            sender=sender,
+            client_id=client_id,
+        )
     )
+
+
+def _message_create(new: NewMessage) -> Message:
     # The insert comes first: a resend is rare, and the unique (sender, client_id)
     # constraint finds it without a read per message. Its transaction rolls back,
     # seq included, so a resend leaves no gap.
     try:
         return _messages_insert([new])[0]
     except IntegrityError:
-        if client_id is None:
+        if new.client_id is None:
             raise
-    earlier = message_by_client_id(sender_id=sender_id, client_id=client_id)
+    earlier = message_by_client_id(sender_id=new.sender_id, client_id=new.client_id)
     if earlier is not None:
         return earlier
     # The key's message is older than the window and the sweep has not forgotten
     # the key yet: forget it now, as the sweep would have.
-    Message.objects.filter(sender_id=sender_id, client_id=client_id).update(
+    Message.objects.filter(sender_id=new.sender_id, client_id=new.client_id).update(
         client_id=None
     )
     return _messages_insert([new])[0]
@@ -280,16 +285,7 @@ def messages_create(
     results: list[Message | Exception] = []
     for new in requests:
         try:
-            results.append(
-                message_create(
-                    room_name=new.room_name,
-                    sender_id=new.sender_id,
-                    receiver_id=new.receiver_id,
-                    content=new.content,
-                    sender=new.sender,
-                    client_id=new.client_id,
-                )
-            )
+            results.append(_message_create(new))
         except Exception as exc:  # this request's own error, for its caller
             results.append(exc)
     return results
