@@ -99,11 +99,11 @@ class BenchClient:
         """Send one chat message; returns its client_id."""
         self.count += 1
         client_id = f"{self.index}-{self.count}"
+        if self.closed_unexpectedly:  # the server closed it: reported, not retried
+            return client_id
         text = json.dumps(
             {"message": message_text(client_id, size), "client_id": client_id}
         )
-        if self.closed_unexpectedly:  # the server closed it: reported, not retried
-            return client_id
         from websockets.exceptions import ConnectionClosed
 
         self.ledger.on_send(client_id, self.index, self.room, step)
