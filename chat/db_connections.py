@@ -9,6 +9,11 @@ autocommit left off); a connection that broke makes its statement fail and is
 replaced on the next call. Celery workers use the same check before each task
 (chat.tasks).
 
+Django also forgets a thread's DEBUG query log when a request starts; sockets and
+tasks are not requests, so the same boundary does it here. Without it, under DEBUG
+(`make run`) every connection of a long-lived process kept its last 9,000 queries
+with their SQL text (a group commit's INSERT, its values quoted in, runs to kilobytes).
+
 SQLite lets one connection write at a time, and a connection that finds the database
 locked sleeps in SQLite's busy handler (1, 2, 5, 10, ... ms) before it tries again, so
 a process whose threads write at once loses most of its time asleep. `write_turn`
@@ -25,7 +30,7 @@ from functools import wraps
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, reset_queries
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,6 +47,13 @@ def close_unusable_connections() -> None:
             or conn.get_autocommit() != conn.settings_dict["AUTOCOMMIT"]
         ):
             conn.close_if_unusable_or_obsolete()
+
+
+def between_units() -> None:
+    """What Django does to a thread's connections between requests: forget the DEBUG
+    query log and close the connections it would not reuse."""
+    reset_queries()
+    close_unusable_connections()
 
 
 _sqlite_writer = threading.Lock()
@@ -84,14 +96,14 @@ def _nothing() -> None:
 
 def db_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """`func` in the loop's thread pool (not the process's one shared ORM thread),
-    with this module's connection checks before and after."""
+    with this module's connection checks (`between_units`) before and after."""
 
     @wraps(func)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        close_unusable_connections()
+        between_units()
         try:
             return func(*args, **kwargs)
         finally:
-            close_unusable_connections()
+            between_units()
 
     return sync_to_async(run, thread_sensitive=False)

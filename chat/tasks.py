@@ -20,7 +20,7 @@ from .agents import (
     PermanentPublishError,
     RetriablePublishError,
 )
-from .db_connections import close_unusable_connections
+from .db_connections import between_units
 from .models import FINAL_STATUSES, Message, Room
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ logger = logging.getLogger(__name__)
 def _drop_unusable_connections(**_: Any) -> None:
     """Before a task, close a database connection Django would not reuse (an error
     since the last commit, past CONN_MAX_AGE): Celery's fix-up no longer closes it
-    after every task (CELERY_DB_REUSE_MAX)."""
-    close_unusable_connections()
+    after every task (CELERY_DB_REUSE_MAX). And forget the DEBUG query log."""
+    between_units()
 
 
 def retry_countdown(

@@ -8,7 +8,7 @@ import time
 import pytest
 from django.db import connection
 
-from chat.db_connections import close_unusable_connections, db_call
+from chat.db_connections import between_units, close_unusable_connections, db_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,6 +38,36 @@ def test_an_obsolete_or_failed_connection_is_closed():
     close_unusable_connections()
     assert connection.connection is None
     assert select_one() == 1
+
+
+def logged_queries() -> int:
+    return len(connection.queries_log)
+
+
+def test_between_units_forgets_the_debug_query_log(settings):
+    settings.DEBUG = True
+    select_one()
+    assert logged_queries() == 1
+    between_units()
+    assert logged_queries() == 0
+    assert select_one() == 1  # the connection itself is kept
+
+
+async def test_db_call_leaves_no_debug_query_log_in_its_thread(settings):
+    """Sockets are not requests, so nothing else resets the log: under DEBUG a
+    long-lived thread kept its last 9,000 queries (and full GC pauses with them)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings.DEBUG = True
+    loop = asyncio.get_running_loop()
+    one_thread = ThreadPoolExecutor(1)
+    loop.set_default_executor(one_thread)  # both calls in the same thread
+    try:
+        assert await db_call(select_one)() == 1
+        assert await db_call(logged_queries)() == 0
+    finally:
+        one_thread.shutdown()
 
 
 async def test_db_call_runs_off_the_event_loop_thread():
