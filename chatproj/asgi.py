@@ -14,6 +14,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from chat.origins import SiteOriginValidator
 from chat.routing import websocket_urlpatterns
 from chat.tickets import TicketAuthMiddleware
+from chatproj.process_tuning import freeze_start_up_objects, shorter_gil_turns
 
 
 def websocket_application(urlpatterns: list[Any]) -> Any:
@@ -30,3 +31,6 @@ application = ProtocolTypeRouter(
         "websocket": websocket_application(websocket_urlpatterns),
     }
 )
+
+shorter_gil_turns()
+freeze_start_up_objects()  # last: everything the process needs is imported

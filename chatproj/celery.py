@@ -4,9 +4,10 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_init
 
 from chatproj import kombu_poison
+from chatproj.process_tuning import shorter_gil_turns
 
 # An undecodable queue entry is moved aside instead of stopping the worker.
 kombu_poison.install()
@@ -26,3 +27,10 @@ def use_django_logging(**_: Any) -> None:
     from django.conf import settings
 
     logging.config.dictConfig(settings.LOGGING)
+
+
+@worker_init.connect
+def tune_worker(**_: Any) -> None:
+    """Before the pool forks: its children run a task, the Kafka client's network
+    thread and a channel-layer loop, which hand the GIL to each other all the time."""
+    shorter_gil_turns()
