@@ -58,6 +58,11 @@ class BenchClient:
             additional_headers={"Cookie": f"{self.cookie_name}={self.user.cookie}"},
             open_timeout=30,
             compression=None,  # keeps the client's CPU low; the server does the same
+            # No keepalive pings from the client, as from a browser: a ping waits
+            # behind the client's own frames that the server has not read yet, so
+            # past saturation websockets' 20 s timeout closed sockets (1011) that
+            # the server was only slow on. The server pings (uvicorn, 60 s timeout).
+            ping_interval=None,
             max_size=None,
         )
         first = json.loads(await asyncio.wait_for(self.connection.recv(), 30))
