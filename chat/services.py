@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache, partial
@@ -151,18 +151,36 @@ def room_mark_read(*, user_id: int, room_name: str, up_to_seq: int) -> RoomReadS
     return state
 
 
-def _take_seqs(room_name: str, count: int) -> tuple[int, int] | None:
-    """(room id, first of `count` consecutive seqs) in one statement: the row lock
-    (Postgres) or the write lock (SQLite IMMEDIATE) makes concurrent senders wait
+def _take_seqs(counts: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    """Room name → (room id, first of its `count` consecutive seqs), for every room
+    of `counts` that exists, in one statement. The row locks (Postgres, taken in
+    room-name order, so two servers' batches wait for each other instead of
+    deadlocking) or the write lock (SQLite IMMEDIATE) make concurrent senders wait
     their turn, gap-free."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {Room._meta.db_table} SET next_seq = next_seq + %s "
-            "WHERE name = %s RETURNING id, next_seq - %s",
-            [count, room_name, count],
+    names = sorted(counts)
+    table = Room._meta.db_table
+    in_names = ", ".join(["%s"] * len(names))
+    add = " ".join(["WHEN %s THEN %s"] * len(names))
+    params: list[Any] = [x for name in names for x in (name, counts[name])]
+    if connection.vendor == "postgresql":
+        sql = (
+            f"WITH locked AS MATERIALIZED (SELECT id FROM {table} "
+            f"WHERE name IN ({in_names}) ORDER BY name FOR UPDATE) "
+            f"UPDATE {table} SET next_seq = next_seq + CASE name {add} END "
+            f"FROM locked WHERE {table}.id = locked.id "
+            f"RETURNING {table}.name, {table}.id, {table}.next_seq"
         )
-        row = cursor.fetchone()
-    return (row[0], row[1]) if row else None
+        params = [*names, *params]
+    else:
+        sql = (
+            f"UPDATE {table} SET next_seq = next_seq + CASE name {add} END "
+            f"WHERE name IN ({in_names}) RETURNING name, id, next_seq"
+        )
+        params = [*params, *names]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return {name: (room_id, after - counts[name]) for name, room_id, after in rows}
 
 
 @cache
@@ -302,15 +320,14 @@ def _messages_insert(
     messages: list[Message | None] = [None] * len(requests)
     publish: dict[int, str] = {}  # room id → its last message, whose task carries it
     with write_turn() as release_turn, transaction.atomic():
-        # Rooms in name order: two servers' batches lock room rows (Postgres) in the
-        # same order, so they wait for each other instead of deadlocking.
+        counts = {name: len(indexes) for name, indexes in by_room.items()}
+        taken = _take_seqs(counts)
+        if len(taken) < len(counts):  # rooms nobody has written to yet
+            for name in counts.keys() - taken.keys():
+                room_get_or_create(name=name)
+            taken |= _take_seqs({n: c for n, c in counts.items() if n not in taken})
         for room_name, indexes in sorted(by_room.items()):
-            taken = _take_seqs(room_name, len(indexes))
-            if taken is None:
-                room_get_or_create(name=room_name)
-                taken = _take_seqs(room_name, len(indexes))
-                assert taken is not None
-            room_id, first_seq = taken
+            room_id, first_seq = taken[room_name]
             room = Room(id=room_id, name=room_name)
             room._state.adding = False
             for seq, i in enumerate(indexes, start=first_seq):
