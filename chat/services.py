@@ -285,9 +285,10 @@ def messages_create(
     *,
     on_stored: Callable[[list[Message]], None] | None = None,
 ) -> list[Message | Exception]:
-    """Persist several senders' messages in one transaction (a group commit): per
-    room one UPDATE takes their seqs, in the order given, and one INSERT stores them
-    all. Each gets what message_create would give it, or the exception it would raise.
+    """Persist several senders' messages in one transaction (a group commit): one
+    UPDATE takes all their rooms' seqs, each room's in the order given, and one
+    INSERT stores them all. Each gets what message_create would give it, or the
+    exception it would raise.
 
     `on_stored` is called with the messages once they are committed and their
     broadcasts are on their way, before their publication is enqueued (a round trip
