@@ -90,7 +90,14 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
         f"×{stack['workers']} ({stack['worker_flags']}), beat: "
         f"{_fmt(stack['beat'])}, Redis: {stack['redis']}, Kafka: {stack['kafka']} "
         f"(topic {stack['topic']}, partitions {_fmt(stack['partitions'])}), "
-        f"database: {stack['database']}, DEBUG={stack['debug']}. Load: "
+        f"database: {stack['database']}"
+        + (
+            " (autovacuum is off on this server: the benchmark vacuums the run's "
+            "database after each step, as autovacuum would)"
+            if stack.get("vacuum_after_steps")
+            else ""
+        )
+        + f", DEBUG={stack['debug']}. Load: "
         f"{config['clients']} clients in {config['rooms']} rooms, "
         f"{config['message_size']}-character messages, "
         + (

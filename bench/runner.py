@@ -68,6 +68,7 @@ class Runner:
         from chatproj.celery import app
 
         config, stack = self.config, self.stack
+        await asyncio.to_thread(lambda: stack.vacuums)  # a query: not in the loop
         reader = KafkaReader(
             stack.kafka, stack.topic, self.ledger, from_end=config.use_running
         )
@@ -260,6 +261,8 @@ class Runner:
             self.ledger, self.sampler.samples, step, self.rooms
         )
         step.drained, step.drain_seconds = await self._drain()
+        if self.stack.vacuums:
+            await asyncio.to_thread(self.stack.vacuum)
         self.progress.console.print(_step_line(summary, step))
         return summary
 

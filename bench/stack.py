@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -79,6 +79,33 @@ class BenchUser:
     id: int
     name: str
     cookie: str
+
+
+def autovacuum_off() -> bool:
+    """Postgres with autovacuum off (this machine's server is set so; Postgres's
+    default, and compose's, is on). Nothing else clears the dead rows publishing
+    leaves (a message's status is indexed), so the indexes grew all run long."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return False
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW autovacuum")
+            return bool(cursor.fetchone()[0] == "off")
+    finally:
+        connection.close()
+
+
+def vacuum_database() -> None:
+    """VACUUM (ANALYZE) the database of DATABASE_URL."""
+    from django.db import connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM (ANALYZE)")
+    finally:
+        connection.close()
 
 
 @dataclass
@@ -263,6 +290,16 @@ class Stack:
                 roles.setdefault(service.role, []).append(service.pid)
         return roles
 
+    @cached_property
+    def vacuums(self) -> bool:
+        """Whether the benchmark vacuums its database after each step (see
+        autovacuum_off)."""
+        return autovacuum_off()
+
+    def vacuum(self) -> None:
+        """VACUUM (ANALYZE) the run's database, as autovacuum would have."""
+        vacuum_database()
+
     def describe(self) -> dict[str, Any]:
         """What ran, for the report."""
         from django.db import connection
@@ -284,6 +321,7 @@ class Stack:
             "partitions": self.config.partitions if self.embedded else None,
             "use_running": self.config.use_running,
             "debug": self.env.get("DEBUG"),
+            "vacuum_after_steps": self.vacuums,
         }
 
     # --- stop ------------------------------------------------------------------------

@@ -129,3 +129,26 @@ def test_targets_judge_ratios_and_leave_unmeasured_ones_open():
     assert judged["Order"]["status"] == "not met"
     assert judged["Loss"]["status"] == "met"
     assert judged["No collapse"]["status"] == "not measured"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_benchmark_vacuums_postgres_only_where_autovacuum_is_off():
+    """This machine's server runs without autovacuum: the benchmark does its work
+    after each step, or the published messages' dead index entries pile up."""
+    from django.db import connection
+
+    from bench.stack import autovacuum_off, vacuum_database
+
+    if connection.vendor != "postgresql":
+        assert not autovacuum_off()
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW autovacuum")
+        assert autovacuum_off() == (cursor.fetchone()[0] == "off")
+    vacuum_database()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables "
+            "WHERE relname = 'chat_message'"
+        )
+        assert cursor.fetchone()[0]
