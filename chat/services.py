@@ -156,7 +156,8 @@ def _take_seqs(counts: Mapping[str, int]) -> dict[str, tuple[int, int]]:
     of `counts` that exists, in one statement. The row locks (Postgres, taken in
     room-name order, so two servers' batches wait for each other instead of
     deadlocking) or the write lock (SQLite IMMEDIATE) make concurrent senders wait
-    their turn, gap-free."""
+    their turn, gap-free. The lock is the one an UPDATE takes (NO KEY): rows that
+    refer to the room (a notification, a membership) are still written meanwhile."""
     names = sorted(counts)
     table = Room._meta.db_table
     in_names = ", ".join(["%s"] * len(names))
@@ -165,7 +166,7 @@ def _take_seqs(counts: Mapping[str, int]) -> dict[str, tuple[int, int]]:
     if connection.vendor == "postgresql":
         sql = (
             f"WITH locked AS MATERIALIZED (SELECT id FROM {table} "
-            f"WHERE name IN ({in_names}) ORDER BY name FOR UPDATE) "
+            f"WHERE name IN ({in_names}) ORDER BY name FOR NO KEY UPDATE) "
             f"UPDATE {table} SET next_seq = next_seq + CASE name {add} END "
             f"FROM locked WHERE {table}.id = locked.id "
             f"RETURNING {table}.name, {table}.id, {table}.next_seq"

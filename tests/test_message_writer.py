@@ -207,7 +207,7 @@ def test_a_batch_takes_its_rooms_seqs_in_one_statement_in_name_order(chat_users)
     at = [taking.index(f"'{room}'") for room in ("aa", "mm", "zz")]
     assert at == sorted(at)
     if connection.vendor == "postgresql":
-        assert "ORDER BY name FOR UPDATE" in taking
+        assert "ORDER BY name FOR NO KEY UPDATE" in taking
     assert [(m.room.name, m.seq) for m in results] == [("zz", 2), ("mm", 2), ("aa", 2)]
 
 
@@ -223,3 +223,46 @@ def test_a_batch_creates_the_rooms_nobody_wrote_to_yet(chat_users):
         ("new-a", 1),
         ("new-b", 2),
     ]
+
+
+def test_rows_that_refer_to_a_room_are_written_while_a_batch_holds_its_seq(
+    chat_users,
+):
+    """Postgres: the batch locks the room row as an UPDATE does (NO KEY), which a
+    foreign key's check (KEY SHARE) does not wait for; FOR UPDATE would hold a new
+    membership or notification of that room until the batch commits."""
+    import threading
+
+    from django.db import connections, transaction
+
+    from chat.models import RoomMembership
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks are Postgres's; SQLite has one write lock")
+    alice, bob = chat_users["alice"].id, chat_users["bob"].id
+    services.messages_create([new("held", alice, "first")])
+    room = Room.objects.get(name="held")
+    holding, release = threading.Event(), threading.Event()
+
+    def batch_holding_the_row() -> None:  # another server's batch, mid-transaction
+        try:
+            with transaction.atomic():
+                services._take_seqs({"held": 1})
+                holding.set()
+                release.wait(10)
+                transaction.set_rollback(True)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=batch_holding_the_row)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '3s'")
+        RoomMembership.objects.create(user_id=bob, room=room)  # no lock timeout
+    finally:
+        release.set()
+        holder.join(10)
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
