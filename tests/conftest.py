@@ -45,6 +45,24 @@ from .support import (
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """pytest-django's, and before it drops the Postgres test database: close the
+    sessions still on it. Sockets' writes run in the event loop's thread pool, whose
+    threads keep their connections (CONN_MAX_AGE) after a test's loop is gone, and a
+    database cannot be dropped while a session is connected."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """REDIS_URL when given, else an embedded Redis-compatible server on a free port."""
     if os.environ.get("REDIS_URL"):
