@@ -213,58 +213,48 @@ class Runner:
         # It runs once the pipeline has drained.
         gc.disable()
         try:
-            return await self._measured_step(clients, name, kind, rate, duration)
+            index = len(self.steps)
+            cpu0 = self.cpu.snapshot()
+            t0 = time.monotonic()
+            task = self.progress.add_task(name, total=duration, stats="")
+            self._current = (task, t0)
+            size = self.config.message_size
+            if rate is None:
+                await closed_loop(clients, duration=duration, step=index, size=size)
+            else:
+                await open_loop(
+                    clients,
+                    rate=rate,
+                    duration=duration,
+                    step=index,
+                    size=size,
+                    poisson=self.config.poisson,
+                )
+            t1 = time.monotonic()
+            self._current = None
+            self.progress.update(task, completed=duration)
+            step = Step(
+                index,
+                name,
+                kind,
+                rate,
+                t0,
+                t1,
+                cpu_delta(cpu0, self.cpu.snapshot(), t1 - t0),
+            )
+            self.steps.append(step)
+            await asyncio.sleep(0.6)  # one more sample after the window closes
+            summary = analysis.step_summary(
+                self.ledger, self.sampler.samples, step, self.rooms
+            )
+            step.drained, step.drain_seconds = await self._drain()
+            if self.stack.vacuums:
+                await asyncio.to_thread(self.stack.vacuum)
+            self.progress.console.print(_step_line(summary, step))
+            return summary
         finally:
             gc.enable()
             gc.collect()
-
-    async def _measured_step(
-        self,
-        clients: list[BenchClient],
-        name: str,
-        kind: str,
-        rate: float | None,
-        duration: float,
-    ) -> dict[str, Any]:
-        index = len(self.steps)
-        cpu0 = self.cpu.snapshot()
-        t0 = time.monotonic()
-        task = self.progress.add_task(name, total=duration, stats="")
-        self._current = (task, t0)
-        size = self.config.message_size
-        if rate is None:
-            await closed_loop(clients, duration=duration, step=index, size=size)
-        else:
-            await open_loop(
-                clients,
-                rate=rate,
-                duration=duration,
-                step=index,
-                size=size,
-                poisson=self.config.poisson,
-            )
-        t1 = time.monotonic()
-        self._current = None
-        self.progress.update(task, completed=duration)
-        step = Step(
-            index,
-            name,
-            kind,
-            rate,
-            t0,
-            t1,
-            cpu_delta(cpu0, self.cpu.snapshot(), t1 - t0),
-        )
-        self.steps.append(step)
-        await asyncio.sleep(0.6)  # one more sample after the window closes
-        summary = analysis.step_summary(
-            self.ledger, self.sampler.samples, step, self.rooms
-        )
-        step.drained, step.drain_seconds = await self._drain()
-        if self.stack.vacuums:
-            await asyncio.to_thread(self.stack.vacuum)
-        self.progress.console.print(_step_line(summary, step))
-        return summary
 
     async def _drain(self) -> tuple[bool, float]:
         """Wait until the pipeline caught up (or stalls, or the timeout)."""
