@@ -324,11 +324,12 @@ def _messages_insert(
     with write_turn() as release_turn, transaction.atomic():
         counts = {name: len(indexes) for name, indexes in by_room.items()}
         taken = _take_seqs(counts)
-        if len(taken) < len(counts):  # rooms nobody has written to yet
-            for name in counts.keys() - taken.keys():
+        missing = {n: c for n, c in counts.items() if n not in taken}
+        if missing:  # rooms nobody has written to yet
+            for name in missing:
                 room_get_or_create(name=name)
-            taken |= _take_seqs({n: c for n, c in counts.items() if n not in taken})
-        for room_name, indexes in sorted(by_room.items()):
+            taken |= _take_seqs(missing)
+        for room_name, indexes in by_room.items():
             room_id, first_seq = taken[room_name]
             room = Room(id=room_id, name=room_name)
             room._state.adding = False
