@@ -25,7 +25,7 @@ from .config import BenchConfig
 from .cpu import CpuMonitor, cpu_delta
 from .ledger import KafkaReader, Ledger
 from .load import BenchClient, Sample, Sampler, closed_loop, open_loop
-from .stack import BenchUser, Stack
+from .stack import BenchUser, Stack, vacuum_database
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class Runner:
             )
             step.drained, step.drain_seconds = await self._drain()
             if self.stack.vacuums:
-                await asyncio.to_thread(self.stack.vacuum)
+                await asyncio.to_thread(vacuum_database)  # as autovacuum would
             self.progress.console.print(_step_line(summary, step))
             return summary
         finally:

@@ -296,10 +296,6 @@ class Stack:
         autovacuum_off)."""
         return autovacuum_off()
 
-    def vacuum(self) -> None:
-        """VACUUM (ANALYZE) the run's database, as autovacuum would have."""
-        vacuum_database()
-
     def describe(self) -> dict[str, Any]:
         """What ran, for the report."""
         from django.db import connection
