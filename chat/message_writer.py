@@ -5,9 +5,9 @@ those threads queued for the database's one write lock, and every hand-over cost
 wake-up and a GIL hand-over per statement; at ~400 msgs/s the process spent more time
 handing over than writing. Here a process writes one batch at a time: the messages
 that arrive while a batch is written form the next one (services.messages_create: one
-transaction, one UPDATE for all its rooms' seqs, one INSERT). With little load a
-batch is one message and nothing waits; under load batches grow and the cost per
-message falls.
+transaction, one UPDATE for all its rooms' seqs, one INSERT; on Postgres one
+statement that is its own transaction). With little load a batch is one message and
+nothing waits; under load batches grow and the cost per message falls.
 
 A batch's callers get their messages as soon as it is committed and broadcast; the
 next batch starts then too, while this one's publication is enqueued (a Redis round

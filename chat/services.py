@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -151,33 +151,49 @@ def room_mark_read(*, user_id: int, room_name: str, up_to_seq: int) -> RoomReadS
     return state
 
 
+def _seqs_update(counts: Mapping[str, int]) -> tuple[str, list[Any]]:
+    """`UPDATE room SET next_seq = next_seq + <the room's count>` and its parameters,
+    for the rooms of `counts`, which the caller restricts with a WHERE or FROM."""
+    add = " ".join(["WHEN %s THEN %s"] * len(counts))
+    params = [x for name in sorted(counts) for x in (name, counts[name])]
+    table = Room._meta.db_table
+    return f"UPDATE {table} SET next_seq = next_seq + CASE name {add} END ", params
+
+
+def _seqs_cte(counts: Mapping[str, int]) -> tuple[str, list[Any]]:
+    """Postgres: `WITH locked AS (...), seqs AS (UPDATE ... RETURNING name, id,
+    next_seq)`, which adds each room's count to its next_seq, for a statement to
+    follow. The rows are locked first, in room-name order, so two servers' batches
+    wait for each other instead of deadlocking. The lock is the one an UPDATE takes
+    (NO KEY): rows that refer to the room (a notification, a membership) are still
+    written meanwhile."""
+    table = Room._meta.db_table
+    update, params = _seqs_update(counts)
+    names = sorted(counts)
+    in_names = ", ".join(["%s"] * len(names))
+    sql = (
+        f"WITH locked AS MATERIALIZED (SELECT id FROM {table} "
+        f"WHERE name IN ({in_names}) ORDER BY name FOR NO KEY UPDATE), "
+        f"seqs AS ({update}FROM locked WHERE {table}.id = locked.id "
+        f"RETURNING {table}.name, {table}.id, {table}.next_seq) "
+    )
+    return sql, [*names, *params]
+
+
 def _take_seqs(counts: Mapping[str, int]) -> dict[str, tuple[int, int]]:
     """Room name → (room id, first of its `count` consecutive seqs), for every room
-    of `counts` that exists, in one statement. The row locks (Postgres, taken in
-    room-name order, so two servers' batches wait for each other instead of
-    deadlocking) or the write lock (SQLite IMMEDIATE) make concurrent senders wait
-    their turn, gap-free. The lock is the one an UPDATE takes (NO KEY): rows that
-    refer to the room (a notification, a membership) are still written meanwhile."""
-    names = sorted(counts)
-    table = Room._meta.db_table
-    in_names = ", ".join(["%s"] * len(names))
-    add = " ".join(["WHEN %s THEN %s"] * len(names))
-    params: list[Any] = [x for name in names for x in (name, counts[name])]
+    of `counts` that exists, in one statement. The row locks (Postgres, see
+    _seqs_cte) or the write lock (SQLite IMMEDIATE) make concurrent senders wait
+    their turn, gap-free."""
     if connection.vendor == "postgresql":
-        sql = (
-            f"WITH locked AS MATERIALIZED (SELECT id FROM {table} "
-            f"WHERE name IN ({in_names}) ORDER BY name FOR NO KEY UPDATE) "
-            f"UPDATE {table} SET next_seq = next_seq + CASE name {add} END "
-            f"FROM locked WHERE {table}.id = locked.id "
-            f"RETURNING {table}.name, {table}.id, {table}.next_seq"
-        )
-        params = [*names, *params]
+        sql, params = _seqs_cte(counts)
+        sql += "SELECT name, id, next_seq FROM seqs"
     else:
-        sql = (
-            f"UPDATE {table} SET next_seq = next_seq + CASE name {add} END "
-            f"WHERE name IN ({in_names}) RETURNING name, id, next_seq"
+        sql, params = _seqs_update(counts)
+        sql += "WHERE name IN ({}) RETURNING name, id, next_seq".format(
+            ", ".join(["%s"] * len(counts))
         )
-        params = [*params, *names]
+        params += sorted(counts)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -185,15 +201,30 @@ def _take_seqs(counts: Mapping[str, int]) -> dict[str, tuple[int, int]]:
 
 
 @cache
-def _insert_sql(vendor: str, rows: int) -> tuple[list[Field[Any, Any]], str]:
+def _insert_sql(
+    vendor: str, rows: int, taking_seqs: bool = False
+) -> tuple[list[Field[Any, Any]], str]:
+    """The INSERT of `rows` messages, RETURNING their ids. `taking_seqs` (Postgres,
+    after _seqs_cte): each row's room id and seq come from the `seqs` CTE, by the
+    room's name and how far back from the room's new next_seq the row's seq is; it
+    returns the room ids and seqs too."""
     fields = [f for f in Message._meta.concrete_fields if not f.primary_key]
     quote = connection.ops.quote_name
-    row = "({})".format(", ".join(["%s"] * len(fields)))
+
+    def value(field: Field[Any, Any]) -> str:
+        if taking_seqs and field.attname == "room_id":
+            return "(SELECT id FROM seqs WHERE name = %s)"
+        if taking_seqs and field.attname == "seq":
+            return "(SELECT next_seq FROM seqs WHERE name = %s) - %s"
+        return "%s"
+
+    row = "({})".format(", ".join(value(f) for f in fields))
+    returning = ["id", "room_id", "seq"] if taking_seqs else ["id"]
     sql = "INSERT INTO {} ({}) VALUES {} RETURNING {}".format(
         quote(Message._meta.db_table),
         ", ".join(quote(str(f.column)) for f in fields),
         ", ".join([row] * rows),
-        quote("id"),
+        ", ".join(quote(c) for c in returning),
     )
     return fields, sql
 
@@ -212,9 +243,77 @@ def _insert(messages: Sequence[Message]) -> None:
         cursor.execute(sql, values)
         ids = cursor.fetchall()
     for message, (pk,) in zip(messages, ids, strict=True):
-        message.pk = pk
-        message._state.adding = False
-        message._state.db = connection.alias
+        _stored_as(message, pk)
+
+
+def _stored_as(message: Message, pk: int) -> None:
+    message.pk = pk
+    message._state.adding = False
+    message._state.db = connection.alias
+
+
+def _room(room_id: int, name: str) -> Room:
+    room = Room(id=room_id, name=name)
+    room._state.adding = False
+    return room
+
+
+def _store_in_one_statement(messages: Sequence[Message], rooms: Sequence[str]) -> bool:
+    """Postgres, outside a transaction: take the seqs of `rooms` (each message's) and
+    insert `messages` in one statement, which is its own transaction: one round trip
+    where BEGIN, UPDATE, INSERT, COMMIT took four, and the room rows are locked for
+    that one only. False if it stored nothing: inside a transaction (a savepoint's
+    round trips would cost what this saves), or if the statement broke a constraint
+    (a room nobody has written to yet has no row, so its messages' room id is NULL;
+    a resent client_id; a receiver gone), which the transaction then sorts out."""
+    if connection.in_atomic_block:
+        return False
+    counts = Counter(rooms)
+    fields, insert = _insert_sql(connection.vendor, len(messages), taking_seqs=True)
+    sql, params = _seqs_cte(counts)
+    back = dict(counts)
+    for message, name in zip(messages, rooms, strict=True):
+        for f in fields:
+            if f.attname == "room_id":
+                params.append(name)
+            elif f.attname == "seq":
+                params += [name, back[name]]
+                back[name] -= 1
+            else:
+                params.append(f.get_db_prep_save(f.pre_save(message, True), connection))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql + insert, params)
+            rows = cursor.fetchall()
+    except IntegrityError:
+        return False
+    by_id: dict[int, Room] = {}
+    for message, name, (pk, room_id, seq) in zip(messages, rooms, rows, strict=True):
+        if room_id not in by_id:
+            by_id[room_id] = _room(room_id, name)
+        message.room = by_id[room_id]
+        message.seq = seq
+        _stored_as(message, pk)
+    return True
+
+
+def _store_in_transaction(messages: Sequence[Message], rooms: Sequence[str]) -> None:
+    """Take the seqs of `rooms` (each message's; rooms nobody has written to yet are
+    created) and insert `messages`, in the caller's transaction."""
+    counts = Counter(rooms)
+    taken = _take_seqs(counts)
+    missing = {n: c for n, c in counts.items() if n not in taken}
+    if missing:  # rooms nobody has written to yet
+        for name in missing:
+            room_get_or_create(name=name)
+        taken |= _take_seqs(missing)
+    next_seq = {name: first for name, (_, first) in taken.items()}
+    by_name = {name: _room(room_id, name) for name, (room_id, _) in taken.items()}
+    for message, name in zip(messages, rooms, strict=True):
+        message.room = by_name[name]
+        message.seq = next_seq[name]
+        next_seq[name] += 1
+    _insert(messages)
 
 
 @dataclass(frozen=True)
@@ -241,9 +340,11 @@ def message_create(
 ) -> Message:
     """Persist a message with the room's next seq; on commit broadcast and enqueue it.
 
-    Two statements in one transaction (UPDATE ... RETURNING the seq, INSERT), and no
-    re-read: the message is built from what the caller has. `sender`, the user object
-    when the caller has it, spares the broadcast a read of the sender's name.
+    Two statements in one transaction (UPDATE ... RETURNING the seq, INSERT; on
+    Postgres, outside a caller's transaction, one statement that is its own
+    transaction), and no re-read: the message is built from what the caller has.
+    `sender`, the user object when the caller has it, spares the broadcast a read of
+    the sender's name.
 
     `client_id` is the sender's idempotency key: if the sender stored a message with
     it within CHAT_CLIENT_ID_WINDOW, that message is returned (`replayed` True) and
@@ -288,8 +389,9 @@ def messages_create(
 ) -> list[Message | Exception]:
     """Persist several senders' messages in one transaction (a group commit): one
     UPDATE takes all their rooms' seqs, each room's in the order given, and one
-    INSERT stores them all. Each gets what message_create would give it, or the
-    exception it would raise.
+    INSERT stores them all (on Postgres, outside a caller's transaction, the two are
+    one statement: one round trip). Each gets what message_create would give it, or
+    the exception it would raise.
 
     `on_stored` is called with the messages once they are committed and their
     broadcasts are on their way, before their publication is enqueued (a round trip
@@ -316,51 +418,30 @@ def _messages_insert(
     *,
     on_stored: Callable[[list[Message]], None] | None = None,
 ) -> list[Message]:
-    by_room: dict[str, list[int]] = defaultdict(list)
-    for i, new in enumerate(requests):
-        by_room[new.room_name].append(i)
-    messages: list[Message | None] = [None] * len(requests)
-    publish: dict[int, str] = {}  # room id → its last message, whose task carries it
-    with write_turn() as release_turn, transaction.atomic():
-        counts = {name: len(indexes) for name, indexes in by_room.items()}
-        taken = _take_seqs(counts)
-        missing = {n: c for n, c in counts.items() if n not in taken}
-        if missing:  # rooms nobody has written to yet
-            for name in missing:
-                room_get_or_create(name=name)
-            taken |= _take_seqs(missing)
-        for room_name, indexes in by_room.items():
-            room_id, first_seq = taken[room_name]
-            room = Room(id=room_id, name=room_name)
-            room._state.adding = False
-            for seq, i in enumerate(indexes, start=first_seq):
-                new = requests[i]
-                message = Message(
-                    room=room,
-                    seq=seq,
-                    sender_id=new.sender_id,
-                    receiver_id=new.receiver_id,
-                    content=new.content,
-                    client_id=new.client_id,
-                )
-                if new.sender is not None and new.sender.pk == new.sender_id:
-                    message.sender = new.sender  # type: ignore[assignment]
-                messages[i] = message
-            publish[room_id] = str(message.message_id)
-        stored = [m for m in messages if m is not None]
-        _insert(stored)
-        # In this order after the commit: broadcasts (in seq order, before the next
-        # writer's), the caller's acks, the next writer's turn, then the enqueue.
-        # robust: the messages are committed; if Redis is down now, the senders still
-        # get their acks and the outbox sweep enqueues the publications later.
+    messages = [_unstored(new) for new in requests]
+    rooms = [new.room_name for new in requests]
+    with write_turn() as release_turn:
+        if not (
+            connection.vendor == "postgresql"
+            and _store_in_one_statement(messages, rooms)
+        ):
+            with transaction.atomic():
+                _store_in_transaction(messages, rooms)
+        # room id → its last message, whose task carries the room's publication
+        publish = {m.room_id: str(m.message_id) for m in messages}
+        # In this order after the commit (now, or the caller's transaction's):
+        # broadcasts (in seq order, before the next writer's), the caller's acks, the
+        # next writer's turn, then the enqueue. robust: the messages are committed;
+        # if Redis is down now, the senders still get their acks and the outbox
+        # sweep enqueues the publications later.
         # (lambdas, not partials: Django names a failed robust callback by __qualname__)
-        transaction.on_commit(lambda: _broadcast_all(stored), robust=True)
+        transaction.on_commit(lambda: _broadcast_all(messages), robust=True)
         if on_stored is not None:
-            transaction.on_commit(lambda: on_stored(stored), robust=True)
+            transaction.on_commit(lambda: on_stored(messages), robust=True)
         transaction.on_commit(release_turn)
         transaction.on_commit(lambda: _enqueue_publishes(publish), robust=True)
-    metrics.MESSAGES_RECEIVED.inc(len(stored))
-    for message in stored:
+    metrics.MESSAGES_RECEIVED.inc(len(messages))
+    for message in messages:
         logger.debug(
             "Message message_id=%s persisted in room %s seq %d",
             message.message_id,
@@ -368,7 +449,20 @@ def _messages_insert(
             message.seq,
             extra={"message_id": str(message.message_id)},
         )
-    return stored
+    return messages
+
+
+def _unstored(new: NewMessage) -> Message:
+    """The message `new` asks for, without its room and seq yet."""
+    message = Message(
+        sender_id=new.sender_id,
+        receiver_id=new.receiver_id,
+        content=new.content,
+        client_id=new.client_id,
+    )
+    if new.sender is not None and new.sender.pk == new.sender_id:
+        message.sender = new.sender  # type: ignore[assignment]
+    return message
 
 
 def _broadcast_all(messages: list[Message]) -> None:

@@ -28,7 +28,8 @@ def new(room: str, sender: int, content: str, **kwargs) -> services.NewMessage:
 def test_a_batch_takes_each_rooms_seqs_in_order_in_one_insert(chat_users):
     """Messages for two rooms in one call: each room's seqs follow the order given,
     and each caller gets its own message. One statement takes both rooms' seqs, one
-    INSERT stores the messages."""
+    INSERT stores the messages; on Postgres they are one statement, outside any
+    transaction (one round trip)."""
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
     requests = [
         new("wa", alice, "0"),
@@ -53,8 +54,15 @@ def test_a_batch_takes_each_rooms_seqs_in_order_in_one_insert(chat_users):
         (m.room.name, m.seq, m.content) for m in results
     )
     sql = [q["sql"] for q in queries.captured_queries]
-    assert len([q for q in sql if "SET next_seq" in q]) == 1
-    assert len([q for q in sql if q.startswith("INSERT")]) == 1
+    if connection.vendor == "postgresql":  # one statement, its own transaction
+        # (the broadcasts read the senders, which the requests did not give)
+        (statement,) = [q for q in sql if "auth_user" not in q]
+        assert "SET next_seq" in statement
+        assert "INSERT INTO" in statement
+        assert connection.get_autocommit()
+    else:
+        assert len([q for q in sql if "SET next_seq" in q]) == 1
+        assert len([q for q in sql if q.startswith("INSERT")]) == 1
 
 
 def test_one_publication_per_room_is_asked_for_by_its_last_message(
@@ -94,6 +102,34 @@ def test_a_resend_in_a_batch_gets_its_original_and_leaves_no_gap(chat_users):
         (3, "after"),
     ]
     assert Room.objects.get(name="rs").next_seq == 4
+
+
+def test_a_batch_inside_a_transaction_is_part_of_it(chat_users, redis_url):
+    """Inside the caller's transaction a batch is written in it (on Postgres not as
+    the one statement, which would commit on its own): a resend rolls back only its
+    savepoint, and when the caller rolls back, nothing is stored, broadcast or
+    enqueued."""
+    from django.db import transaction
+
+    redis.Redis.from_url(redis_url).delete("celery")
+    alice, bob = chat_users["alice"].id, chat_users["bob"].id
+    with transaction.atomic():
+        first = services.message_create(
+            room_name="tx",
+            sender_id=alice,
+            receiver_id=None,
+            content="hi",
+            client_id="k",
+        )
+        results = services.messages_create(
+            [new("tx", alice, "hi again", client_id="k"), new("tx", bob, "other")]
+        )
+        assert isinstance(results[0], Message) and results[0].replayed
+        assert results[0].message_id == first.message_id
+        assert isinstance(results[1], Message) and results[1].seq == 2
+        transaction.set_rollback(True)
+    assert not Message.objects.filter(room__name="tx").exists()
+    assert queued_tasks(redis_url) == []
 
 
 def test_a_request_that_breaks_a_constraint_fails_alone(chat_users):
