@@ -127,8 +127,10 @@ def _print_summary(console: Console, report: dict[str, Any]) -> None:
     console.print(
         f"sent {totals['sent']}, acked {totals['acked']}, "
         f"in Kafka {totals['in_kafka']}, "
-        f"lost {totals['lost']}, duplicates {totals['duplicates']}, inversions "
-        f"{totals['inversions']}, missed frames {totals['missed_frames']['total']}"
+        f"lost {totals['lost']} (passed over by the reader, found again: "
+        f"{totals['passed_over_by_reader']}), duplicates {totals['duplicates']}, "
+        f"inversions {totals['inversions']}, "
+        f"missed frames {totals['missed_frames']['total']}"
     )
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")

@@ -58,6 +58,9 @@ class Ledger:
     broadcast_first: dict[str, float] = field(default_factory=dict)
     status_first: dict[str, tuple[float, str]] = field(default_factory=dict)
     published_at: dict[str, float] = field(default_factory=dict)
+    # acked messages the live reader never got, found when the topic was read again
+    # from the start after the run (see reread): in Kafka, with no time to report
+    reread: dict[str, KafkaSeen] = field(default_factory=dict)
     received: list[set[str]] = field(default_factory=list)
     kafka: dict[str, KafkaSeen] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
@@ -126,19 +129,11 @@ class Ledger:
         if record.key == CEILING_KEY:
             self.ceiling_records += 1
             return
-        headers = dict(record.headers or [])
-        try:
-            event = json.loads(record.value)
-            message_id = (headers.get("message_id") or b"").decode() or event[
-                "message_id"
-            ]
-            seq = int(event["seq"])
-        except (ValueError, KeyError, TypeError):
+        parsed = _bench_record(record)
+        if parsed is None:
             self.foreign_records += 1
             return
-        if not (record.key or b"").startswith(b"room:bench-"):
-            self.foreign_records += 1
-            return
+        message_id, seq = parsed
         if message_id in self.kafka:
             self.duplicates += 1
             return
@@ -150,6 +145,16 @@ class Ledger:
             now, record.partition, record.offset, key, seq
         )
         self.n_kafka += 1
+
+    def not_read(self) -> set[str]:
+        """Acked messages that no reader has found in Kafka."""
+        return {
+            s.message_id
+            for s in self.acked()
+            if s.message_id is not None
+            and s.message_id not in self.kafka
+            and s.message_id not in self.reread
+        }
 
     # --- summaries --------------------------------------------------------------------
 
@@ -181,9 +186,75 @@ class Ledger:
     def seq_gaps(self) -> int:
         """Seqs missing in Kafka below each room's highest seq read."""
         seen: dict[bytes, set[int]] = {}
-        for item in list(self.kafka.values()):
+        for item in [*self.kafka.values(), *self.reread.values()]:
             seen.setdefault(item.key, set()).add(item.seq)
         return sum(max(seqs) - len(seqs) for seqs in seen.values())
+
+
+def _bench_record(record: Any) -> tuple[str, int] | None:
+    """(message_id, seq) of a chat event of the benchmark's rooms; None otherwise."""
+    headers = dict(record.headers or [])
+    try:
+        event = json.loads(record.value)
+        message_id = (headers.get("message_id") or b"").decode() or event["message_id"]
+        seq = int(event["seq"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not (record.key or b"").startswith(b"room:bench-"):
+        return None
+    return message_id, seq
+
+
+def reread(
+    bootstrap: str, topic: str, ledger: Ledger, *, idle: float = 5.0, limit: float = 120
+) -> int:
+    """After the run: read the topic again from the start, for the acked messages the
+    live reader did not get, into `ledger.reread`; returns how many it found.
+
+    A message acked by Kafka can be stored and yet be passed over by a reader: the
+    test broker (Tansu) has been seen to let a fetch return a later batch of a
+    partition before an earlier one was readable, and a consumer moves past the
+    earlier one's offsets. "Lost" is what this second reading does not find either.
+    It stops once all are found, after `idle` s without a record, or after `limit` s.
+    """
+    wanted = ledger.not_read()
+    if not wanted:
+        return 0
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        request_timeout_ms=10_000,
+        max_poll_records=5000,
+    )
+    found = 0
+    try:
+        assignment = [
+            TopicPartition(topic, p)
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(assignment)
+        consumer.seek_to_beginning(*assignment)
+        start = last = time.monotonic()
+        while wanted and time.monotonic() - last < idle:
+            if time.monotonic() - start > limit:
+                break
+            batches = consumer.poll(timeout_ms=200)
+            now = time.monotonic()
+            for records in batches.values():
+                last = now
+                for record in records:
+                    parsed = _bench_record(record)
+                    if parsed is None or parsed[0] not in wanted:
+                        continue
+                    wanted.discard(parsed[0])
+                    ledger.reread[parsed[0]] = KafkaSeen(
+                        now, record.partition, record.offset, record.key, parsed[1]
+                    )
+                    found += 1
+    finally:
+        consumer.close()
+    return found
 
 
 class KafkaReader(threading.Thread):

@@ -23,7 +23,7 @@ from . import analysis, ceilings
 from .analysis import Step
 from .config import BenchConfig
 from .cpu import CpuMonitor, cpu_delta
-from .ledger import KafkaReader, Ledger
+from .ledger import KafkaReader, Ledger, reread
 from .load import BenchClient, Sample, Sampler, closed_loop, open_loop
 from .stack import BenchUser, Stack, vacuum_database
 
@@ -127,6 +127,15 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await sampling
             await asyncio.to_thread(reader.stop)
+        passed_over = await asyncio.to_thread(
+            reread, stack.kafka, stack.topic, self.ledger
+        )
+        if passed_over:
+            self.warnings.append(
+                f"the live Kafka reader passed over {passed_over} record(s) that were "
+                "in Kafka (found when the topic was read again after the run; not "
+                "lost, and without a Kafka time)"
+            )
         for client in clients:
             if client.closed_unexpectedly:
                 self.warnings.append(
@@ -311,6 +320,9 @@ class Runner:
                     lambda i: [published[i % len(published)]],
                 )
             )
+            # again after the repeat: the two are compared with the mean of the
+            # no-op's runs either side, as this machine's speed drifts within a run
+            celery_runs.append(("noop_task_again", "bench.tasks.noop", None))
         names = [task for _, task, _ in celery_runs]
         if config.use_running and not await asyncio.to_thread(
             ceilings.worker_knows, app, names

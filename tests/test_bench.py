@@ -66,8 +66,8 @@ def test_bench_tiny_run_writes_a_well_formed_report_with_nothing_lost(tmp_path):
         assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
     assert {"web", "worker", "beat", "valkey", "tansu", "bench"} <= set(fixed["cpu"])
     assert set(report["ceilings"]) == {
-        "noop_task", "publish_only_task", "repeat_publish_task", "kafka_per_ack",
-        "kafka_pipelined", "channels_round_trip",
+        "noop_task", "publish_only_task", "repeat_publish_task", "noop_task_again",
+        "kafka_per_ack", "kafka_pipelined", "channels_round_trip",
     }  # fmt: skip
     for name, ceiling in report["ceilings"].items():
         assert ceiling.get("rate", 0) > 0, (name, ceiling)
@@ -113,6 +113,47 @@ def test_ledger_counts_inversions_duplicates_and_gaps_per_room():
     assert ledger.seq_gaps() == 4  # room bench-2 has only seq 5 of 1..5
 
 
+def test_records_the_live_reader_passed_over_are_found_again_not_lost(
+    kafka_bootstrap,
+):
+    """After the run the topic is read again from the start for the acked messages
+    the live reader did not get: those found are "passed over", not lost; the rest
+    are lost."""
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from bench.analysis import totals
+    from bench.ledger import Sent, reread
+
+    topic = f"reread-{uuid.uuid4().hex[:8]}"
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for seq, message_id in enumerate(ids[:3], start=1):  # the 4th never reached Kafka
+        producer.send(
+            topic,
+            key=b"room:bench-1",
+            value=json.dumps({"message_id": message_id, "seq": seq}).encode(),
+            headers=[("message_id", message_id.encode())],
+        )
+    producer.flush()
+    producer.close()
+    ledger = Ledger(clients=1)
+    for seq, message_id in enumerate(ids, start=1):
+        ledger.sends[f"c{seq}"] = Sent(
+            0, "bench-1", 0, 0.0, t_ack=0.1, message_id=message_id, seq=seq
+        )
+        ledger.n_acked += 1
+    ledger.on_record(_record(b"room:bench-1", 1, ids[0], 0), now=0.2)  # read live
+
+    assert reread(kafka_bootstrap, topic, ledger, idle=2.0) == 2
+    assert set(ledger.reread) == set(ids[1:3])
+    total = totals(ledger, ["bench-1"], settled=True)
+    assert (total["lost"], total["passed_over_by_reader"]) == (1, 2)
+    assert total["lost_sample"] == [ids[3]]
+    assert total["in_kafka"] == 3 and total["seq_gaps"] == 0
+
+
 def test_targets_judge_ratios_and_leave_unmeasured_ones_open():
     """Throughput is the saturation rate over the no-op ceiling; without an overload
     or half step those targets are not measured rather than met."""
@@ -129,6 +170,24 @@ def test_targets_judge_ratios_and_leave_unmeasured_ones_open():
     assert judged["Order"]["status"] == "not met"
     assert judged["Loss"]["status"] == "met"
     assert judged["No collapse"]["status"] == "not measured"
+
+
+def test_the_no_op_ceiling_is_the_mean_of_its_runs_either_side_of_the_repeat():
+    """The repeat is compared with the no-op's runs before and after it: the
+    machine's speed drifts within a run."""
+    report = {
+        "saturation": {"published_rate": 60.0},
+        "ceilings": {
+            "noop_task": {"rate": 100.0},
+            "repeat_publish_task": {"rate": 60.0},
+            "noop_task_again": {"rate": 60.0},
+        },
+        "steps": [],
+        "totals": {"lost": 0, "inversions": 0},
+    }
+    judged = {t["target"].split(":")[0]: t for t in targets(report)}
+    assert judged["Cheap repeats"]["measured"] == round(80 / 60, 3)
+    assert judged["Throughput"]["measured"] == 0.75
 
 
 @pytest.mark.django_db(transaction=True)
