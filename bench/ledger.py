@@ -211,10 +211,11 @@ def reread(
     """After the run: read the topic again from the start, for the acked messages the
     live reader did not get, into `ledger.reread`; returns how many it found.
 
-    A message acked by Kafka can be stored and yet be passed over by a reader: the
-    test broker (Tansu) has been seen to let a fetch return a later batch of a
-    partition before an earlier one was readable, and a consumer moves past the
-    earlier one's offsets. "Lost" is what this second reading does not find either.
+    A message acked by Kafka can be stored and yet be passed over by a reader: in one
+    run the live reader never got six records the test broker (Tansu) had acked at
+    offsets 34509-34514 of a partition, while it read the ones after them (a consumer
+    moves past offsets a fetch skips). "Lost" is what this second reading does not
+    find either.
     It stops once all are found, after `idle` s without a record, or after `limit` s.
     """
     wanted = ledger.not_read()
