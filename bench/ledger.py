@@ -215,8 +215,8 @@ def reread(
     run the live reader never got six records the test broker (Tansu) had acked at
     offsets 34509-34514 of a partition, while it read the ones after them (a consumer
     moves past offsets a fetch skips). "Lost" is what this second reading does not
-    find either.
-    It stops once all are found, after `idle` s without a record, or after `limit` s.
+    find either. It stops once all are found, after `idle` s without a record, or
+    after `limit` s.
     """
     wanted = ledger.not_read()
     if not wanted:
@@ -228,7 +228,6 @@ def reread(
         request_timeout_ms=10_000,
         max_poll_records=5000,
     )
-    found = 0
     try:
         assignment = [
             TopicPartition(topic, p)
@@ -252,10 +251,9 @@ def reread(
                     ledger.reread[parsed[0]] = KafkaSeen(
                         now, record.partition, record.offset, record.key, parsed[1]
                     )
-                    found += 1
     finally:
         consumer.close()
-    return found
+    return len(ledger.reread)
 
 
 class KafkaReader(threading.Thread):
