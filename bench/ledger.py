@@ -205,6 +205,34 @@ def _bench_record(record: Any) -> tuple[str, int] | None:
     return message_id, seq
 
 
+def _consumer(bootstrap: str) -> KafkaConsumer:
+    """A consumer outside any group, for reading partitions it is assigned."""
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,  # Tansu answers as soon as data comes
+        request_timeout_ms=10_000,
+        max_poll_records=5000,
+    )
+
+
+def _assign(
+    consumer: KafkaConsumer,
+    topic: str,
+    partitions: set[int] | None,
+    *,
+    from_end: bool = False,
+) -> list[TopicPartition]:
+    """Assign `consumer` these partitions of `topic`, from their start (or end)."""
+    assignment = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+    consumer.assign(assignment)
+    if from_end:
+        consumer.seek_to_end(*assignment)
+    else:
+        consumer.seek_to_beginning(*assignment)
+    return assignment
+
+
 def reread(
     bootstrap: str, topic: str, ledger: Ledger, *, idle: float = 5.0, limit: float = 120
 ) -> int:
@@ -221,24 +249,15 @@ def reread(
     wanted = ledger.not_read()
     if not wanted:
         return 0
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=100,
-        request_timeout_ms=10_000,
-        max_poll_records=5000,
-    )
+    consumer = _consumer(bootstrap)
     try:
-        assignment = [
-            TopicPartition(topic, p)
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        consumer.assign(assignment)
-        consumer.seek_to_beginning(*assignment)
+        _assign(consumer, topic, consumer.partitions_for_topic(topic))
         start = last = time.monotonic()
-        while wanted and time.monotonic() - last < idle:
-            if time.monotonic() - start > limit:
-                break
+        while (
+            wanted
+            and time.monotonic() - last < idle
+            and time.monotonic() - start < limit
+        ):
             batches = consumer.poll(timeout_ms=200)
             now = time.monotonic()
             for records in batches.values():
@@ -271,13 +290,7 @@ class KafkaReader(threading.Thread):
 
     def run(self) -> None:
         """Assign all partitions, then poll until stopped."""
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=100,  # Tansu answers as soon as data comes
-            request_timeout_ms=10_000,
-            max_poll_records=5000,
-        )
+        consumer = _consumer(self.bootstrap)
         try:
             partitions: set[int] | None = None
             while not self.stopping.is_set():
@@ -285,14 +298,9 @@ class KafkaReader(threading.Thread):
                 if partitions:
                     break
                 time.sleep(0.1)
-            assignment = [
-                TopicPartition(self.topic, p) for p in sorted(partitions or ())
-            ]
-            consumer.assign(assignment)
-            if self.from_end:
-                consumer.seek_to_end(*assignment)
-            else:
-                consumer.seek_to_beginning(*assignment)
+            assignment = _assign(
+                consumer, self.topic, partitions, from_end=self.from_end
+            )
             for tp in assignment:
                 consumer.position(tp)  # resolve now, so "ready" means reading
             self.ready.set()
