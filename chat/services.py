@@ -487,15 +487,16 @@ def messages_record_published(
         message.last_error = ""
         by_partition[result.partition].append((message, result))
         metrics.PUBLISH_LATENCY.observe((now - message.created_at).total_seconds())
-    for partition, rows in by_partition.items():
-        _record_offsets(partition, rows, now)
-    if skipped:
-        for message in skipped:
-            message.attempts += 1
-            message.status = Message.Status.SKIPPED
-        Message.objects.filter(pk__in=[m.pk for m in skipped]).update(
-            status=Message.Status.SKIPPED, attempts=F("attempts") + 1
-        )
+    for message in skipped:
+        message.attempts += 1
+        message.status = Message.Status.SKIPPED
+    with write_turn():  # beside the web's group commits (db_connections)
+        for partition, rows in by_partition.items():
+            _record_offsets(partition, rows, now)
+        if skipped:
+            Message.objects.filter(pk__in=[m.pk for m in skipped]).update(
+                status=Message.Status.SKIPPED, attempts=F("attempts") + 1
+            )
     metrics.MESSAGES_PUBLISHED.inc(len(published))
     metrics.MESSAGES_SKIPPED.inc(len(skipped))
 
@@ -526,11 +527,12 @@ def _record_offsets(partition: int, rows: list[tuple[Message, Any]], now: Any) -
 def messages_record_error(*, messages: Sequence[Message], error: str) -> None:
     """Count the attempt and keep the retriable error of messages tried again later;
     the sweep waits a grace period past this attempt."""
-    Message.objects.filter(pk__in=[m.pk for m in messages]).update(
-        attempts=F("attempts") + 1,
-        last_error=error[:2000],
-        next_sweep_at=timezone.now() + _grace(),
-    )
+    with write_turn():
+        Message.objects.filter(pk__in=[m.pk for m in messages]).update(
+            attempts=F("attempts") + 1,
+            last_error=error[:2000],
+            next_sweep_at=timezone.now() + _grace(),
+        )
 
 
 def message_mark_failed(*, message_id: str, error: str) -> Message | None:
@@ -554,7 +556,8 @@ def message_mark_failed(*, message_id: str, error: str) -> Message | None:
         each.status = Message.Status.FAILED
         each.last_error = error[:2000]
         each.next_sweep_at = now + outbox_backoff(sweep_count=each.sweep_count)
-    Message.objects.bulk_update(failed, ["status", "last_error", "next_sweep_at"])
+    with write_turn():
+        Message.objects.bulk_update(failed, ["status", "last_error", "next_sweep_at"])
     metrics.MESSAGES_FAILED.inc(len(newly_failed))
     logger.error(
         "Retries exhausted for message_id=%s and %d more of %s (sweep again at %s): %s",
@@ -573,7 +576,10 @@ def message_mark_dead(*, message: Message, reason: str) -> Message:
     message.status = Message.Status.DEAD
     message.last_error = reason[:2000]
     message.next_sweep_at = None
-    message.save(update_fields=["status", "attempts", "last_error", "next_sweep_at"])
+    with write_turn():
+        message.save(
+            update_fields=["status", "attempts", "last_error", "next_sweep_at"]
+        )
     metrics.MESSAGES_DEAD.inc()
     logger.error(
         "Dead message_id=%s: %s",

@@ -334,7 +334,12 @@ RELIABILITY_ROWS = pytest.StashKey[list[dict[str, Any]]]()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write docs/RELIABILITY.md when asked and every scenario ran."""
+    """Remove the SQLite test database's write-turn lock file (chat.db_connections)
+    beside it, which pytest-django leaves; write docs/RELIABILITY.md when asked and
+    every scenario ran."""
+    test_db = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if test_db:
+        Path(f"{test_db}.write-turn").unlink(missing_ok=True)
     path = session.config.getoption("--reliability-report")
     rows = session.config.stash.get(RELIABILITY_ROWS, [])
     if path and rows:

@@ -3,12 +3,19 @@ would close it."""
 
 from __future__ import annotations
 
+import multiprocessing
+import threading
 import time
 
 import pytest
 from django.db import connection
 
-from chat.db_connections import between_units, close_unusable_connections, db_call
+from chat.db_connections import (
+    between_units,
+    close_unusable_connections,
+    db_call,
+    write_turn,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -107,3 +114,40 @@ async def test_a_consumer_handles_frames_and_events_without_the_orm_thread_hop(
     with pytest.raises(SocketCrashed) as crashed:
         await consumer.dispatch({"type": "no.such.handler"})
     assert "No handler" in str(crashed.value.__cause__)
+
+
+def _take_the_turn(started, acquired) -> None:  # in a forked child
+    started.set()
+    with write_turn():
+        acquired.set()
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's writers take turns")
+def test_write_turn_waits_for_another_process_s_writer():
+    """The Celery children and the web process write the same SQLite file: a writer
+    waits for another process's turn to end (not in SQLite's sleeping busy handler),
+    and a forked child has turns of its own, not its parent's."""
+    fork = multiprocessing.get_context("fork")
+    started, acquired = fork.Event(), fork.Event()
+    with write_turn() as release:
+        child = fork.Process(target=_take_the_turn, args=(started, acquired))
+        child.start()
+        try:
+            assert started.wait(10)
+            assert not acquired.wait(0.5)  # the parent's turn holds it off
+            release()
+            assert acquired.wait(10)
+        finally:
+            child.join(10)
+    assert child.exitcode == 0
+    # and the parent's next turn is its own again
+    done = threading.Event()
+
+    def take() -> None:
+        with write_turn():
+            done.set()
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    taker.join(10)
+    assert done.is_set()
