@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Rows per write turn when the sweep forgets old idempotency keys.
+CLIENT_ID_EXPIRE_CHUNK = 500
+
 
 def _grace() -> timedelta:
     return timedelta(seconds=settings.OUTBOX_GRACE_SECONDS)
@@ -614,8 +617,12 @@ def outbox_sweep(
             settings.OUTBOX_SWEEP_MAX_QUEUE,
         )
         return []
-    with transaction.atomic():
-        pending = messages_pending_publish(now=now, grace=_grace())
+    pending = messages_pending_publish(now=now, grace=_grace())
+    # Nothing due (the usual case): no write transaction, which on SQLite would hold
+    # the database's write lock while the query runs.
+    if not pending.exists():
+        return []
+    with write_turn(), transaction.atomic():
         candidates = list(pending.select_for_update(skip_locked=True)[:limit])
         waiting = {
             room_id
@@ -654,9 +661,18 @@ def client_ids_expire(*, now: datetime | None = None) -> int:
     """Forget idempotency keys older than CHAT_CLIENT_ID_WINDOW (the sweep calls
     this), so a client may use a key again after the window; returns how many."""
     cutoff = (now or timezone.now()) - timedelta(seconds=settings.CHAT_CLIENT_ID_WINDOW)
-    return Message.objects.filter(
-        client_id__isnull=False, created_at__lt=cutoff
-    ).update(client_id=None)
+    expired = Message.objects.filter(client_id__isnull=False, created_at__lt=cutoff)
+    # Found by a read first, then written a chunk per write turn: on SQLite an UPDATE
+    # holds the database's write lock from its first row read, and this one reads the
+    # whole table (no index on created_at alone), which held every writer up for tens
+    # of ms every sweep on a large table.
+    total = 0
+    while ids := list(expired.values_list("pk", flat=True)[:CLIENT_ID_EXPIRE_CHUNK]):
+        with write_turn():
+            total += expired.filter(pk__in=ids).update(client_id=None)
+        if len(ids) < CLIENT_ID_EXPIRE_CHUNK:
+            break
+    return total
 
 
 def message_redrive(*, message_ids: Iterable[str]) -> list[str]:

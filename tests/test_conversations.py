@@ -40,7 +40,7 @@ def send(room: str, sender: int, content: str, **kwargs) -> Message:
 
 
 def test_a_resent_client_id_returns_the_original_and_takes_no_seq(
-    chat_users, stack, settings
+    chat_users, stack, settings, monkeypatch
 ):
     """Same sender + client_id within the window: the stored message (replayed), no
     new row, no seq taken. Another sender may use the same key; after the window,
@@ -59,7 +59,9 @@ def test_a_resent_client_id_returns_the_original_and_takes_no_seq(
     assert not other.replayed and other.seq == 2
     assert services.client_ids_expire() == 0  # all inside the window
     later = timezone.now() + timedelta(seconds=settings.CHAT_CLIENT_ID_WINDOW + 1)
+    monkeypatch.setattr(services, "CLIENT_ID_EXPIRE_CHUNK", 1)  # a write turn each
     assert services.client_ids_expire(now=later) == 2
+    assert not Message.objects.filter(client_id__isnull=False).exists()
     fresh = send("lobby", alice, "hello", client_id="c-1")
     assert not fresh.replayed and fresh.seq == 3
     assert Message.objects.count() == 3

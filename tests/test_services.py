@@ -6,6 +6,7 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from chat import outbox, services
 from chat.models import Message
@@ -192,6 +193,22 @@ def test_publish_tasks_coalesce_per_conversation(chat_users, redis_url):
     )
     queued = queued_tasks(redis_url)
     assert len(queued) == 3 and f"['{again.message_id}']" in queued
+
+
+def test_a_sweep_with_nothing_due_writes_nothing(chat_users):
+    """The usual sweep finds nothing due with a read, and opens no write transaction
+    (on SQLite it would hold every writer up while its query runs)."""
+    services.message_create(
+        room_name="lobby",
+        sender_id=chat_users["alice"].id,
+        receiver_id=None,
+        content="x",
+    )
+    with CaptureQueriesContext(connection) as queries:
+        assert services.outbox_sweep() == []
+    sql = " ".join(q["sql"].upper() for q in queries.captured_queries)
+    assert "SELECT" in sql
+    assert not any(word in sql for word in ("BEGIN", "UPDATE", "SAVEPOINT"))
 
 
 def test_sweep_waits_while_the_queue_is_deep(chat_users, settings, redis_url):
