@@ -208,7 +208,8 @@ def test_a_sweep_with_nothing_due_writes_nothing(chat_users):
         assert services.outbox_sweep() == []
     sql = " ".join(q["sql"].upper() for q in queries.captured_queries)
     assert "SELECT" in sql
-    assert not any(word in sql for word in ("BEGIN", "UPDATE", "SAVEPOINT"))  # FOR UPDATE too
+    # no transaction, no row lock ("FOR UPDATE"), no write
+    assert not any(word in sql for word in ("BEGIN", "UPDATE", "SAVEPOINT"))
 
 
 def test_sweep_waits_while_the_queue_is_deep(chat_users, settings, redis_url):
