@@ -35,6 +35,10 @@ MESSAGES_FAILED = Counter(
     "chat_messages_failed", "Messages whose retries were exhausted (the sweep retries)"
 )
 MESSAGES_DEAD = Counter("chat_messages_dead", "Messages that can never be published")
+PRODUCER_REBUILDS = Counter(
+    "chat_kafka_producer_rebuilds",
+    "Kafka producers discarded for a broken state and built anew",
+)
 PUBLISH_LATENCY = Histogram(
     "chat_publish_latency_seconds",
     "From persisting a message to Kafka's acknowledgement",

@@ -192,9 +192,13 @@ def _publish_batch(
     for message, event, result in zip(batch, events, results, strict=True):
         key = str(message.message_id)
         if isinstance(result, PermanentPublishError):
+            dead_letter_error = _dead_letter(agent, event, result)
+            if dead_letter_error is not None:
+                retriable.append(message)
+                outcome[key] = dead_letter_error
+                continue
             message.attempts += 1
             services.message_mark_dead(message=message, reason=str(result))
-            agent.publish_dead_letter(event, str(result))
             outcome[key] = result
         elif isinstance(result, KafkaPublishError):
             retriable.append(message)
@@ -219,6 +223,31 @@ def _publish_batch(
         )
     broadcast.send_statuses([m for m, _ in published])
     return outcome
+
+
+def _dead_letter(
+    agent: KafkaChatAgent, event: ChatEvent, error: PermanentPublishError
+) -> RetriablePublishError | None:
+    """Copy a dead message to the dead-letter topic. A copy not written (retriable)
+    keeps the message retrying, never dead without its copy: returns that error."""
+    try:
+        agent.publish_dead_letter(event, str(error))
+    except RetriablePublishError as exc:
+        logger.warning(
+            "Dead-letter copy of message_id=%s not written yet, retried later: %s",
+            event.message_id,
+            exc,
+        )
+        return RetriablePublishError(
+            f"{error}; its dead-letter copy is not written yet: {exc}"
+        )
+    except KafkaPublishError as exc:  # the dead-letter topic refuses it for good
+        logger.error(
+            "Dead-letter copy of message_id=%s refused for good: %s",
+            event.message_id,
+            exc,
+        )
+    return None
 
 
 @shared_task(ignore_result=True)

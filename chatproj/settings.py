@@ -175,6 +175,14 @@ KAFKA_ENABLED = env.bool("KAFKA_ENABLED", default=True)
 KAFKA_BOOTSTRAP_SERVERS = env("KAFKA_BOOTSTRAP_SERVERS", default="127.0.0.1:9092")
 KAFKA_CLIENT_ID = env("KAFKA_CLIENT_ID", default="chat-agent")
 KAFKA_CHAT_TOPIC = env("KAFKA_CHAT_TOPIC", default="chat_messages")
+# The chat topic and <topic>.dlq are created with these (never by the broker's
+# auto-create): by each producer process before its first send when
+# KAFKA_CREATE_TOPICS is on, and by `manage.py kafka_topics`. Production with three
+# brokers: replication factor 3, KAFKA_TOPIC_MIN_INSYNC_REPLICAS=2 (with acks=all).
+KAFKA_CREATE_TOPICS = env.bool("KAFKA_CREATE_TOPICS", default=True)
+KAFKA_TOPIC_PARTITIONS = env.int("KAFKA_TOPIC_PARTITIONS", default=6)
+KAFKA_TOPIC_REPLICATION_FACTOR = env.int("KAFKA_TOPIC_REPLICATION_FACTOR", default=1)
+KAFKA_TOPIC_MIN_INSYNC_REPLICAS = env.int("KAFKA_TOPIC_MIN_INSYNC_REPLICAS", default=0)
 # Upper bound, in seconds, on any single Kafka call: producer creation, one send + ack,
 # flush and close. A dead broker never blocks a worker longer than this.
 KAFKA_SEND_TIMEOUT = env.float("KAFKA_SEND_TIMEOUT", default=5.0)
@@ -431,6 +439,15 @@ NON_DELIVERING_EMAIL_BACKENDS = {
 PASSWORD_RESET_ENABLED = EMAIL_BACKEND not in NON_DELIVERING_EMAIL_BACKENDS
 
 # --- Consistency checks: fail at start-up, not during an outage --------------------
+if KAFKA_TOPIC_PARTITIONS < 1 or KAFKA_TOPIC_REPLICATION_FACTOR < 1:
+    raise ImproperlyConfigured(
+        "KAFKA_TOPIC_PARTITIONS and KAFKA_TOPIC_REPLICATION_FACTOR must be >= 1."
+    )
+if KAFKA_TOPIC_MIN_INSYNC_REPLICAS > KAFKA_TOPIC_REPLICATION_FACTOR:
+    raise ImproperlyConfigured(
+        "KAFKA_TOPIC_MIN_INSYNC_REPLICAS cannot exceed KAFKA_TOPIC_REPLICATION_FACTOR: "
+        "no write could ever be acknowledged."
+    )
 if KAFKA_RETRY_TRIES < 1:
     raise ImproperlyConfigured("KAFKA_RETRY_TRIES counts attempts: it must be >= 1.")
 _visibility = CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]

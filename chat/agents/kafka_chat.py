@@ -22,9 +22,12 @@ from django.core.exceptions import ImproperlyConfigured
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from .. import metrics
 from ..models import dm_room_name
 from ..schemas import ChatEvent, ChatValidationError, parse_chat_frame
 from .base import Agent
+from .publish_errors import Recovery, recovery_for
+from .topics import chat_topic_specs, topics_ensure
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +57,16 @@ class KafkaPublishError(Exception):
 
 
 class RetriablePublishError(KafkaPublishError):
-    """The broker is unreachable, slow or electing a leader: try again later."""
+    """The broker is unreachable, slow or electing a leader: try again later.
+
+    `rebuild` says the producer that met it was discarded (its state was broken);
+    the next attempt builds a new one."""
 
     retriable = True
+
+    def __init__(self, message: str, *, rebuild: bool = False) -> None:
+        super().__init__(message)
+        self.rebuild = rebuild
 
 
 class PermanentPublishError(KafkaPublishError):
@@ -72,11 +82,13 @@ class _PartlyFailedBatch(RetriablePublishError):
         self.outcomes = outcomes
 
 
-def _publish_error(exc: KafkaError) -> KafkaPublishError:
-    # Only retriable errors say something about the broker's health; a record that
-    # is too large never gets through.
-    error_cls = RetriablePublishError if exc.retriable else PermanentPublishError
-    return error_cls(f"{type(exc).__name__}: {exc}")
+def _publish_error(exc: Exception, producer: Any = None) -> KafkaPublishError:
+    """The publish error for what the producer raised (publish_errors' table)."""
+    text = f"{type(exc).__name__}: {exc}"
+    recovery = recovery_for(exc, producer)
+    if recovery is Recovery.PERMANENT:
+        return PermanentPublishError(text)
+    return RetriablePublishError(text, rebuild=recovery is Recovery.REBUILD)
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,8 @@ class KafkaChatAgent(Agent):
         )
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
+        self.producer_rebuilds = 0
+        self._topics_ready = not settings.KAFKA_CREATE_TOPICS
         self._validate_config()
         # Fail fast while the broker is known to be down, instead of spending
         # KAFKA_SEND_TIMEOUT of a worker on every attempt (retries come later).
@@ -184,6 +198,8 @@ class KafkaChatAgent(Agent):
         return self._producer
 
     def _build_producer(self) -> KafkaProducer:
+        if not self._topics_ready:
+            self._ensure_topics()
         timeout_ms = int(self.send_timeout * 1000)
         config: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
@@ -222,6 +238,22 @@ class KafkaChatAgent(Agent):
             ",".join(self.bootstrap_servers),
         )
         return producer
+
+    def _ensure_topics(self) -> None:
+        """Create the chat and dead-letter topics if missing (once per process)."""
+        try:
+            topics_ensure(
+                bootstrap_servers=self.bootstrap_servers,
+                specs=chat_topic_specs(self.topic),
+                timeout=self.send_timeout,
+                client_options=_admin_options(self.producer_config),
+            )
+        except KafkaError as exc:
+            raise RetriablePublishError(
+                f"Kafka unreachable, or it refused to create the topics {self.topic} "
+                f"and {self.dlq_topic}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._topics_ready = True
 
     def flush(self) -> None:
         """Send what is buffered, waiting at most KAFKA_SEND_TIMEOUT. Idempotent."""
@@ -304,34 +336,73 @@ class KafkaChatAgent(Agent):
                         headers=event.headers,
                     )
                 )
-            except KafkaError as exc:  # refused before sending (e.g. too large)
+            except Exception as exc:  # refused before sending (e.g. too large)
                 pending.append(exc)
         try:
             producer.flush(timeout=self.send_timeout)
         except KafkaError as exc:
             logger.warning("Kafka flush of %d event(s) timed out: %s", len(events), exc)
-        outcomes = [self._outcome(item) for item in pending]
+        outcomes = [self._outcome(item, producer) for item in pending]
+        self._rebuild_if_needed(producer, outcomes)
         if any(isinstance(o, RetriablePublishError) for o in outcomes):
             raise _PartlyFailedBatch(outcomes)  # counts against the breaker
         return outcomes
 
-    def _outcome(self, sent: Any) -> PublishResult | KafkaPublishError:
-        if isinstance(sent, KafkaError):
-            return _publish_error(sent)
+    def _outcome(self, sent: Any, producer: Any) -> PublishResult | KafkaPublishError:
+        if isinstance(sent, Exception):
+            return _publish_error(sent, producer)
         if not sent.is_done:
             return RetriablePublishError(
                 f"KafkaTimeoutError: no acknowledgement within {self.send_timeout:g}s"
             )
         try:
             metadata = sent.get(timeout=0)
-        except KafkaError as exc:
-            return _publish_error(exc)
+        except Exception as exc:
+            return _publish_error(exc, producer)
         return PublishResult(metadata.topic, metadata.partition, metadata.offset)
+
+    def _rebuild_if_needed(
+        self, producer: KafkaProducer, outcomes: Sequence[object]
+    ) -> None:
+        """Discard `producer` when an outcome says its state is broken, so that the
+        next attempt builds a new one (new producer id, new connections)."""
+        broken = [
+            o for o in outcomes if isinstance(o, RetriablePublishError) and o.rebuild
+        ]
+        if broken:
+            self.producer_discard(producer, reason=str(broken[0]))
+
+    def producer_discard(self, producer: KafkaProducer, *, reason: str) -> None:
+        """Close `producer` if it is still this agent's; the next use builds anew."""
+        with self._producer_lock:
+            owned = self._producer is producer
+            if owned:
+                self._producer = None
+        if not owned:
+            return  # another thread already replaced it
+        # The cluster may have lost its topics too (an in-memory broker restarted).
+        self._topics_ready = not settings.KAFKA_CREATE_TOPICS
+        self.producer_rebuilds += 1
+        metrics.PRODUCER_REBUILDS.inc()
+        logger.warning(
+            "Kafka producer of pid %d discarded, a new one is built for the next "
+            "attempt: %s",
+            self.pid,
+            reason,
+        )
+        try:
+            producer.close(timeout=0)  # its pending records already failed
+        except Exception:  # a broken producer may fail to close: it is dropped anyway
+            logger.debug("Closing the discarded producer failed", exc_info=True)
 
     def publish_dead_letter(
         self, event: ChatEvent, reason: str
     ) -> PublishResult | None:
-        """Copy a message that can never be published to `<topic>.dlq` (best effort)."""
+        """Copy a message that can never be published to `<topic>.dlq`.
+
+        None when Kafka is disabled. Raises KafkaPublishError when the copy was not
+        written: the caller keeps the message retrying until it is.
+        """
         if not self.enabled:
             return None
         value = json.dumps(
@@ -344,15 +415,7 @@ class KafkaChatAgent(Agent):
             ensure_ascii=False,
         ).encode()
         headers = [*event.headers, ("error", reason[:500].encode())]
-        try:
-            result = self._produce(self.dlq_topic, event.key, value, headers, event)
-        except KafkaPublishError as exc:
-            logger.error(
-                "Dead-letter copy of message_id=%s not written: %s",
-                event.message_id,
-                exc,
-            )
-            return None
+        result = self._produce(self.dlq_topic, event.key, value, headers, event)
         logger.error(
             "Dead message_id=%s copied to %s[%d]@%d",
             event.message_id,
@@ -398,11 +461,14 @@ class KafkaChatAgent(Agent):
     def _send_and_wait(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
     ) -> Any:
+        producer = self.producer
         try:
-            future = self.producer.send(topic, key=key, value=value, headers=headers)
+            future = producer.send(topic, key=key, value=value, headers=headers)
             return future.get(timeout=self.send_timeout)
-        except KafkaError as exc:
-            raise _publish_error(exc) from exc
+        except Exception as exc:
+            error = _publish_error(exc, producer)
+            self._rebuild_if_needed(producer, [error])
+            raise error from exc
 
     # --- the original README's API ------------------------------------------------
 
@@ -482,6 +548,33 @@ class KafkaChatAgent(Agent):
             content=data["message"],
         )
         return message_payload(message)
+
+
+# KAFKA_PRODUCER_OPTIONS that also concern an admin client (security, timeouts of
+# the connection); producer-only ones (acks, linger) are not passed to it.
+_ADMIN_OPTIONS = frozenset(
+    {
+        "security_protocol",
+        "ssl_context",
+        "ssl_check_hostname",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_crlfile",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "sasl_oauth_token_provider",
+        "api_version",
+    }
+)
+
+
+def _admin_options(producer_config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in producer_config.items() if k in _ADMIN_OPTIONS}
 
 
 def _is_id(value: object) -> bool:

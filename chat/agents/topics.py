@@ -1,0 +1,101 @@
+"""Explicit creation of the chat topic and its dead-letter topic.
+
+The topics are created with the partitions, replication factor and
+`min.insync.replicas` of the settings, never by the broker's auto-create: the
+producer creates them once per process before its first send (KAFKA_CREATE_TOPICS),
+and `manage.py kafka_topics` does it on demand (compose's init step).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic as the settings want it."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    min_insync_replicas: int | None = None
+
+    def request(self) -> dict[str, dict[str, object]]:
+        """kafka-python's create_topics form of this topic."""
+        configs = {}
+        if self.min_insync_replicas:
+            configs["min.insync.replicas"] = str(self.min_insync_replicas)
+        return {
+            self.name: {
+                "num_partitions": self.partitions,
+                "replication_factor": self.replication_factor,
+                "configs": configs,
+            }
+        }
+
+
+def chat_topic_specs(topic: str | None = None) -> list[TopicSpec]:
+    """The chat topic and `<topic>.dlq`, as the KAFKA_TOPIC_* settings want them."""
+    name = topic or settings.KAFKA_CHAT_TOPIC
+    return [
+        TopicSpec(
+            topic_name,
+            settings.KAFKA_TOPIC_PARTITIONS,
+            settings.KAFKA_TOPIC_REPLICATION_FACTOR,
+            settings.KAFKA_TOPIC_MIN_INSYNC_REPLICAS,
+        )
+        for topic_name in (name, f"{name}.dlq")
+    ]
+
+
+def topics_ensure(
+    *,
+    bootstrap_servers: list[str],
+    specs: list[TopicSpec],
+    timeout: float,
+    client_options: dict[str, object] | None = None,
+) -> list[str]:
+    """Create the topics of `specs` that do not exist; return the names created.
+
+    Raises KafkaError when the cluster cannot be asked or refuses (too few brokers
+    for the replication factor, not authorized): the caller decides what that means.
+    """
+    timeout_ms = int(timeout * 1000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=timeout_ms,
+        bootstrap_timeout_ms=timeout_ms,
+        reconnect_backoff_max_ms=1000,
+        **(client_options or {}),
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = [spec for spec in specs if spec.name not in existing]
+        created = []
+        for spec in missing:
+            try:
+                admin.create_topics(
+                    spec.request(), timeout_ms=timeout_ms, wait_for_metadata=True
+                )
+            except TopicAlreadyExistsError:
+                continue  # another process created it meanwhile
+            created.append(spec.name)
+            logger.info(
+                "Created Kafka topic %s (%d partitions, replication factor %d)",
+                spec.name,
+                spec.partitions,
+                spec.replication_factor,
+            )
+        return created
+    finally:
+        admin.close()
+
+
+__all__ = ["KafkaError", "TopicSpec", "chat_topic_specs", "topics_ensure"]
