@@ -253,6 +253,18 @@ AGENT_ENV = {
 # --- helpers -------------------------------------------------------------------------
 
 
+def multiprocess_metric(metrics_dir: str | Path, name: str, **labels: str) -> float:
+    """Sum of a sample over the Prometheus multiprocess files of `metrics_dir`."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+    return sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 class Agent(ManagedProcess):
     """A `manage.py run_agent notifications` subprocess with its own metrics dir."""
 
@@ -260,14 +272,7 @@ class Agent(ManagedProcess):
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a sample of this process's metrics (its multiprocess files)."""
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(self.metrics_dir))  # type: ignore[no-untyped-call]
-        return sum(
-            sample.value
-            for family in registry.collect()
-            for sample in family.samples
-            if sample.name == name and labels.items() <= sample.labels.items()
-        )
+        return multiprocess_metric(self.metrics_dir, name, **labels)
 
     def assigned(self) -> bool:
         return (

@@ -24,10 +24,11 @@ from chatproj.celery import app
 from chatproj.embedded import embedded_kafka, free_port
 
 from .faults import ChatLoad, FaultProxy, verify_delivery
-from .support import wait_for
+from .support import multiprocess_metric, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
+REBUILDS = "chat_kafka_producer_rebuilds_total"
 FAST_RECOVERY = {
     "KAFKA_SEND_TIMEOUT": "2",
     "KAFKA_RETRY_TRIES": "3",
@@ -86,17 +87,21 @@ async def check_and_record(
     fault_ended: float,
     max_missing_status: int = 0,
     also_sent: frozenset[str] = frozenset(),
+    in_kafka: set[str] | None = None,
+    broker: str = "Tansu",
 ) -> dict[str, Any]:
     """Wait for the run to settle, count, assert nothing lost, and record the row.
 
     The live `message.status` frame is sent once, after the database says
     published: a worker killed between the two loses that frame (the history
-    shows the status after a reconnect), so a kill scenario allows a few."""
+    shows the status after a reconnect), so a kill scenario allows a few.
+    `in_kafka` narrows what must be in the topic (an in-memory broker that restarted
+    lost what it held before)."""
     sent = set(load.acked) | also_sent
     await database_sync_to_async(wait_for)(lambda: all_published(sent), 120, interval=0.5,
                                   what="every message published")  # fmt: skip
     figures = await database_sync_to_async(verify_delivery)(
-        bootstrap=bootstrap, topic=topic, sent=sent
+        bootstrap=bootstrap, topic=topic, sent=sent if in_kafka is None else in_kafka
     )
     recovery = max(
         0.0, await database_sync_to_async(last_published_at)(sent) - fault_ended
@@ -109,9 +114,14 @@ async def check_and_record(
         lambda: len(missing_status()) <= max_missing_status, 30,
         what="senders told published",
     )  # fmt: skip
+    dead = await database_sync_to_async(
+        Message.objects.filter(message_id__in=sent, status="dead").count
+    )()
     row = {
         "scenario": scenario,
+        "broker": broker,
         "sent": len(sent),
+        "dead": dead,
         "failed_statuses": load.statuses_seen["failed"],
         "error_frames": len(load.errors),
         "missing_status_frames": len(missing_status()),
@@ -119,12 +129,15 @@ async def check_and_record(
         **figures,
     }
     rows.append(row)
+    assert dead == 0, row
     assert figures["lost"] == 0, row
     assert figures["foreign"] == 0, (
         row
     )  # a duplicate is only ever a repeated message_id
     assert figures["duplicates_after"] == 0, row
-    assert figures["delivered_after"] == len(sent), row
+    assert figures["delivered_after"] == len(sent if in_kafka is None else in_kafka), (
+        row
+    )
     assert figures["out_of_order_after"] == 0, row
     assert figures["out_of_order_before"] == 0, row  # one publisher per conversation
     assert load.errors == [], row
@@ -318,3 +331,59 @@ async def test_redis_queue_flushed_mid_stream(
         Message.objects.filter(message_id__in=set(load.acked), sweep_count__gt=0).count
     )()
     assert swept > 0
+
+
+async def test_kill_9_of_the_embedded_broker(
+    asgi_server, start_worker, chat_users, reliability_rows, process_env
+):
+    """kill -9 of Tansu mid-stream, restarted on its port a second later (as
+    supervisord does under `make run`): the worker's producer, whose producer id the
+    new broker does not know, is rebuilt; nothing goes dead; new messages are
+    published within 30 s of the broker answering; the kill window's messages are
+    in the new (empty) topic once each."""
+    port = free_port()
+    server = embedded_kafka(port).start()
+    bootstrap = f"127.0.0.1:{port}"
+    metrics_dir = process_env["PROMETHEUS_MULTIPROC_DIR"]
+    rebuilds_before = multiprocess_metric(metrics_dir, REBUILDS)
+    worker = await database_sync_to_async(start_worker)(
+        beat=True, KAFKA_BOOTSTRAP_SERVERS=bootstrap, **FAST_RECOVERY
+    )
+    published_before: set[str] = set()
+    answering: list[float] = []
+
+    def kill_and_restart() -> None:
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(10)
+        # What the dead broker acknowledged is gone with its memory.
+        published_before.update(
+            str(i)
+            for i in Message.objects.filter(status="published").values_list(
+                "message_id", flat=True
+            )
+        )
+        connection.close()
+        time.sleep(1)  # the fault: the broker stays dead for a second
+        server.start()
+        answering.append(time.time())
+
+    try:
+        async with ChatLoad(
+            asgi_server, users_cookies(chat_users, 3), ["t1", "t2", "t3"]
+        ) as load:
+            await load.stream(per_client=60, interval=0.1, at={2.5: kill_and_restart})
+            window = set(load.acked) - published_before
+            row = await check_and_record(
+                reliability_rows, "kill -9 of the embedded broker, restarted", load,
+                bootstrap=bootstrap, topic=worker.topic, fault_ended=answering[0],
+                in_kafka=window,
+            )  # fmt: skip
+    finally:
+        server.stop()
+    assert published_before, "the kill must come after some messages were published"
+    assert window, "the kill must catch messages not yet published"
+    assert row["duplicates_before"] == 0, row  # the window's messages appear once
+    assert row["recovery_seconds"] < 30, row
+    rebuilds = multiprocess_metric(metrics_dir, REBUILDS) - rebuilds_before
+    assert rebuilds >= 1, "the producer must have been rebuilt after the restart"
