@@ -698,6 +698,14 @@ class KafkaCluster:
         for partition in range(partitions):
             self.wait_leader(name, partition, timeout)
 
+    def heal(self, timeout: float = 90.0) -> None:
+        """Thaw frozen nodes, start stopped or killed ones and wait until ready: what
+        a test that broke a shared cluster runs when it ends."""
+        for node in self.nodes:
+            node.thaw()
+            node.launch()
+        self.wait_ready(timeout)
+
     def restart_all(self, timeout: float = 90.0) -> None:
         """Stop every node (all at once), start them again and wait until ready."""
         for node in self.nodes:
