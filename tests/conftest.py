@@ -30,6 +30,7 @@ from chatproj.embedded import (
     free_port,
     port_answers,
 )
+from chatproj.kafka_cluster import KafkaCluster, KafkaUnavailable, fetch_kafka
 
 from .support import (
     AGENT_ENV,
@@ -84,8 +85,48 @@ def kafka_bootstrap() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
 
 
+def _real_kafka(
+    size: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KafkaCluster]:
+    """A real Apache Kafka cluster of `size` nodes (chatproj.kafka_cluster); skipped
+    without Java or Maven, except under CI=true, where that fails."""
+    try:
+        fetch_kafka()
+    except KafkaUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and no real Kafka: {exc}")
+        pytest.skip(str(exc))
+    cluster = KafkaCluster(size, base_dir=tmp_path_factory.mktemp(f"kafka-{size}"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster_1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """One real Apache Kafka node (KRaft); tests using it are marked `kafka`."""
+    yield from _real_kafka(1, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster_3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """Three real Apache Kafka nodes, min.insync.replicas=2, replication factor 3;
+    marked `kafka`. Shared by the session: a test that kills, stops or freezes a
+    node calls `kafka_cluster_3.heal()` when it ends."""
+    yield from _real_kafka(3, tmp_path_factory)
+
+
 # Fixtures that start (or stand for) a real server; whoever depends on one is `servers`.
-SERVER_FIXTURES = frozenset({"redis_url", "kafka_bootstrap"})
+SERVER_FIXTURES = frozenset(
+    {"redis_url", "kafka_bootstrap", "kafka_cluster_1", "kafka_cluster_3"}
+)
+# Fixtures of a real Apache Kafka: whoever depends on one is also `kafka`.
+KAFKA_FIXTURES = frozenset({"kafka_cluster_1", "kafka_cluster_3"})
+# Tests marked `kafka` run only with CHAT_TEST_KAFKA=1 (make test-kafka); without it
+# they are skipped, so `make test` and `make test-fast` start no real Kafka.
+RUN_KAFKA_TESTS = os.environ.get("CHAT_TEST_KAFKA") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -210,10 +251,19 @@ def start_worker(
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `servers` every test whose fixtures start a server (before `-m` selects)."""
+    """Mark `servers` every test whose fixtures start a server (before `-m` selects),
+    and `kafka` those of a real Kafka; skip `kafka` tests without CHAT_TEST_KAFKA=1."""
+    skip_kafka = pytest.mark.skip(
+        reason="needs real Apache Kafka: make test-kafka (CHAT_TEST_KAFKA=1)"
+    )
     for item in items:
-        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SERVER_FIXTURES & fixtures:
             item.add_marker(pytest.mark.servers)
+        if KAFKA_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.kafka)
+        if item.get_closest_marker("kafka") and not RUN_KAFKA_TESTS:
+            item.add_marker(skip_kafka)
 
 
 @pytest.fixture(autouse=True)
