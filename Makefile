@@ -10,7 +10,8 @@ export DEBUG
 # a fresh checkout; git-ignored, never committed.
 DOTENV := .env
 
-.PHONY: run test test-fast lint venv clean chromium reliability bench screenshots
+.PHONY: run test test-fast lint venv clean chromium reliability bench screenshots \
+	kafka-fetch kafka
 
 venv: $(STAMP)
 
@@ -57,6 +58,18 @@ reliability: $(STAMP)
 BENCH_ARGS ?= --search
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Real Apache Kafka (KRaft) for the `kafka` tests and benchmarks: chatproj.kafka_cluster
+# runs the jars deploy/kafka/pom.xml pins, fetched with Maven (needs java and mvn)
+# into the git-ignored .cache/kafka/<version>/libs once.
+kafka-fetch: $(STAMP)
+	$(PY) -m chatproj.kafka_cluster fetch
+
+# A real cluster in the foreground until Ctrl-C (`make kafka NODES=3`); prints its
+# bootstrap servers. Its data is temporary.
+NODES ?= 1
+kafka: $(STAMP)
+	$(PY) -m chatproj.kafka_cluster run --nodes $(NODES)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chat chatproj tests bench

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chatproj.embedded import port_answers
+
 logger = logging.getLogger(__name__)
 
 KAFKA_VERSION = "4.1.1"
@@ -317,7 +319,7 @@ class KafkaNode:
 
     def answers(self) -> bool:
         """Whether this broker serves requests and lists itself among the brokers."""
-        if not self.alive:
+        if not self.alive or not port_answers(HOST, self.port):
             return False
         with admin_client(self.address, timeout=3.0) as admin:
             brokers = admin.describe_cluster()["brokers"]
@@ -779,6 +781,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python's chatter
     try:
         if args.command == "fetch":
             print(fetch_kafka())
@@ -788,6 +791,9 @@ def main(argv: list[str] | None = None) -> None:
             base_dir=args.dir,
             min_insync_replicas=args.min_insync_replicas,
         )
+        # Ctrl-C even when started in the background (which ignores SIGINT), and
+        # SIGTERM: both stop the nodes and remove their temporary data.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         with cluster:
             print(f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap}", flush=True)
@@ -800,7 +806,7 @@ def main(argv: list[str] | None = None) -> None:
     except KafkaUnavailable as exc:
         sys.exit(str(exc))
     except KeyboardInterrupt:
-        pass
+        print("stopped", file=sys.stderr)
 
 
 if __name__ == "__main__":
