@@ -98,4 +98,33 @@ def topics_ensure(
         admin.close()
 
 
-__all__ = ["KafkaError", "TopicSpec", "chat_topic_specs", "topics_ensure"]
+def topics_describe(
+    *, bootstrap_servers: list[str], names: list[str], timeout: float
+) -> dict[str, tuple[int, int] | None]:
+    """Per topic name: (partitions, replication factor), or None when missing."""
+    timeout_ms = int(timeout * 1000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=timeout_ms,
+        bootstrap_timeout_ms=timeout_ms,
+    )
+    try:
+        existing = set(admin.list_topics())
+        found = admin.describe_topics([n for n in names if n in existing])
+    finally:
+        admin.close()
+    described: dict[str, tuple[int, int] | None] = dict.fromkeys(names)
+    for topic in found:
+        partitions = topic["partitions"]
+        replicas = max((len(p["replica_nodes"]) for p in partitions), default=0)
+        described[topic["name"]] = (len(partitions), replicas)
+    return described
+
+
+__all__ = [
+    "KafkaError",
+    "TopicSpec",
+    "chat_topic_specs",
+    "topics_describe",
+    "topics_ensure",
+]
