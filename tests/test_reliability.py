@@ -10,36 +10,28 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
 from channels.db import database_sync_to_async
 from django.db import connection
-from django.db.models import Max
 
 from chat import outbox, services
 from chat.models import Message
 from chatproj.celery import app
 from chatproj.embedded import embedded_kafka, free_port
 
-from .faults import ChatLoad, FaultProxy, verify_delivery
+from .faults import (
+    FAST_RECOVERY,
+    REBUILDS,
+    ChatLoad,
+    FaultProxy,
+    check_and_record,
+    users_cookies,
+)
 from .support import multiprocess_metric, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-REBUILDS = "chat_kafka_producer_rebuilds_total"
-FAST_RECOVERY = {
-    "KAFKA_SEND_TIMEOUT": "2",
-    "KAFKA_RETRY_TRIES": "3",
-    "KAFKA_RETRY_DELAY": "1",
-    "KAFKA_RETRY_BACKOFF": "2",
-    "KAFKA_BREAKER_FAILURES": "3",
-    "KAFKA_BREAKER_RESET": "2",
-    "OUTBOX_GRACE_SECONDS": "5",
-    "OUTBOX_BACKOFF_MAX": "8",
-    "OUTBOX_SWEEP_INTERVAL": "1",
-}
 
 
 @pytest.fixture
@@ -59,91 +51,6 @@ def kafka_behind_proxy() -> Iterator[tuple[FaultProxy, str]]:
             proxy.stop()
 
 
-def all_published(ids: set[str]) -> bool:
-    """Whether every message of the run is published."""
-    return (
-        not Message.objects.filter(message_id__in=ids)
-        .exclude(status="published")
-        .exists()
-    )
-
-
-def last_published_at(ids: set[str]) -> float:
-    """Epoch seconds of the last publication among these messages."""
-    return (
-        Message.objects.filter(message_id__in=ids)
-        .aggregate(t=Max("published_at"))["t"]
-        .timestamp()
-    )
-
-
-async def check_and_record(
-    rows: list[dict[str, Any]],
-    scenario: str,
-    load: ChatLoad,
-    *,
-    bootstrap: str,
-    topic: str,
-    fault_ended: float,
-    max_missing_status: int = 0,
-    also_sent: frozenset[str] = frozenset(),
-    in_kafka: set[str] | None = None,
-    broker: str = "Tansu",
-) -> dict[str, Any]:
-    """Wait for the run to settle, count, assert nothing lost, and record the row.
-
-    The live `message.status` frame is sent once, after the database says
-    published: a worker killed between the two loses that frame (the history
-    shows the status after a reconnect), so a kill scenario allows a few.
-    `in_kafka` narrows what must be in the topic (an in-memory broker that restarted
-    lost what it held before)."""
-    sent = set(load.acked) | also_sent
-    await database_sync_to_async(wait_for)(lambda: all_published(sent), 120, interval=0.5,
-                                  what="every message published")  # fmt: skip
-    figures = await database_sync_to_async(verify_delivery)(
-        bootstrap=bootstrap, topic=topic, sent=sent if in_kafka is None else in_kafka
-    )
-    recovery = max(
-        0.0, await database_sync_to_async(last_published_at)(sent) - fault_ended
-    )
-
-    def missing_status() -> list[str]:
-        return [i for i in load.acked if load.last_status.get(i) != "published"]
-
-    await database_sync_to_async(wait_for)(
-        lambda: len(missing_status()) <= max_missing_status, 30,
-        what="senders told published",
-    )  # fmt: skip
-    dead = await database_sync_to_async(
-        Message.objects.filter(message_id__in=sent, status="dead").count
-    )()
-    row = {
-        "scenario": scenario,
-        "broker": broker,
-        "sent": len(sent),
-        "dead": dead,
-        "failed_statuses": load.statuses_seen["failed"],
-        "error_frames": len(load.errors),
-        "missing_status_frames": len(missing_status()),
-        "recovery_seconds": recovery,
-        **figures,
-    }
-    rows.append(row)
-    assert dead == 0, row
-    assert figures["lost"] == 0, row
-    assert figures["foreign"] == 0, (
-        row
-    )  # a duplicate is only ever a repeated message_id
-    assert figures["duplicates_after"] == 0, row
-    assert figures["delivered_after"] == len(sent if in_kafka is None else in_kafka), (
-        row
-    )
-    assert figures["out_of_order_after"] == 0, row
-    assert figures["out_of_order_before"] == 0, row  # one publisher per conversation
-    assert load.errors == [], row
-    return row
-
-
 def no_task_scheduled_or_running() -> bool:
     """Whether the worker has no retry waiting for its ETA and no task running."""
     inspect = app.control.inspect(timeout=1)
@@ -151,12 +58,6 @@ def no_task_scheduled_or_running() -> bool:
     return all(r is not None for r in replies) and not any(
         tasks for reply in replies for tasks in reply.values()
     )
-
-
-def users_cookies(chat_users, count: int) -> list[str]:
-    """`count` session cookies, cycling through the test users."""
-    users = list(chat_users.values())
-    return [users[i % len(users)].cookie for i in range(count)]
 
 
 async def test_broker_down_15s_mid_stream(
