@@ -11,7 +11,7 @@ export DEBUG
 DOTENV := .env
 
 .PHONY: run test test-fast lint venv clean chromium reliability bench screenshots \
-	kafka-fetch kafka
+	kafka-fetch kafka test-kafka
 
 venv: $(STAMP)
 
@@ -49,8 +49,10 @@ screenshots: $(STAMP) $(DOTENV) chromium
 	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_ui.py
 
 # Re-measures the fault-injection scenarios and rewrites docs/RELIABILITY.md.
-reliability: $(STAMP)
-	$(PY) -m pytest tests/test_reliability.py --reliability-report docs/RELIABILITY.md
+reliability: $(STAMP) $(DOTENV)
+	$(PY) -m chatproj.kafka_cluster fetch
+	CHAT_TEST_KAFKA=1 $(PY) -m pytest tests/test_reliability.py tests/test_kafka_faults.py \
+	  --reliability-report docs/RELIABILITY.md
 
 # Throughput benchmark (docs/PERFORMANCE.md): starts its own stack on free ports and
 # writes bench/results/. BENCH_ARGS="--search --database-url postgres" for Postgres;
@@ -70,6 +72,16 @@ kafka-fetch: $(STAMP)
 NODES ?= 1
 kafka: $(STAMP)
 	$(PY) -m chatproj.kafka_cluster run --nodes $(NODES)
+
+# The real-Apache-Kafka tier (in .ci/run): the integration tests against one real
+# node (CHAT_TEST_BROKER=kafka), then the fault tests on three nodes (RF 3, min ISR 2).
+KAFKA_INTEGRATION_TESTS := tests/test_tasks.py tests/test_agents.py \
+	tests/test_notification_agent.py tests/test_e2e.py tests/test_kafka_topics.py \
+	tests/test_kafka_cluster.py
+test-kafka: $(STAMP) $(DOTENV)
+	$(PY) -m chatproj.kafka_cluster fetch
+	CHAT_TEST_KAFKA=1 CHAT_TEST_BROKER=kafka $(PY) -m pytest $(KAFKA_INTEGRATION_TESTS) $(PYTEST_ARGS)
+	CHAT_TEST_KAFKA=1 $(PY) -m pytest tests/test_kafka_faults.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chat chatproj tests bench

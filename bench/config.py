@@ -41,6 +41,7 @@ class BenchConfig:
     task_events: bool = True
     beat: bool = True
     partitions: int = 6
+    kafka_cluster: int = 0
     ceiling_tasks: int = 2000
     ceiling_kafka: int = 1000
     ceiling_round_trips: int = 500
@@ -159,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--partitions", type=int, default=6, help="partitions of the fresh topic"
     )
     stack.add_argument(
+        "--kafka-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a real Apache Kafka cluster of N KRaft nodes (chatproj.kafka_cluster; "
+        "replication factor min(N, 3), min.insync.replicas 2 from 3 nodes, acks=all) "
+        "instead of the embedded Tansu broker",
+    )
+    stack.add_argument(
         "--use-running",
         action="store_true",
         help="start nothing: use --redis-url, --kafka, --web and --database-url "
@@ -224,6 +234,8 @@ def parse_config(argv: list[str] | None = None) -> BenchConfig:
     for name in ("clients", "rooms", "web_processes", "workers", "concurrency"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if config.kafka_cluster < 0 or (config.kafka_cluster and config.use_running):
+        parser.error("--kafka-cluster N: N >= 1, and not with --use-running")
     if config.clients < config.rooms:
         parser.error("--clients must be at least --rooms (one client per room)")
     if config.tag and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", config.tag):

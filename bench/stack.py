@@ -6,6 +6,7 @@ database and topic; or, with --use-running, a stack that is already up.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ from chatproj.embedded import (
     port_answers,
     stop_process_group,
 )
+from chatproj.kafka_cluster import KAFKA_VERSION, KafkaCluster
 
 from .config import ROOT, BenchConfig
 
@@ -116,6 +118,7 @@ class Stack:
     run_dir: Path
     services: list[Service] = field(default_factory=list)
     embedded: list[EmbeddedServer] = field(default_factory=list)
+    kafka_cluster: KafkaCluster | None = None
     redis_url: str = ""
     kafka: str = ""
     topic: str = ""
@@ -136,12 +139,19 @@ class Stack:
             self.database_url, self.web = config.database_url, list(config.web)
         else:
             redis_port, kafka_port = free_port(), free_port()
-            self.embedded = [embedded_redis(redis_port), embedded_kafka(kafka_port)]
+            self.embedded = [embedded_redis(redis_port)]
+            if not config.kafka_cluster:
+                self.embedded.append(embedded_kafka(kafka_port))
             for server in self.embedded:
                 server.log_path = self.run_dir / f"{server.name}.log"
                 server.start()
             self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
             self.kafka = f"127.0.0.1:{kafka_port}"
+            if config.kafka_cluster:
+                self.kafka_cluster = KafkaCluster(
+                    config.kafka_cluster, base_dir=self.run_dir / "kafka"
+                ).start()
+                self.kafka = self.kafka_cluster.bootstrap
             self.database_url = fresh_database(config.database_url, self.run_dir)
         metrics_dir = self.run_dir / "prometheus"
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -155,6 +165,7 @@ class Stack:
             "CELERY_BROKER_URL": self.redis_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka,
             "KAFKA_CHAT_TOPIC": self.topic,
+            **self.topic_settings(),
             "CHAT_RATE_LIMIT": "",  # the benchmark measures the pipeline, not the limit
             "CHAT_FRAME_RATE": "",
             "CHAT_MAX_CONNECTIONS_PER_USER": "0",
@@ -169,7 +180,17 @@ class Stack:
             from django.core.management import call_command
 
             call_command("migrate", interactive=False, verbosity=0)
-            create_topic(self.kafka, self.topic, config.partitions)
+            call_command("kafka_topics", stdout=io.StringIO())
+
+    def topic_settings(self) -> dict[str, str]:
+        """KAFKA_TOPIC_* of the run: the chat topic is created as `kafka_topics` does
+        (replication factor min(N, 3) and min ISR 2 on a real cluster of N >= 3)."""
+        nodes = self.config.kafka_cluster
+        return {
+            "KAFKA_TOPIC_PARTITIONS": str(self.config.partitions),
+            "KAFKA_TOPIC_REPLICATION_FACTOR": str(min(nodes, 3) if nodes else 1),
+            "KAFKA_TOPIC_MIN_INSYNC_REPLICAS": "2" if nodes >= 3 else "0",
+        }
 
     def start_app(self) -> None:
         """Web process(es), Celery worker(s) and beat, as the Procfile runs them."""
@@ -285,6 +306,10 @@ class Stack:
         for server in self.embedded:
             if server.process:
                 roles.setdefault(server.name, []).append(server.process.pid)
+        if self.kafka_cluster is not None:
+            for node in self.kafka_cluster.nodes:
+                if node.pid:
+                    roles.setdefault("kafka", []).append(node.pid)
         for service in self.services:
             if service.pid:
                 roles.setdefault(service.role, []).append(service.pid)
@@ -312,13 +337,27 @@ class Stack:
             + (" -E" if self.config.task_events else ""),
             "beat": self.config.beat,
             "redis": "embedded valkey" if self.embedded else self.redis_url,
-            "kafka": "embedded Tansu" if self.embedded else self.kafka,
+            "kafka": self.kafka_description(),
             "topic": self.topic,
-            "partitions": self.config.partitions if self.embedded else None,
+            "partitions": None if self.config.use_running else self.config.partitions,
             "use_running": self.config.use_running,
             "debug": self.env.get("DEBUG"),
             "vacuum_after_steps": self.vacuums,
         }
+
+    def kafka_description(self) -> str:
+        """Which broker the run used."""
+        if self.config.use_running:
+            return self.kafka
+        nodes = self.config.kafka_cluster
+        if not nodes:
+            return "embedded Tansu"
+        settings = self.topic_settings()
+        return (
+            f"Apache Kafka {KAFKA_VERSION} ×{nodes} (replication factor "
+            f"{settings['KAFKA_TOPIC_REPLICATION_FACTOR']}, min.insync.replicas "
+            f"{settings['KAFKA_TOPIC_MIN_INSYNC_REPLICAS'] or 1}, acks=all)"
+        )
 
     # --- stop ------------------------------------------------------------------------
 
@@ -330,6 +369,8 @@ class Stack:
                 stop_process_group(process)
         for server in reversed(self.embedded):
             server.stop()
+        if self.kafka_cluster is not None:
+            self.kafka_cluster.close()
 
 
 def _worker_ready(service: Service) -> bool:
@@ -365,17 +406,6 @@ def fresh_database(url: str, run_dir: Path) -> str:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
     return url
-
-
-def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    """Create the chat topic with its partitions (as compose's kafka-init does)."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    try:
-        admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        admin.close()
 
 
 def create_users(count: int) -> list[BenchUser]:

@@ -75,10 +75,15 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """KAFKA_BOOTSTRAP_SERVERS when given, else an embedded Tansu broker on a free port."""
+def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
+    """KAFKA_BOOTSTRAP_SERVERS when given; a real one-node Apache Kafka under
+    CHAT_TEST_BROKER=kafka (make test-kafka's integration tier); else an embedded
+    Tansu broker on a free port."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    if os.environ.get("CHAT_TEST_BROKER") == "kafka":
+        yield request.getfixturevalue("kafka_cluster_1").bootstrap
         return
     port = free_port()
     with embedded_kafka(port):
@@ -86,7 +91,9 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 def _real_kafka(
-    size: int, tmp_path_factory: pytest.TempPathFactory
+    size: int,
+    tmp_path_factory: pytest.TempPathFactory,
+    extra_config: dict[str, str] | None = None,
 ) -> Iterator[KafkaCluster]:
     """A real Apache Kafka cluster of `size` nodes (chatproj.kafka_cluster); skipped
     without Java or Maven, except under CI=true, where that fails."""
@@ -96,7 +103,11 @@ def _real_kafka(
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and no real Kafka: {exc}")
         pytest.skip(str(exc))
-    cluster = KafkaCluster(size, base_dir=tmp_path_factory.mktemp(f"kafka-{size}"))
+    cluster = KafkaCluster(
+        size,
+        base_dir=tmp_path_factory.mktemp(f"kafka-{size}"),
+        extra_config=extra_config,
+    )
     cluster.start()
     try:
         yield cluster
@@ -114,8 +125,11 @@ def kafka_cluster_1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaC
 def kafka_cluster_3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     """Three real Apache Kafka nodes, min.insync.replicas=2, replication factor 3;
     marked `kafka`. Shared by the session: a test that kills, stops or freezes a
-    node calls `kafka_cluster_3.heal()` when it ends."""
-    yield from _real_kafka(3, tmp_path_factory)
+    node calls `kafka_cluster_3.heal()` when it ends. A producer id expires after
+    8 s idle (a day by default), so an idle producer meets it within a test."""
+    yield from _real_kafka(
+        3, tmp_path_factory, extra_config={"producer.id.expiration.ms": "8000"}
+    )
 
 
 # Fixtures that start (or stand for) a real server; whoever depends on one is `servers`.
