@@ -87,11 +87,12 @@ def _libs_complete(libs: Path) -> bool:
 
 
 def fetch_kafka() -> Path:
-    """The directory of Kafka's jars, fetched with Maven the first time (idempotent)."""
+    """The directory of Kafka's jars, fetched with Maven the first time (idempotent);
+    KafkaUnavailable without java (or without mvn when they are missing)."""
+    java_bin()  # no use for the jars without it
     libs = cache_dir() / "libs"
     if _libs_complete(libs):
         return libs
-    java_bin()
     mvn = shutil.which("mvn")
     if not mvn:
         raise KafkaUnavailable(
@@ -649,6 +650,21 @@ class KafkaCluster:
         if leader < 0:
             raise LookupError("the metadata quorum has no leader")
         return self.node(leader)
+
+    def wait_active_controller(
+        self, timeout: float = 30.0, *, not_on: Any = ()
+    ) -> KafkaNode:
+        """Wait until the metadata quorum has a leader, a running node not among
+        `not_on` (nodes); return it."""
+        excluded = {node.node_id for node in not_on}
+
+        def elected() -> KafkaNode | None:
+            node = self.active_controller()
+            if node.alive and node.node_id not in excluded:
+                return node
+            return None
+
+        return wait_until(elected, timeout, "an active controller")
 
     def metadata_quorum_command(self, *args: str, timeout: float = 60.0) -> str:
         """Output of Kafka's kafka-metadata-quorum tool (MetadataQuorumCommand) run

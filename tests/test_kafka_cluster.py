@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from chatproj.kafka_cluster import KAFKA_VERSION, POM, KafkaCluster
+from chatproj.kafka_cluster import KAFKA_VERSION, POM, KafkaCluster, wait_until
 
 from .compose_support import image_tag, services
 from .support import unique_topic, wait_for
@@ -97,6 +97,10 @@ def read_partition(
     return values
 
 
+# Conditions polled against the cluster use wait_until (chatproj.kafka_cluster), which
+# retries through the errors a failing-over cluster answers with; wait_for does not.
+
+
 def isr_of(cluster: KafkaCluster, topic: str, partition: int = 0) -> set[int]:
     """The in-sync replicas of a partition, per the brokers' metadata."""
     return set(cluster.describe_partition(topic, partition)["isr_nodes"])
@@ -109,7 +113,7 @@ def test_three_nodes_replicate_and_elect_a_new_leader_on_kill_9(kafka_cluster_3)
     topic = unique_topic()
     cluster.create_topic(topic, 3, 3, config={"min.insync.replicas": "2"})
     assert set(cluster.describe_partition(topic, 0)["replica_nodes"]) == {1, 2, 3}
-    wait_for(lambda: isr_of(cluster, topic) == {1, 2, 3}, 30, what="ISR of 3")
+    wait_until(lambda: isr_of(cluster, topic) == {1, 2, 3}, 30, "ISR of 3")
 
     producer = KafkaProducer(
         bootstrap_servers=cluster.bootstrap,
@@ -130,10 +134,10 @@ def test_three_nodes_replicate_and_elect_a_new_leader_on_kill_9(kafka_cluster_3)
             assert not leader.alive
             new_leader = cluster.wait_leader(topic, 0, 30, not_on=[leader])
             assert new_leader.node_id != leader.node_id
-            wait_for(
+            wait_until(
                 lambda: leader.node_id not in isr_of(cluster, topic),
                 30,
-                what="the killed node out of the ISR",
+                "the killed node out of the ISR",
             )
             second = [f"after-{i}".encode() for i in range(10)]
             offsets = [
@@ -144,7 +148,7 @@ def test_three_nodes_replicate_and_elect_a_new_leader_on_kill_9(kafka_cluster_3)
             assert read_partition(cluster.bootstrap, topic, 0, 30) == first + second
         finally:
             cluster.heal()
-        wait_for(lambda: isr_of(cluster, topic) == {1, 2, 3}, 60, what="ISR healed")
+        wait_until(lambda: isr_of(cluster, topic) == {1, 2, 3}, 60, "ISR healed")
     finally:
         producer.close(timeout=5)
 
@@ -153,20 +157,26 @@ def test_active_controller_is_the_quorum_leader_and_fails_over(kafka_cluster_3):
     """active_controller() (the DescribeQuorum API) names the node Kafka's own
     kafka-metadata-quorum tool reports; killing it elects another."""
     cluster = kafka_cluster_3
-    controller = cluster.active_controller()
-    status = cluster.metadata_quorum_command("describe", "--status")
-    match = re.search(r"^LeaderId:\s+(\d+)$", status, re.MULTILINE)
-    assert match, status
-    assert int(match.group(1)) == controller.node_id
+
+    def tool_says_leader() -> int:
+        status = cluster.metadata_quorum_command("describe", "--status")
+        match = re.search(r"^LeaderId:\s+(\d+)$", status, re.MULTILINE)
+        assert match, status
+        return int(match.group(1))
+
+    # Both ask the quorum in turn: an election in between would be a false alarm.
+    controller = wait_until(
+        lambda: (
+            tool_says_leader() == cluster.active_controller().node_id
+            and cluster.active_controller()
+        ),
+        60,
+        "the tool and DescribeQuorum to name one controller",
+    )
     try:
         controller.kill()
-
-        def new_controller() -> int | None:
-            node = cluster.active_controller()
-            return node.node_id if node.alive else None
-
-        elected = wait_for(new_controller, 30, interval=0.2, what="a new controller")
-        assert elected != controller.node_id
+        elected = cluster.wait_active_controller(30, not_on=[controller])
+        assert elected.node_id != controller.node_id
     finally:
         cluster.heal()
     assert cluster.registered_brokers() == {1, 2, 3}
