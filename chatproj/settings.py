@@ -186,6 +186,13 @@ KAFKA_TOPIC_MIN_INSYNC_REPLICAS = env.int("KAFKA_TOPIC_MIN_INSYNC_REPLICAS", def
 # Upper bound, in seconds, on any single Kafka call: producer creation, one send + ack,
 # flush and close. A dead broker never blocks a worker longer than this.
 KAFKA_SEND_TIMEOUT = env.float("KAFKA_SEND_TIMEOUT", default=5.0)
+# How long the producer itself keeps retrying a batch (a leader election, a broker
+# restart) before the publish attempt fails; the attempt waits that long for every
+# record's outcome. Retries inside one producer keep their sequence numbers, so the
+# broker drops the copies: a failover within this window leaves no duplicate.
+KAFKA_DELIVERY_TIMEOUT = env.float(
+    "KAFKA_DELIVERY_TIMEOUT", default=3 * KAFKA_SEND_TIMEOUT
+)
 KAFKA_RETRY_TRIES = env.int("KAFKA_RETRY_TRIES", default=3)
 KAFKA_RETRY_DELAY = env.float("KAFKA_RETRY_DELAY", default=1.0)
 KAFKA_RETRY_BACKOFF = env.float("KAFKA_RETRY_BACKOFF", default=2.0)
@@ -205,11 +212,13 @@ KAFKA_BREAKER_RESET = env.float("KAFKA_BREAKER_RESET", default=5.0)
 CHAT_PUBLISH_BATCH = env.int("CHAT_PUBLISH_BATCH", default=500)
 # The per-conversation lock expires after this many seconds, so a publisher that
 # crashed holding it blocks its conversation no longer than that: above the longest
-# legitimate hold (producer bootstrap and one flush, each KAFKA_SEND_TIMEOUT). A task
+# legitimate hold (producer bootstrap and the topic's metadata, each
+# KAFKA_SEND_TIMEOUT, then every record's outcome, KAFKA_DELIVERY_TIMEOUT). A task
 # waits at most KAFKA_SEND_TIMEOUT for it, then retries later (Celery's countdown)
 # instead of holding a worker process.
 CHAT_PUBLISH_LOCK_TIMEOUT = env.float(
-    "CHAT_PUBLISH_LOCK_TIMEOUT", default=2 * KAFKA_SEND_TIMEOUT + 2
+    "CHAT_PUBLISH_LOCK_TIMEOUT",
+    default=2 * KAFKA_SEND_TIMEOUT + KAFKA_DELIVERY_TIMEOUT + 2,
 )
 
 # --- Outbox sweep (the Message table is the outbox) -------------------------------
@@ -439,6 +448,11 @@ NON_DELIVERING_EMAIL_BACKENDS = {
 PASSWORD_RESET_ENABLED = EMAIL_BACKEND not in NON_DELIVERING_EMAIL_BACKENDS
 
 # --- Consistency checks: fail at start-up, not during an outage --------------------
+if KAFKA_DELIVERY_TIMEOUT < KAFKA_SEND_TIMEOUT:
+    raise ImproperlyConfigured(
+        f"KAFKA_DELIVERY_TIMEOUT ({KAFKA_DELIVERY_TIMEOUT:g} s) must be at least "
+        f"KAFKA_SEND_TIMEOUT ({KAFKA_SEND_TIMEOUT:g} s): one request must fit in it."
+    )
 if KAFKA_TOPIC_PARTITIONS < 1 or KAFKA_TOPIC_REPLICATION_FACTOR < 1:
     raise ImproperlyConfigured(
         "KAFKA_TOPIC_PARTITIONS and KAFKA_TOPIC_REPLICATION_FACTOR must be >= 1."

@@ -130,3 +130,39 @@ def test_kafka_python_still_has_the_state_the_check_reads():
     for attribute in ("self._transaction_manager", "self._sender", "self._closed"):
         assert attribute in init, attribute
     assert callable(TransactionManager.has_fatal_error)
+
+
+class _NeverAcks:
+    """A producer whose records are never acknowledged (a stalled producer)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def send(self, *args: object, **kwargs: object) -> object:
+        return type("Pending", (), {"is_done": False})()
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closed = True
+
+
+def test_a_stalled_producer_is_rebuilt_after_two_silent_batches(settings):
+    """A producer that got no acknowledgement for two batches in a row is discarded;
+    the next attempt builds a new one."""
+    from chat.agents import KafkaChatAgent
+
+    from .test_agents import sample_event
+
+    settings.KAFKA_CREATE_TOPICS = False
+    agent = KafkaChatAgent(bootstrap_servers="127.0.0.1:1", breaker_failures=100)
+    stalled = _NeverAcks()
+    agent._producer = stalled
+    outcomes = agent.publish_batch([sample_event()])
+    assert isinstance(outcomes[0], RetriablePublishError)
+    assert agent._producer is stalled  # one silent batch: kept
+    agent.publish_batch([sample_event()])
+    assert agent._producer is None and stalled.closed  # two: discarded
+    assert agent.producer_rebuilds == 1
+    agent.closed = True

@@ -32,6 +32,10 @@ from .topics import chat_topic_specs, topics_ensure
 logger = logging.getLogger(__name__)
 
 TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._\-]{1,245}$")  # leaves room for ".dlq"
+# A producer that got no acknowledgement at all for this many batches in a row is
+# rebuilt: after a whole-cluster restart kafka-python's idempotent producer can keep
+# waiting for a producer id or a leader that a new producer finds at once.
+STALLED_BATCHES_BEFORE_REBUILD = 2
 DLQ_CONTENT_PREVIEW = 200
 
 
@@ -111,6 +115,7 @@ class KafkaChatAgent(Agent):
         client_id: str | None = None,
         topic: str | None = None,
         send_timeout: float | None = None,
+        delivery_timeout: float | None = None,
         max_message_length: int | None = None,
         producer_config: dict[str, Any] | None = None,
         breaker_failures: int | None = None,
@@ -131,6 +136,14 @@ class KafkaChatAgent(Agent):
         self.send_timeout = float(
             settings.KAFKA_SEND_TIMEOUT if send_timeout is None else send_timeout
         )
+        self.delivery_timeout = float(
+            max(
+                self.send_timeout,
+                settings.KAFKA_DELIVERY_TIMEOUT
+                if delivery_timeout is None
+                else delivery_timeout,
+            )
+        )
         self.max_message_length = (
             settings.CHAT_MAX_MESSAGE_LENGTH
             if max_message_length is None
@@ -144,6 +157,7 @@ class KafkaChatAgent(Agent):
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
         self.producer_rebuilds = 0
+        self._stalled_batches = 0
         self._topics_ready = not settings.KAFKA_CREATE_TOPICS
         self._validate_config()
         # Fail fast while the broker is known to be down, instead of spending
@@ -198,8 +212,6 @@ class KafkaChatAgent(Agent):
         return self._producer
 
     def _build_producer(self) -> KafkaProducer:
-        if not self._topics_ready:
-            self._ensure_topics()
         timeout_ms = int(self.send_timeout * 1000)
         config: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
@@ -212,9 +224,12 @@ class KafkaChatAgent(Agent):
             "max_block_ms": timeout_ms,
             "bootstrap_timeout_ms": timeout_ms,
             "request_timeout_ms": timeout_ms,
-            # (kafka-python wants it above linger + request timeout; our own waits
-            # stay bounded by KAFKA_SEND_TIMEOUT through flush)
-            "delivery_timeout_ms": timeout_ms + 10,
+            # The producer retries a batch itself (same sequence numbers: the broker
+            # drops copies) for this long; kafka-python wants it above linger +
+            # request timeout.
+            "delivery_timeout_ms": max(
+                int(self.delivery_timeout * 1000), timeout_ms + 10
+            ),
             # Reconnect within a second once the broker is back (default: up to 30 s).
             "reconnect_backoff_max_ms": 1000,
             **self.producer_config,
@@ -231,6 +246,12 @@ class KafkaChatAgent(Agent):
                 exc,
             )
             raise RetriablePublishError(f"Kafka unreachable: {exc}") from exc
+        if not self._topics_ready:
+            try:
+                self._ensure_topics()
+            except RetriablePublishError:
+                producer.close(timeout=0)
+                raise
         logger.info(
             "Kafka producer created in pid %d (client_id %s, servers %s)",
             self.pid,
@@ -339,7 +360,9 @@ class KafkaChatAgent(Agent):
             except Exception as exc:  # refused before sending (e.g. too large)
                 pending.append(exc)
         try:
-            producer.flush(timeout=self.send_timeout)
+            # Every record is decided by then (acknowledged or expired): none is
+            # sent again while an earlier copy may still land.
+            producer.flush(timeout=self.delivery_timeout + 1)
         except KafkaError as exc:
             logger.warning("Kafka flush of %d event(s) timed out: %s", len(events), exc)
         outcomes = [self._outcome(item, producer) for item in pending]
@@ -353,7 +376,8 @@ class KafkaChatAgent(Agent):
             return _publish_error(sent, producer)
         if not sent.is_done:
             return RetriablePublishError(
-                f"KafkaTimeoutError: no acknowledgement within {self.send_timeout:g}s"
+                "KafkaTimeoutError: no acknowledgement within "
+                f"{self.delivery_timeout:g}s"
             )
         try:
             metadata = sent.get(timeout=0)
@@ -364,13 +388,27 @@ class KafkaChatAgent(Agent):
     def _rebuild_if_needed(
         self, producer: KafkaProducer, outcomes: Sequence[object]
     ) -> None:
-        """Discard `producer` when an outcome says its state is broken, so that the
-        next attempt builds a new one (new producer id, new connections)."""
+        """Discard `producer` when an outcome says its state is broken, or when it
+        has stalled (STALLED_BATCHES_BEFORE_REBUILD batches in a row without one
+        acknowledgement), so that the next attempt builds a new one (new producer
+        id, new connections)."""
         broken = [
             o for o in outcomes if isinstance(o, RetriablePublishError) and o.rebuild
         ]
+        acknowledged = any(isinstance(o, PublishResult) for o in outcomes)
+        retriable = any(isinstance(o, RetriablePublishError) for o in outcomes)
+        if acknowledged or not retriable:
+            self._stalled_batches = 0
+        else:
+            self._stalled_batches += 1
         if broken:
             self.producer_discard(producer, reason=str(broken[0]))
+        elif self._stalled_batches >= STALLED_BATCHES_BEFORE_REBUILD:
+            self.producer_discard(
+                producer,
+                reason=f"no acknowledgement for {self._stalled_batches} batches in "
+                f"a row ({outcomes[0]})",
+            )
 
     def producer_discard(self, producer: KafkaProducer, *, reason: str) -> None:
         """Close `producer` if it is still this agent's; the next use builds anew."""
@@ -380,6 +418,7 @@ class KafkaChatAgent(Agent):
                 self._producer = None
         if not owned:
             return  # another thread already replaced it
+        self._stalled_batches = 0
         # The cluster may have lost its topics too (an in-memory broker restarted).
         self._topics_ready = not settings.KAFKA_CREATE_TOPICS
         self.producer_rebuilds += 1
@@ -464,7 +503,7 @@ class KafkaChatAgent(Agent):
         producer = self.producer
         try:
             future = producer.send(topic, key=key, value=value, headers=headers)
-            return future.get(timeout=self.send_timeout)
+            return future.get(timeout=self.delivery_timeout + 1)
         except Exception as exc:
             error = _publish_error(exc, producer)
             self._rebuild_if_needed(producer, [error])
