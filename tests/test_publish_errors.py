@@ -116,12 +116,17 @@ class _Producer:
 
 def test_a_broken_producer_is_rebuilt_whatever_the_error():
     """A producer in a fatal idempotence state, or whose sender thread died, is
-    rebuilt even for an error that alone would be retried with it."""
+    rebuilt even for an error that alone would be retried with it; the record's own
+    permanent error still wins."""
     retriable = errors.NotLeaderForPartitionError()
     assert recovery_for(retriable, _Producer()) is Recovery.RETRY
     assert recovery_for(retriable, _Producer(fatal=True)) is Recovery.REBUILD
     assert recovery_for(retriable, _Producer(alive=False)) is Recovery.REBUILD
     assert not producer_is_broken(_Producer())
+    # ...but a record the broker refuses for good stays refused (kafka-python's
+    # idempotent producer turns fatal on it too).
+    too_large = errors.MessageSizeTooLargeError()
+    assert recovery_for(too_large, _Producer(fatal=True)) is Recovery.PERMANENT
 
 
 def test_kafka_python_still_has_the_state_the_check_reads():

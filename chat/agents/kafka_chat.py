@@ -1,7 +1,9 @@
 """KafkaChatAgent: validates chat frames and publishes chat events to Kafka.
 
 One producer per OS process, built lazily on first publish (so never in the parent of
-a prefork pool), with every Kafka call bounded by KAFKA_SEND_TIMEOUT.
+a prefork pool). Every Kafka call is bounded by KAFKA_SEND_TIMEOUT, and a batch's
+outcome by KAFKA_DELIVERY_TIMEOUT. A producer whose state broke, or that stalled, is
+discarded and built anew (publish_errors has the table).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +29,7 @@ from .. import metrics
 from ..models import dm_room_name
 from ..schemas import ChatEvent, ChatValidationError, parse_chat_frame
 from .base import Agent
-from .publish_errors import Recovery, recovery_for
+from .publish_errors import Recovery, producer_is_broken, recovery_for
 from .topics import chat_topic_specs, topics_ensure
 
 logger = logging.getLogger(__name__)
@@ -359,17 +362,46 @@ class KafkaChatAgent(Agent):
                 )
             except Exception as exc:  # refused before sending (e.g. too large)
                 pending.append(exc)
-        try:
-            # Every record is decided by then (acknowledged or expired): none is
-            # sent again while an earlier copy may still land.
-            producer.flush(timeout=self.delivery_timeout + 1)
-        except KafkaError as exc:
-            logger.warning("Kafka flush of %d event(s) timed out: %s", len(events), exc)
+        self._wait_for_outcomes(producer, len(events))
         outcomes = [self._outcome(item, producer) for item in pending]
         self._rebuild_if_needed(producer, outcomes)
+        refused = [
+            i for i, o in enumerate(outcomes) if isinstance(o, PermanentPublishError)
+        ]
+        if len(refused) > 1:
+            # The broker refuses a whole batch (too large, say) for one record in
+            # it: each is sent again alone, in order, so only the guilty one is dead.
+            for i in refused:
+                event = events[i]
+                try:
+                    metadata = self._send_and_wait(
+                        self.topic, event.key, event.value, event.headers
+                    )
+                except KafkaPublishError as exc:
+                    outcomes[i] = exc
+                else:
+                    outcomes[i] = PublishResult(
+                        metadata.topic, metadata.partition, metadata.offset
+                    )
         if any(isinstance(o, RetriablePublishError) for o in outcomes):
             raise _PartlyFailedBatch(outcomes)  # counts against the breaker
         return outcomes
+
+    def _wait_for_outcomes(self, producer: KafkaProducer, count: int) -> None:
+        """Flush until every record is decided (acknowledged or expired, so none is
+        sent again while an earlier copy may still land), at most the delivery
+        timeout; a producer whose state turned fatal decides nothing more."""
+        deadline = time.monotonic() + self.delivery_timeout + 1
+        while True:
+            try:
+                producer.flush(timeout=min(0.5, max(deadline - time.monotonic(), 0)))
+                return
+            except KafkaError as exc:
+                if producer_is_broken(producer) or time.monotonic() >= deadline:
+                    logger.warning(
+                        "Kafka flush of %d event(s) did not complete: %s", count, exc
+                    )
+                    return
 
     def _outcome(self, sent: Any, producer: Any) -> PublishResult | KafkaPublishError:
         if isinstance(sent, Exception):
@@ -377,7 +409,8 @@ class KafkaChatAgent(Agent):
         if not sent.is_done:
             return RetriablePublishError(
                 "KafkaTimeoutError: no acknowledgement within "
-                f"{self.delivery_timeout:g}s"
+                f"{self.delivery_timeout:g}s",
+                rebuild=producer_is_broken(producer),
             )
         try:
             metadata = sent.get(timeout=0)
@@ -403,6 +436,10 @@ class KafkaChatAgent(Agent):
             self._stalled_batches += 1
         if broken:
             self.producer_discard(producer, reason=str(broken[0]))
+        elif producer_is_broken(producer):
+            self.producer_discard(
+                producer, reason=f"its state is fatal after {outcomes[0]}"
+            )
         elif self._stalled_batches >= STALLED_BATCHES_BEFORE_REBUILD:
             self.producer_discard(
                 producer,

@@ -49,13 +49,15 @@ REBUILD_ERRORS: dict[type[Exception], str] = {
 
 
 def recovery_for(exc: BaseException, producer: Any = None) -> Recovery:
-    """The recovery for `exc`, raised by `producer` (whose fatal state forces a
-    rebuild whatever the error)."""
+    """The recovery for `exc`, raised by `producer`: permanent when the record is
+    the problem; else a rebuild when the error or the producer's broken state says
+    so; else a retry."""
+    mro = type(exc).__mro__
+    if any(cls in PERMANENT_ERRORS for cls in mro):
+        return Recovery.PERMANENT
     if producer is not None and producer_is_broken(producer):
         return Recovery.REBUILD
-    for cls in type(exc).__mro__:
-        if cls in PERMANENT_ERRORS:
-            return Recovery.PERMANENT
+    for cls in mro:
         if cls in REBUILD_ERRORS:
             return Recovery.REBUILD
     if type(exc) is errors.KafkaError:  # e.g. "Unexpected error in InitProducerId"
