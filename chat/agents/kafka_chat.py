@@ -30,7 +30,7 @@ from ..models import dm_room_name
 from ..schemas import ChatEvent, ChatValidationError, parse_chat_frame
 from .base import Agent
 from .publish_errors import Recovery, producer_is_broken, recovery_for
-from .topics import chat_topic_specs, topics_ensure
+from .topics import admin_options, chat_topic_specs, topics_ensure
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class KafkaChatAgent(Agent):
                 bootstrap_servers=self.bootstrap_servers,
                 specs=chat_topic_specs(self.topic),
                 timeout=self.send_timeout,
-                client_options=_admin_options(self.producer_config),
+                client_options=admin_options(self.producer_config),
             )
         except KafkaError as exc:
             raise RetriablePublishError(
@@ -624,33 +624,6 @@ class KafkaChatAgent(Agent):
             content=data["message"],
         )
         return message_payload(message)
-
-
-# KAFKA_PRODUCER_OPTIONS that also concern an admin client (security, timeouts of
-# the connection); producer-only ones (acks, linger) are not passed to it.
-_ADMIN_OPTIONS = frozenset(
-    {
-        "security_protocol",
-        "ssl_context",
-        "ssl_check_hostname",
-        "ssl_cafile",
-        "ssl_certfile",
-        "ssl_keyfile",
-        "ssl_password",
-        "ssl_crlfile",
-        "sasl_mechanism",
-        "sasl_plain_username",
-        "sasl_plain_password",
-        "sasl_kerberos_service_name",
-        "sasl_kerberos_domain_name",
-        "sasl_oauth_token_provider",
-        "api_version",
-    }
-)
-
-
-def _admin_options(producer_config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in producer_config.items() if k in _ADMIN_OPTIONS}
 
 
 def _is_id(value: object) -> bool:

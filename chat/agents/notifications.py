@@ -70,6 +70,7 @@ from ..schemas import EVENT_SCHEMA_VERSION, MAX_DB_ID, ChatEvent
 from .base import Agent
 from .heartbeat import Heartbeat
 from .kafka_chat import TOPIC_PATTERN, parse_bootstrap_servers
+from .topics import admin_options, chat_topic_specs, topics_ensure
 
 logger = logging.getLogger(__name__)
 
@@ -290,6 +291,15 @@ class NotificationAgent(Agent):
         return self._consumer
 
     def _build_consumer(self) -> KafkaConsumer:
+        if settings.KAFKA_CREATE_TOPICS:
+            # A group that subscribes to a topic not created yet is assigned nothing
+            # until its next metadata refresh (minutes): create it first.
+            topics_ensure(
+                bootstrap_servers=self.bootstrap_servers,
+                specs=chat_topic_specs(self.topic),
+                timeout=self.timeout,
+                client_options=admin_options(self.consumer_config),
+            )
         timeout_ms = int(self.timeout * 1000)
         config: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,

@@ -10,12 +10,42 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 logger = logging.getLogger(__name__)
+
+
+# Client options (KAFKA_PRODUCER_OPTIONS, KAFKA_CONSUMER_OPTIONS) that also concern an
+# admin client (security, timeouts of
+# the connection); producer-only ones (acks, linger) are not passed to it.
+_ADMIN_OPTIONS = frozenset(
+    {
+        "security_protocol",
+        "ssl_context",
+        "ssl_check_hostname",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_crlfile",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "sasl_oauth_token_provider",
+        "api_version",
+    }
+)
+
+
+def admin_options(client_config: dict[str, Any]) -> dict[str, Any]:
+    """The options of a producer or consumer config an admin client takes too."""
+    return {k: v for k, v in client_config.items() if k in _ADMIN_OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -124,6 +154,7 @@ def topics_describe(
 __all__ = [
     "KafkaError",
     "TopicSpec",
+    "admin_options",
     "chat_topic_specs",
     "topics_describe",
     "topics_ensure",
