@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,10 +24,9 @@ STAGES = {"ack", "broadcast", "published", "kafka"}
 STATUSES = {"met", "not met", "not measured"}
 
 
-@pytest.mark.servers  # the benchmark starts its own stack (no fixture says so)
-def test_bench_tiny_run_writes_a_well_formed_report_with_nothing_lost(tmp_path):
-    """4 clients, 2 rooms, 10 msgs/s for 3 s on its own stack: 0 lost, 0 duplicates,
-    every stage measured, targets judged, and the markdown and the PNG written."""
+def run_tiny_bench(tmp_path: Path, *options: str) -> Path:
+    """`python -m bench --quick` with 4 clients in 2 rooms at 10 msgs/s for 3 s, on
+    its own stack (plus `options`); returns its results directory."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -35,7 +35,7 @@ def test_bench_tiny_run_writes_a_well_formed_report_with_nothing_lost(tmp_path):
     }  # fmt: skip
     out = tmp_path / "results"
     command = [
-        sys.executable, "-m", "bench", "--quick", "--no-progress",
+        sys.executable, "-m", "bench", "--quick", "--no-progress", *options,
         "--clients", "4", "--rooms", "2", "--rate", "10", "--duration", "3",
         "--ceiling-tasks", "40", "--ceiling-kafka", "40", "--ceiling-round-trips", "40",
         "--output-dir", str(out), "--run-dir", str(tmp_path / "run"),
@@ -44,6 +44,14 @@ def test_bench_tiny_run_writes_a_well_formed_report_with_nothing_lost(tmp_path):
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170
     )
     assert result.returncode == 0, result.stderr[-5000:]
+    return out
+
+
+@pytest.mark.servers  # the benchmark starts its own stack (no fixture says so)
+def test_bench_tiny_run_writes_a_well_formed_report_with_nothing_lost(tmp_path):
+    """4 clients, 2 rooms, 10 msgs/s for 3 s on its own stack: 0 lost, 0 duplicates,
+    every stage measured, targets judged, and the markdown and the PNG written."""
+    out = run_tiny_bench(tmp_path)
 
     report = json.loads((out / "latest-sqlite.json").read_text())
     stamped = [p for p in out.glob("*-sqlite.json") if not p.name.startswith("latest")]

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from .support import ROOT
+from .test_bench import run_tiny_bench
 
 
 @pytest.mark.servers  # the benchmark starts its own stack (no fixture says so)
@@ -17,24 +14,7 @@ from .support import ROOT
 def test_bench_on_three_real_brokers_loses_nothing(tmp_path):
     """A tiny run on its own 3-node cluster: the topic has replication factor 3,
     nothing is lost or doubled, and the brokers' CPU is measured as `kafka`."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL",
-                     "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CHAT_TOPIC"}
-    }  # fmt: skip
-    out = tmp_path / "results"
-    command = [
-        sys.executable, "-m", "bench", "--quick", "--no-progress",
-        "--kafka-cluster", "3", "--tag", "kafka3",
-        "--clients", "4", "--rooms", "2", "--rate", "10", "--duration", "3",
-        "--ceiling-tasks", "40", "--ceiling-kafka", "40", "--ceiling-round-trips", "40",
-        "--output-dir", str(out), "--run-dir", str(tmp_path / "run"),
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
+    out = run_tiny_bench(tmp_path, "--kafka-cluster", "3", "--tag", "kafka3")
     report = json.loads((out / "latest-sqlite-kafka3.json").read_text())
     assert report["stack"]["kafka"].startswith("Apache Kafka")
     assert "replication factor 3" in report["stack"]["kafka"]

@@ -315,6 +315,10 @@ class NotificationAgent(Agent):
             # woken by new records, and 500 ms (the default) was most of the
             # notification delay (p50 132 ms → 37 ms at 50 msgs/s with 50 ms).
             "fetch_max_wait_ms": 100,
+            # A topic or partitions that appear after the group formed (a topic made
+            # moments ago, metadata still spreading between brokers) are assigned
+            # within seconds, not at the default 5-minute metadata refresh.
+            "metadata_max_age_ms": 5_000,
             "bootstrap_timeout_ms": timeout_ms,
             "request_timeout_ms": max(timeout_ms, 30_000),
             "reconnect_backoff_max_ms": 1000,
