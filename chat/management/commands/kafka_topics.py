@@ -1,5 +1,6 @@
 """Create the chat topic and its dead-letter topic from settings, and show them."""
 
+import time
 from typing import Any
 
 from django.conf import settings
@@ -54,6 +55,15 @@ class Command(BaseCommand):
                 names=[spec.name for spec in specs],
                 timeout=timeout,
             )
+            # A topic just made may not be in every broker's metadata yet.
+            deadline = time.monotonic() + (0 if check else timeout)
+            while None in described.values() and time.monotonic() < deadline:
+                time.sleep(0.5)
+                described = topics_describe(
+                    bootstrap_servers=servers,
+                    names=[spec.name for spec in specs],
+                    timeout=timeout,
+                )
         except KafkaError as exc:
             raise CommandError(
                 f"Kafka at {','.join(servers)} did not answer or refused: "
