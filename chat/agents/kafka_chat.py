@@ -106,6 +106,11 @@ class PublishResult:
     partition: int
     offset: int
 
+    @classmethod
+    def of(cls, metadata: Any) -> PublishResult:
+        """From kafka-python's RecordMetadata."""
+        return cls(metadata.topic, metadata.partition, metadata.offset)
+
 
 class KafkaChatAgent(Agent):
     """Per-process Kafka producer of chat events, and validator of client frames."""
@@ -380,9 +385,7 @@ class KafkaChatAgent(Agent):
                 except KafkaPublishError as exc:
                     outcomes[i] = exc
                 else:
-                    outcomes[i] = PublishResult(
-                        metadata.topic, metadata.partition, metadata.offset
-                    )
+                    outcomes[i] = PublishResult.of(metadata)
         if any(isinstance(o, RetriablePublishError) for o in outcomes):
             raise _PartlyFailedBatch(outcomes)  # counts against the breaker
         return outcomes
@@ -416,7 +419,7 @@ class KafkaChatAgent(Agent):
             metadata = sent.get(timeout=0)
         except Exception as exc:
             return _publish_error(exc, producer)
-        return PublishResult(metadata.topic, metadata.partition, metadata.offset)
+        return PublishResult.of(metadata)
 
     def _rebuild_if_needed(
         self, producer: KafkaProducer, outcomes: Sequence[object]
@@ -532,7 +535,7 @@ class KafkaChatAgent(Agent):
                 exc,
             )
             raise
-        return PublishResult(metadata.topic, metadata.partition, metadata.offset)
+        return PublishResult.of(metadata)
 
     def _send_and_wait(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]

@@ -50,20 +50,17 @@ class Command(BaseCommand):
                 )
                 for name in created:
                     self.stdout.write(f"Created {name}")
-            described = topics_describe(
-                bootstrap_servers=servers,
-                names=[spec.name for spec in specs],
-                timeout=timeout,
-            )
             # A topic just made may not be in every broker's metadata yet.
             deadline = time.monotonic() + (0 if check else timeout)
-            while None in described.values() and time.monotonic() < deadline:
-                time.sleep(0.5)
+            while True:
                 described = topics_describe(
                     bootstrap_servers=servers,
                     names=[spec.name for spec in specs],
                     timeout=timeout,
                 )
+                if None not in described.values() or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
         except KafkaError as exc:
             raise CommandError(
                 f"Kafka at {','.join(servers)} did not answer or refused: "
