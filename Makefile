@@ -78,7 +78,8 @@ kafka: $(STAMP)
 # node (CHAT_TEST_BROKER=kafka), then the fault tests on three nodes (RF 3, min ISR 2).
 KAFKA_INTEGRATION_TESTS := tests/test_tasks.py tests/test_agents.py \
 	tests/test_notification_agent.py tests/test_e2e.py tests/test_kafka_topics.py \
-	tests/test_kafka_cluster.py tests/test_dead_letter_kafka.py tests/test_bench_kafka.py
+	tests/test_kafka_cluster.py tests/test_dead_letter_kafka.py tests/test_bench_kafka.py \
+	tests/test_transactions_kafka.py
 test-kafka: $(STAMP) $(DOTENV)
 	$(PY) -m chatproj.kafka_cluster fetch
 	CHAT_TEST_KAFKA=1 CHAT_TEST_BROKER=kafka $(PY) -m pytest $(KAFKA_INTEGRATION_TESTS) $(PYTEST_ARGS)

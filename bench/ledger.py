@@ -210,6 +210,7 @@ def _consumer(bootstrap: str) -> KafkaConsumer:
     return KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
+        isolation_level="read_committed",
         fetch_max_wait_ms=100,  # Tansu answers as soon as data comes
         request_timeout_ms=10_000,
         max_poll_records=5000,

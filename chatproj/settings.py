@@ -193,6 +193,17 @@ KAFKA_SEND_TIMEOUT = env.float("KAFKA_SEND_TIMEOUT", default=5.0)
 KAFKA_DELIVERY_TIMEOUT = env.float(
     "KAFKA_DELIVERY_TIMEOUT", default=3 * KAFKA_SEND_TIMEOUT
 )
+# Each publish batch is one Kafka transaction, so a batch sent again after a failure
+# is never seen twice by a consumer reading with isolation_level="read_committed"
+# (the stream's consumers must). Off: idempotence only, and an outage longer than
+# KAFKA_DELIVERY_TIMEOUT can leave copies (duplicates by message_id).
+KAFKA_TRANSACTIONS = env.bool("KAFKA_TRANSACTIONS", default=True)
+# The broker aborts a transaction left open this long (a worker killed mid-batch):
+# until then read_committed consumers of its partitions wait. Above the longest
+# batch (its records' outcomes, then the commit).
+KAFKA_TRANSACTION_TIMEOUT = env.float(
+    "KAFKA_TRANSACTION_TIMEOUT", default=KAFKA_DELIVERY_TIMEOUT + 3 * KAFKA_SEND_TIMEOUT
+)
 KAFKA_RETRY_TRIES = env.int("KAFKA_RETRY_TRIES", default=3)
 KAFKA_RETRY_DELAY = env.float("KAFKA_RETRY_DELAY", default=1.0)
 KAFKA_RETRY_BACKOFF = env.float("KAFKA_RETRY_BACKOFF", default=2.0)
@@ -213,12 +224,14 @@ CHAT_PUBLISH_BATCH = env.int("CHAT_PUBLISH_BATCH", default=500)
 # The per-conversation lock expires after this many seconds, so a publisher that
 # crashed holding it blocks its conversation no longer than that: above the longest
 # legitimate hold (producer bootstrap and the topic's metadata, each
-# KAFKA_SEND_TIMEOUT, then every record's outcome, KAFKA_DELIVERY_TIMEOUT). A task
+# KAFKA_SEND_TIMEOUT, then every record's outcome, KAFKA_DELIVERY_TIMEOUT, then the
+# commit and, if it went unanswered, reading the records back, each
+# KAFKA_SEND_TIMEOUT). A task
 # waits at most KAFKA_SEND_TIMEOUT for it, then retries later (Celery's countdown)
 # instead of holding a worker process.
 CHAT_PUBLISH_LOCK_TIMEOUT = env.float(
     "CHAT_PUBLISH_LOCK_TIMEOUT",
-    default=2 * KAFKA_SEND_TIMEOUT + KAFKA_DELIVERY_TIMEOUT + 2,
+    default=4 * KAFKA_SEND_TIMEOUT + KAFKA_DELIVERY_TIMEOUT + 2,
 )
 
 # --- Outbox sweep (the Message table is the outbox) -------------------------------

@@ -73,6 +73,7 @@ def read_topic(
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
+        isolation_level="read_committed",  # as the stream's consumers read it
         consumer_timeout_ms=500,
         request_timeout_ms=5000,
     )

@@ -137,11 +137,25 @@ def test_kafka_python_still_has_the_state_the_check_reads():
     assert callable(TransactionManager.has_fatal_error)
 
 
+def test_kafka_python_still_commits_the_way_the_bounded_commit_does():
+    """KafkaChatAgent._commit is commit_transaction() with a bound on the wait; this
+    fails when kafka-python's commit changes."""
+    from kafka.producer.transaction_manager import TransactionalRequestResult
+
+    commit = inspect.getsource(KafkaProducer.commit_transaction)
+    assert "self._transaction_manager.begin_commit()" in commit
+    assert "self._sender.wakeup()" in commit
+    assert "timeout_ms" in inspect.signature(TransactionalRequestResult.wait).parameters
+
+
 class _NeverAcks:
     """A producer whose records are never acknowledged (a stalled producer)."""
 
     def __init__(self) -> None:
         self.closed = False
+
+    def begin_transaction(self) -> None:
+        pass
 
     def send(self, *args: object, **kwargs: object) -> object:
         return type("Pending", (), {"is_done": False})()
@@ -161,6 +175,7 @@ def test_a_stalled_producer_is_rebuilt_after_two_silent_batches(settings):
     from .test_agents import sample_event
 
     settings.KAFKA_CREATE_TOPICS = False
+    settings.KAFKA_TRANSACTIONS = False
     agent = KafkaChatAgent(bootstrap_servers="127.0.0.1:1", breaker_failures=100)
     stalled = _NeverAcks()
     agent._producer = stalled
@@ -169,5 +184,25 @@ def test_a_stalled_producer_is_rebuilt_after_two_silent_batches(settings):
     assert agent._producer is stalled  # one silent batch: kept
     agent.publish_batch([sample_event()])
     assert agent._producer is None and stalled.closed  # two: discarded
+    assert agent.producer_rebuilds == 1
+    agent.closed = True
+
+
+def test_a_transaction_abandoned_after_a_failure_discards_the_producer(settings):
+    """With transactions, a batch that failed leaves its transaction open: the
+    producer is discarded at once, and the next one (same transactional id) aborts
+    that transaction when it initialises."""
+    from chat.agents import KafkaChatAgent
+
+    from .test_agents import sample_event
+
+    settings.KAFKA_CREATE_TOPICS = False
+    settings.KAFKA_TRANSACTIONS = True
+    agent = KafkaChatAgent(bootstrap_servers="127.0.0.1:1", breaker_failures=100)
+    stalled = _NeverAcks()
+    agent._producer = stalled
+    [outcome] = agent.publish_batch([sample_event()])
+    assert isinstance(outcome, RetriablePublishError)
+    assert agent._producer is None and stalled.closed
     assert agent.producer_rebuilds == 1
     agent.closed = True

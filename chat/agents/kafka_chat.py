@@ -4,6 +4,12 @@ One producer per OS process, built lazily on first publish (so never in the pare
 a prefork pool). Every Kafka call is bounded by KAFKA_SEND_TIMEOUT, and a batch's
 outcome by KAFKA_DELIVERY_TIMEOUT. A producer whose state broke, or that stalled, is
 discarded and built anew (publish_errors has the table).
+
+With KAFKA_TRANSACTIONS on, each batch is one Kafka transaction: committed when every
+record was acknowledged, else abandoned. A batch that is sent again is therefore never
+seen twice by a `read_committed` consumer: the producer built next, with the same
+transactional id, aborts what its predecessor left open (records written before a
+broker failure included) before it sends anything.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -30,6 +37,7 @@ from ..models import dm_room_name
 from ..schemas import ChatEvent, ChatValidationError, parse_chat_frame
 from .base import Agent
 from .publish_errors import Recovery, producer_is_broken, recovery_for
+from .readback import records_committed
 from .topics import admin_options, chat_topic_specs, topics_ensure
 
 logger = logging.getLogger(__name__)
@@ -164,6 +172,9 @@ class KafkaChatAgent(Agent):
         )
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
+        # One transaction at a time per producer.
+        self._transaction_lock = threading.Lock()
+        self.transactions = settings.KAFKA_TRANSACTIONS
         self.producer_rebuilds = 0
         self._stalled_batches = 0
         self._topics_ready = not settings.KAFKA_CREATE_TOPICS
@@ -242,6 +253,15 @@ class KafkaChatAgent(Agent):
             "reconnect_backoff_max_ms": 1000,
             **self.producer_config,
         }
+        if self.transactions:
+            config.setdefault("transactional_id", self.transactional_id)
+            config.setdefault(
+                "transaction_timeout_ms", int(settings.KAFKA_TRANSACTION_TIMEOUT * 1000)
+            )
+            # A transaction begun right after a commit waits for the broker to
+            # finish the previous one, retrying after this; at the default (100 ms)
+            # each back-to-back transaction cost ~55 ms, at 10 ms ~12 ms.
+            config.setdefault("retry_backoff_ms", 10)
         try:
             producer = KafkaProducer(**config)
         except (kafka.errors.KafkaConfigurationError, ValueError, TypeError) as exc:
@@ -254,6 +274,22 @@ class KafkaChatAgent(Agent):
                 exc,
             )
             raise RetriablePublishError(f"Kafka unreachable: {exc}") from exc
+        if self.transactions:
+            try:
+                # Aborts what a predecessor with this id left open, within
+                # max_block_ms; a retry after a timeout waits for the same answer.
+                producer.init_transactions()
+            except Exception as exc:
+                producer.close(timeout=0)
+                error = _publish_error(exc)
+                raise (
+                    error
+                    if isinstance(error, PermanentPublishError)
+                    else RetriablePublishError(
+                        f"Kafka transactions not initialised: {type(exc).__name__}: "
+                        f"{exc}"
+                    )
+                ) from exc
         if not self._topics_ready:
             try:
                 self._ensure_topics()
@@ -267,6 +303,11 @@ class KafkaChatAgent(Agent):
             ",".join(self.bootstrap_servers),
         )
         return producer
+
+    @property
+    def transactional_id(self) -> str:
+        """Unique per process on a host, and across hosts."""
+        return f"{self.client_id}-{socket.gethostname()}-{self.pid}"
 
     def _ensure_topics(self) -> None:
         """Create the chat and dead-letter topics if missing (once per process)."""
@@ -353,23 +394,8 @@ class KafkaChatAgent(Agent):
     def _send_batch(
         self, events: Sequence[ChatEvent]
     ) -> list[PublishResult | KafkaPublishError]:
-        producer = self.producer
-        pending: list[Any] = []
-        for event in events:
-            try:
-                pending.append(
-                    producer.send(
-                        self.topic,
-                        key=event.key,
-                        value=event.value,
-                        headers=event.headers,
-                    )
-                )
-            except Exception as exc:  # refused before sending (e.g. too large)
-                pending.append(exc)
-        self._wait_for_outcomes(producer, len(events))
-        outcomes = [self._outcome(item, producer) for item in pending]
-        self._rebuild_if_needed(producer, outcomes)
+        records = [(self.topic, e.key, e.value, e.headers) for e in events]
+        outcomes = self._send_records(records)
         refused = [
             i for i, o in enumerate(outcomes) if isinstance(o, PermanentPublishError)
         ]
@@ -377,18 +403,155 @@ class KafkaChatAgent(Agent):
             # The broker refuses a whole batch (too large, say) for one record in
             # it: each is sent again alone, in order, so only the guilty one is dead.
             for i in refused:
-                event = events[i]
                 try:
-                    metadata = self._send_and_wait(
-                        self.topic, event.key, event.value, event.headers
-                    )
+                    outcomes[i] = self._send_one(*records[i])
                 except KafkaPublishError as exc:
                     outcomes[i] = exc
-                else:
-                    outcomes[i] = PublishResult.of(metadata)
+        again = [
+            i for i, o in enumerate(outcomes) if isinstance(o, RetriablePublishError)
+        ]
+        if refused and again:
+            # A refused record fails its transaction, or breaks the sequence of
+            # the records behind it: those are sent once more without it.
+            try:
+                resent = self._send_records([records[i] for i in again])
+            except KafkaPublishError:  # they stay retriable
+                resent = [outcomes[i] for i in again]
+            for i, outcome in zip(again, resent, strict=True):
+                outcomes[i] = outcome
         if any(isinstance(o, RetriablePublishError) for o in outcomes):
             raise _PartlyFailedBatch(outcomes)  # counts against the breaker
         return outcomes
+
+    def _send_records(
+        self, records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]
+    ) -> list[PublishResult | KafkaPublishError]:
+        """Send (topic, key, value, headers) records pipelined, in one transaction
+        when transactions are on, and return each one's outcome."""
+        producer = self.producer
+        with self._transaction_lock:
+            if self.transactions:
+                try:
+                    producer.begin_transaction()
+                except Exception as exc:
+                    error = _publish_error(exc, producer)
+                    self._rebuild_if_needed(producer, [error])
+                    raise error from exc
+            pending: list[Any] = []
+            for topic, key, value, headers in records:
+                try:
+                    pending.append(
+                        producer.send(topic, key=key, value=value, headers=headers)
+                    )
+                except Exception as exc:  # refused before sending (e.g. too large)
+                    pending.append(exc)
+            self._wait_for_outcomes(producer, len(records))
+            outcomes = [self._outcome(item, producer) for item in pending]
+            if self.transactions:
+                sent = [not isinstance(item, Exception) for item in pending]
+                outcomes = self._end_transaction(producer, outcomes, sent)
+        self._rebuild_if_needed(producer, outcomes)
+        return outcomes
+
+    def _end_transaction(
+        self,
+        producer: KafkaProducer,
+        outcomes: list[PublishResult | KafkaPublishError],
+        sent: list[bool],
+    ) -> list[PublishResult | KafkaPublishError]:
+        """Commit when every record sent was acknowledged (one refused before
+        sending, too large say, never joined the transaction). Otherwise abandon
+        the transaction: abort it when only refused records failed (the cluster
+        answers), else leave it to the next producer's init_transactions. The
+        acknowledged records of an abandoned transaction become retriable."""
+        if all(
+            isinstance(o, PublishResult)
+            for o, s in zip(outcomes, sent, strict=True)
+            if s
+        ):
+            if not any(sent):
+                producer.abort_transaction()  # empty: nothing to commit
+                return outcomes
+            # A commit that failed may still have reached the coordinator (the
+            # request timed out, say): unanswered or failed, it is in doubt.
+            try:
+                if self._commit(producer):
+                    return outcomes
+                doubt = f"its commit went unanswered for {self.send_timeout:g}s"
+            except Exception as exc:
+                doubt = f"its commit failed ({type(exc).__name__}: {exc})"
+            return self._settle_in_doubt(producer, outcomes, sent, doubt)
+        failed = [o for o in outcomes if isinstance(o, KafkaPublishError)]
+        abandon = any(o.retriable for o in failed)
+        if not abandon:
+            try:
+                producer.abort_transaction()
+            except Exception:
+                logger.debug("Transaction abort failed", exc_info=True)
+                abandon = True
+        if abandon:
+            self.producer_discard(
+                producer, reason=f"its transaction was abandoned after {failed[0]}"
+            )
+        aborted = RetriablePublishError(
+            f"acknowledged, but its transaction was aborted with {failed[0]}"
+        )
+        return [aborted if isinstance(o, PublishResult) else o for o in outcomes]
+
+    def _commit(self, producer: KafkaProducer) -> bool:
+        """Commit the open transaction: True once committed, False when no answer
+        came within KAFKA_SEND_TIMEOUT (in doubt). Raises what the commit met
+        (it was aborted). kafka-python's commit_transaction() waits without a
+        bound; this is its body with one (tests/test_publish_errors pins it)."""
+        result = producer._transaction_manager.begin_commit()
+        producer._sender.wakeup()
+        return bool(result.wait(timeout_ms=int(self.send_timeout * 1000)))
+
+    def _settle_in_doubt(
+        self,
+        producer: KafkaProducer,
+        outcomes: list[PublishResult | KafkaPublishError],
+        sent: list[bool],
+        doubt: str,
+    ) -> list[PublishResult | KafkaPublishError]:
+        """The transaction's fate is unknown (`doubt` says why). A new producer
+        with the same transactional id initialises only once the cluster has
+        decided it; then the records are read back: there (committed) or not
+        (aborted, sent again). Undecided within KAFKA_SEND_TIMEOUT, they are sent
+        again, and may then be in the topic twice: said in the log."""
+        self.producer_discard(producer, reason=doubt)
+        written = [
+            (o.topic, o.partition, o.offset)
+            for o in outcomes
+            if isinstance(o, PublishResult)
+        ]
+        committed: bool | None = None
+        try:
+            self.producer  # noqa: B018 - building it runs init_transactions
+            committed = records_committed(
+                bootstrap_servers=self.bootstrap_servers,
+                records=written,
+                timeout=self.send_timeout,
+                client_options=admin_options(self.producer_config),
+            )
+        except (KafkaPublishError, KafkaError) as exc:
+            logger.warning("Transaction in doubt not settled: %s", exc)
+        if committed:
+            logger.info("Transaction in doubt was committed (%d records)", len(written))
+            return outcomes
+        if committed is None:
+            logger.warning(
+                "Transaction in doubt not settled: its %d record(s) are sent again "
+                "and may be in %s twice",
+                len(written),
+                self.topic,
+            )
+        error = RetriablePublishError(
+            "transaction "
+            + ("aborted" if committed is False else "undecided")
+            + f" after {doubt}"
+        )
+        return [error if s else o for o, s in zip(outcomes, sent, strict=True)]
 
     def _wait_for_outcomes(self, producer: KafkaProducer, count: int) -> None:
         """Flush until every record is decided (acknowledged or expired, so none is
@@ -518,9 +681,7 @@ class KafkaChatAgent(Agent):
         event: ChatEvent,
     ) -> PublishResult:
         try:
-            metadata = self.breaker.call(
-                self._send_and_wait, topic, key, value, headers
-            )
+            return self.breaker.call(self._send_one, topic, key, value, headers)
         except pybreaker.CircuitBreakerError as exc:
             raise RetriablePublishError(
                 f"Kafka circuit open after repeated failures; next try in "
@@ -535,19 +696,14 @@ class KafkaChatAgent(Agent):
                 exc,
             )
             raise
-        return PublishResult.of(metadata)
 
-    def _send_and_wait(
+    def _send_one(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
-    ) -> Any:
-        producer = self.producer
-        try:
-            future = producer.send(topic, key=key, value=value, headers=headers)
-            return future.get(timeout=self.delivery_timeout + 1)
-        except Exception as exc:
-            error = _publish_error(exc, producer)
-            self._rebuild_if_needed(producer, [error])
-            raise error from exc
+    ) -> PublishResult:
+        [outcome] = self._send_records([(topic, key, value, headers)])
+        if isinstance(outcome, KafkaPublishError):
+            raise outcome
+        return outcome
 
     # --- the original README's API ------------------------------------------------
 

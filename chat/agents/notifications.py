@@ -79,6 +79,9 @@ logger = logging.getLogger(__name__)
 DB_UNAVAILABLE = (OperationalError, InterfaceError, ProgrammingError, InternalError)
 # message_ids this process handled recently, to count re-deliveries as duplicates.
 RECENT_MESSAGE_IDS = 10_000
+# A member assigned nothing for this long while its topic has partitions subscribes
+# again (see NotificationAgent._rejoin_if_left_out).
+EMPTY_ASSIGNMENT_REJOIN = 15.0
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,7 @@ class NotificationAgent(Agent):
         self._consumer: KafkaConsumer | None = None
         self._lock = threading.Lock()
         self._recent: OrderedDict[UUID, None] = OrderedDict()
+        self._empty_since: float | None = None
         # A few poll intervals, plus the longest backoff between two polls.
         self.heartbeat = Heartbeat(
             self.name, ttl=max(5.0, 3 * self.poll_timeout + self.retry_max)
@@ -319,6 +323,9 @@ class NotificationAgent(Agent):
             # moments ago, metadata still spreading between brokers) are assigned
             # within seconds, not at the default 5-minute metadata refresh.
             "metadata_max_age_ms": 5_000,
+            # Only committed publish transactions: a batch that was sent again after
+            # a failure is seen once.
+            "isolation_level": "read_committed",
             "bootstrap_timeout_ms": timeout_ms,
             "request_timeout_ms": max(timeout_ms, 30_000),
             "reconnect_backoff_max_ms": 1000,
@@ -413,6 +420,7 @@ class NotificationAgent(Agent):
         batches = {tp: records for tp, records in batches.items() if records}
         if not batches:
             self._update_lag(consumer, {})
+            self._rejoin_if_left_out(consumer)
             self._beat()
             return None
         try:
@@ -543,19 +551,54 @@ class NotificationAgent(Agent):
         else:
             logger.debug("Committed offsets %s", where)
 
+    def _rejoin_if_left_out(self, consumer: KafkaConsumer) -> None:
+        """Subscribe again after EMPTY_ASSIGNMENT_REJOIN seconds with no partition
+        while the topic has some. A group that formed on metadata without the
+        topic (a broker restarting as the topic was made) assigns nothing, and
+        kafka-python did not always rejoin when the partitions appeared (seen in
+        a rolling restart: 90 s and more). Rejoining rebalances the group, at most
+        once per interval; a member left out only because the group has more
+        members than the topic has partitions pays that rebalance too."""
+        if self.assigned:
+            self._empty_since = None
+            return
+        now = time.monotonic()
+        if self._empty_since is None:
+            self._empty_since = now
+            return
+        if now - self._empty_since < EMPTY_ASSIGNMENT_REJOIN:
+            return
+        self._empty_since = now
+        if not consumer.partitions_for_topic(self.topic):
+            return
+        logger.warning(
+            "No partition of %s assigned for %gs while it has some: joining the "
+            "group %s again",
+            self.topic,
+            EMPTY_ASSIGNMENT_REJOIN,
+            self.group_id,
+        )
+        consumer.unsubscribe()
+        consumer.subscribe([self.topic], listener=_RebalanceListener(self))
+
     def _update_lag(self, consumer: KafkaConsumer, handled: dict[int, int]) -> None:
         """Lag per assigned partition: highwater (from the last fetch) minus the next
-        offset to handle; no network call. A partition with nothing handled yet by
-        this process has no figure until its first record."""
+        offset to handle, or the consumer's position when that is further (past a
+        transaction's commit marker, which is no record); no network call. A
+        partition with nothing handled yet by this process has no figure until its
+        first record."""
         self.next_offset.update(handled)
         for partition in sorted(self.assigned):
+            tp = TopicPartition(self.topic, partition)
             try:
-                highwater = consumer.highwater(TopicPartition(self.topic, partition))
+                highwater = consumer.highwater(tp)
+                fetched = consumer.position(tp, timeout_ms=0)
             except KafkaError:  # revoked since
                 continue
             position = self.next_offset.get(partition)
             if highwater is None or position is None:
                 continue
+            position = max(position, fetched or 0)
             lag = max(0, highwater - position)
             self.lag[partition] = lag
             metrics.NOTIFICATION_CONSUMER_LAG.labels(str(partition)).set(lag)

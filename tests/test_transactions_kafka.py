@@ -1,0 +1,103 @@
+"""Publish transactions on a real Apache Kafka node: what a read_committed consumer
+sees of a committed, an abandoned and an in-doubt transaction."""
+
+from __future__ import annotations
+
+import pytest
+from kafka import KafkaProducer
+
+from chat.agents import KafkaChatAgent
+from chat.agents.kafka_chat import PublishResult
+from chat.agents.readback import records_committed
+from chatproj.kafka_cluster import KafkaCluster
+
+from .support import read_topic, unique_topic
+from .test_agents import sample_event
+
+
+def _producer(bootstrap: str, transactional_id: str) -> KafkaProducer:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=transactional_id,
+        retry_backoff_ms=10,
+    )
+    producer.init_transactions()
+    return producer
+
+
+def _written(producer: KafkaProducer, topic: str, values: list[bytes]) -> list:
+    futures = [producer.send(topic, key=b"room:tx", value=v) for v in values]
+    producer.flush()
+    return [(m.topic, m.partition, m.offset) for m in (f.get() for f in futures)]
+
+
+def test_read_back_tells_committed_from_abandoned(kafka_cluster_1: KafkaCluster):
+    """Committed records are found; the records of a transaction its producer
+    abandoned are not, once a new producer with the same id has initialised."""
+    cluster = kafka_cluster_1
+    topic = unique_topic()
+    cluster.create_topic(topic, 1, 1)
+    bootstrap = [cluster.bootstrap]
+
+    producer = _producer(cluster.bootstrap, "tx-readback")
+    producer.begin_transaction()
+    committed = _written(producer, topic, [b"c1", b"c2"])
+    producer.commit_transaction()
+    producer.begin_transaction()
+    abandoned = _written(producer, topic, [b"a1", b"a2"])
+    producer.close(timeout=0)  # a worker gone with its transaction open
+
+    successor = _producer(cluster.bootstrap, "tx-readback")  # aborts it
+    try:
+        assert records_committed(
+            bootstrap_servers=bootstrap, records=committed, timeout=10
+        )
+        assert (
+            records_committed(
+                bootstrap_servers=bootstrap, records=abandoned, timeout=10
+            )
+            is False
+        )
+        assert records_committed(bootstrap_servers=bootstrap, records=[], timeout=1)
+    finally:
+        successor.close()
+    values = [r.value for r in read_topic(cluster.bootstrap, topic, expected=2)]
+    assert values == [b"c1", b"c2"]  # the abandoned ones are hidden
+
+
+@pytest.mark.django_db
+def test_a_commit_in_doubt_is_settled_by_reading_back(
+    kafka_cluster_1: KafkaCluster, settings
+):
+    """The agent's commit goes unanswered (no wait at all here): it discards the
+    producer, builds a new one (which settles the transaction) and reads the
+    records back; committed, they are published once, not sent again."""
+    settings.KAFKA_CREATE_TOPICS = True
+    settings.KAFKA_TRANSACTIONS = True
+    topic = unique_topic()
+    agent = KafkaChatAgent(
+        bootstrap_servers=kafka_cluster_1.bootstrap, topic=topic, send_timeout=5
+    )
+    try:
+        agent.publish(sample_event())  # producer and topic ready
+        answers: list[bool] = []
+
+        def commit_unanswered(producer: KafkaProducer) -> bool:
+            manager = producer._transaction_manager
+            result = manager.begin_commit()
+            producer._sender.wakeup()
+            result.wait(timeout_ms=5000)  # the commit does reach the cluster
+            answers.append(False)
+            return False  # but, as far as the agent knows, in doubt
+
+        agent._commit = commit_unanswered  # type: ignore[method-assign]
+        event = sample_event()
+        result = agent.publish(event)
+        assert answers == [False]
+        assert isinstance(result, PublishResult)
+        assert agent.producer_rebuilds == 1
+        records = read_topic(kafka_cluster_1.bootstrap, topic, expected=3, timeout=5)
+        ids = [dict(r.headers)["message_id"].decode() for r in records]
+        assert ids.count(str(event.message_id)) == 1
+    finally:
+        agent.close()
