@@ -1,9 +1,11 @@
-"""A real Apache Kafka (KRaft) cluster on 127.0.0.1, from the jars on Maven Central.
+"""A real Apache Kafka (KRaft) cluster on this machine, from the jars on Maven Central.
 
 For tests and benchmarks that need the real broker rather than Tansu: replication,
 min.insync.replicas, leader elections, idempotent producers, transactions. Each node is
 a combined broker and controller (`process.roles=broker,controller`) in its own JVM,
-with a static quorum of all nodes.
+with a static quorum of all nodes. Nodes listen on 127.0.0.1, or, with
+`isolated_network=True`, each in a network namespace of its own (chatproj.netns) so
+that a test can cut one off the network.
 
     python -m chatproj.kafka_cluster fetch            # the jars, into .cache/kafka/
     python -m chatproj.kafka_cluster run --nodes 3    # a cluster until Ctrl-C
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chatproj.embedded import port_answers
+from chatproj.netns import NodeNetwork, free_subnet
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +226,11 @@ class KafkaNode:
         port: int,
         controller_port: int,
         directory: Path,
+        network: NodeNetwork | None = None,
     ) -> None:
         self.cluster = cluster
+        self.network = network
+        self.host = network.address if network is not None else HOST
         self.node_id = node_id
         self.port = port
         self.controller_port = controller_port
@@ -236,12 +242,12 @@ class KafkaNode:
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else "down"
-        return f"<KafkaNode {self.node_id} {HOST}:{self.port} {state}>"
+        return f"<KafkaNode {self.node_id} {self.address} {state}>"
 
     @property
     def address(self) -> str:
         """host:port of this node's broker listener."""
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def alive(self) -> bool:
@@ -306,6 +312,8 @@ class KafkaNode:
             str(self.config_path),
             log_dir=self.directory,
         )
+        if self.network is not None:
+            command = self.network.create().wrap(command)
         with open(self.log_path, "ab") as log:
             log.write(f"--- starting node {self.node_id} ---\n".encode())
             log.flush()
@@ -320,7 +328,7 @@ class KafkaNode:
 
     def answers(self) -> bool:
         """Whether this broker serves requests and lists itself among the brokers."""
-        if not self.alive or not port_answers(HOST, self.port):
+        if not self.alive or not port_answers(self.host, self.port):
             return False
         with admin_client(self.address, timeout=3.0) as admin:
             brokers = admin.describe_cluster()["brokers"]
@@ -383,6 +391,17 @@ class KafkaNode:
         """SIGCONT a frozen JVM."""
         self._signal(signal.SIGCONT)
 
+    def cut(self) -> None:
+        """Cut the running node off the network (isolated_network clusters only)."""
+        if self.network is None:
+            raise RuntimeError("cut() needs KafkaCluster(isolated_network=True)")
+        self.network.cut()
+
+    def reconnect(self) -> None:
+        """Undo cut()."""
+        if self.network is not None:
+            self.network.reconnect()
+
 
 class _Exited(Exception):
     pass
@@ -428,6 +447,7 @@ class KafkaCluster:
         base_dir: Path | None = None,
         min_insync_replicas: int | None = None,
         extra_config: dict[str, str] | None = None,
+        isolated_network: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
@@ -447,6 +467,7 @@ class KafkaCluster:
         self.cluster_id = random_cluster_id()
         self._libs: Path | None = None
         ports = free_ports(2 * size)
+        subnet = free_subnet() if isolated_network else 0
         self.nodes = [
             KafkaNode(
                 self,
@@ -454,6 +475,7 @@ class KafkaCluster:
                 ports[2 * index],
                 ports[2 * index + 1],
                 self.base_dir / f"node-{node_id}",
+                NodeNetwork(subnet, node_id) if isolated_network else None,
             )
             for index, node_id in enumerate(range(1, size + 1))
         ]
@@ -477,7 +499,7 @@ class KafkaCluster:
     def quorum_voters(self) -> str:
         """controller.quorum.voters: id@host:controller_port of every node."""
         return ",".join(
-            f"{node.node_id}@{HOST}:{node.controller_port}" for node in self.nodes
+            f"{node.node_id}@{node.host}:{node.controller_port}" for node in self.nodes
         )
 
     def node(self, node_id: int) -> KafkaNode:
@@ -493,9 +515,10 @@ class KafkaCluster:
             "node.id": str(node.node_id),
             "controller.quorum.voters": self.quorum_voters,
             "listeners": (
-                f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}"
+                f"PLAINTEXT://{node.host}:{node.port},"
+                f"CONTROLLER://{node.host}:{node.controller_port}"
             ),
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
+            "advertised.listeners": f"PLAINTEXT://{node.address}",
             "listener.security.protocol.map": (
                 "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
             ),
@@ -675,7 +698,7 @@ class KafkaCluster:
         command = java_command(
             self.libs,
             "org.apache.kafka.tools.MetadataQuorumCommand",
-            "--bootstrap-controller", f"{HOST}:{node.controller_port}",
+            "--bootstrap-controller", f"{node.host}:{node.controller_port}",
             *args,
             log_dir=self.base_dir,
             tool=True,
@@ -721,6 +744,7 @@ class KafkaCluster:
         a test that broke a shared cluster runs when it ends."""
         for node in self.nodes:
             node.thaw()
+            node.reconnect()
             node.launch()
         self.wait_ready(timeout)
 
@@ -770,7 +794,10 @@ class KafkaCluster:
             node._signal(signal.SIGCONT)
             node._signal(signal.SIGTERM)
         for node in self.nodes:
+            node.reconnect()
             node.stop(timeout=20.0)
+            if node.network is not None:
+                node.network.remove()
         if self._own_base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 

@@ -23,6 +23,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 
+from chatproj import netns
 from chatproj.embedded import (
     EmbeddedServer,
     embedded_kafka,
@@ -94,6 +95,7 @@ def _real_kafka(
     size: int,
     tmp_path_factory: pytest.TempPathFactory,
     extra_config: dict[str, str] | None = None,
+    isolated_network: bool = False,
 ) -> Iterator[KafkaCluster]:
     """A real Apache Kafka cluster of `size` nodes (chatproj.kafka_cluster); skipped
     without Java or Maven, except under CI=true, where that fails."""
@@ -107,6 +109,7 @@ def _real_kafka(
         size,
         base_dir=tmp_path_factory.mktemp(f"kafka-{size}"),
         extra_config=extra_config,
+        isolated_network=isolated_network,
     )
     cluster.start()
     try:
@@ -126,9 +129,14 @@ def kafka_cluster_3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaC
     """Three real Apache Kafka nodes, min.insync.replicas=2, replication factor 3;
     marked `kafka`. Shared by the session: a test that kills, stops or freezes a
     node calls `kafka_cluster_3.heal()` when it ends. A producer id expires after
-    8 s idle (a day by default), so an idle producer meets it within a test."""
+    8 s idle (a day by default), so an idle producer meets it within a test. Each
+    node has a network namespace of its own where this machine allows it, so that a
+    test can cut one off the network (chatproj.netns)."""
     yield from _real_kafka(
-        3, tmp_path_factory, extra_config={"producer.id.expiration.ms": "8000"}
+        3,
+        tmp_path_factory,
+        extra_config={"producer.id.expiration.ms": "8000"},
+        isolated_network=netns.available(),
     )
 
 

@@ -272,6 +272,40 @@ async def test_broker_frozen_as_if_cut_off(
     )  # fmt: skip
 
 
+async def test_broker_cut_off_the_network(
+    asgi_server, chat_users, kafka3, worker3, reliability_rows, start_agent
+):
+    """The leader of partition 0 cut off the network for 15 s (its network
+    namespace's link down): it keeps running, reaching no one and reached by no one;
+    the others fence it and take over. Then the link comes back."""
+    if kafka3.nodes[0].network is None:
+        pytest.skip("no network namespaces here (needs root and iproute2)")
+
+    def fault() -> None:
+        leader = kafka3.leader_of(worker3.topic, 0)
+        others = ",".join(n.address for n in kafka3.nodes if n is not leader)
+
+        def new_leader() -> bool:
+            with admin_client(others) as admin:
+                (topic,) = admin.describe_topics([worker3.topic])
+            [partition] = [p for p in topic["partitions"] if p["partition_index"] == 0]
+            return partition["leader_id"] not in (-1, leader.node_id)
+
+        leader.cut()
+        try:
+            wait_for(lambda: answered(new_leader), 30, what="a new leader")
+            time.sleep(10)  # the fault holds for a while after the failover
+        finally:
+            leader.reconnect()
+        kafka3.wait_ready()
+
+    await stream_with_fault(
+        asgi_server, chat_users, kafka3, worker3.topic, reliability_rows,
+        "partition leader cut off the network for ~15 s", fault,
+        start_agent=start_agent,
+    )  # fmt: skip
+
+
 async def test_producer_idle_past_producer_id_expiration(
     asgi_server, chat_users, kafka3, worker3, reliability_rows
 ):
