@@ -258,7 +258,7 @@ def messages_unpublished(*, room_id: int, limit: int) -> list[Message]:
     return list(
         Message.objects.raw(
             "SELECT id, message_id, room_id, seq, sender_id, receiver_id, content, "
-            "created_at, status, attempts, sweep_count "
+            "created_at, status, attempts, sweep_count, kafka_partition, kafka_offset "
             f"FROM {Message._meta.db_table} "
             f"WHERE room_id = %s AND status IN ({_UNPUBLISHED_SQL}) "
             "ORDER BY seq LIMIT %s",

@@ -538,6 +538,31 @@ def messages_record_error(*, messages: Sequence[Message], error: str) -> None:
         )
 
 
+def messages_record_in_doubt(*, in_doubt: Sequence[tuple[Message, Any]]) -> None:
+    """Keep where Kafka acknowledged messages whose transaction's fate is unknown
+    (their status stays unpublished): the next publisher of the conversation reads
+    them back there before it sends anything (tasks._settle_in_doubt)."""
+    for message, result in in_doubt:
+        message.kafka_partition = result.partition
+        message.kafka_offset = result.offset
+    with write_turn():
+        Message.objects.bulk_update(
+            [m for m, _ in in_doubt], ["kafka_partition", "kafka_offset"]
+        )
+
+
+def messages_forget_place(*, messages: Sequence[Message]) -> None:
+    """Read back and not there (their transaction was aborted): to be sent again."""
+    if not messages:
+        return
+    for message in messages:
+        message.kafka_partition = message.kafka_offset = None
+    with write_turn():
+        Message.objects.filter(pk__in=[m.pk for m in messages]).update(
+            kafka_partition=None, kafka_offset=None
+        )
+
+
 def message_mark_failed(*, message_id: str, error: str) -> Message | None:
     """Retries exhausted: mark the message failed, and with it the conversation's
     other attempted, unpublished messages (they wait behind it in seq order); tell

@@ -15,9 +15,11 @@ from redis.exceptions import LockError
 from . import broadcast, metrics, outbox, selectors, services
 from .agents import (
     ChatEvent,
+    InDoubtPublishError,
     KafkaChatAgent,
     KafkaPublishError,
     PermanentPublishError,
+    PublishResult,
     RetriablePublishError,
 )
 from .db_connections import between_units
@@ -177,6 +179,10 @@ def _publish_batch(
     for message in batch:
         message.room = room
     agent = KafkaChatAgent.get_instance()
+    outcome: dict[str, str | KafkaPublishError] = {}
+    batch = _settle_in_doubt(agent, room_name, batch, outcome)
+    if not batch:
+        return outcome
     events = [ChatEvent.from_message(m) for m in batch]
     try:
         results = agent.publish_batch(events)
@@ -187,8 +193,7 @@ def _publish_batch(
         services.messages_record_published(published=[], skipped=batch)
         broadcast.send_statuses(batch)
         return {str(m.message_id): m.status for m in batch}
-    published, retriable = [], []
-    outcome: dict[str, str | KafkaPublishError] = {}
+    published, retriable, in_doubt = [], [], []
     for message, event, result in zip(batch, events, results, strict=True):
         key = str(message.message_id)
         if isinstance(result, PermanentPublishError):
@@ -203,6 +208,8 @@ def _publish_batch(
         elif isinstance(result, KafkaPublishError):
             retriable.append(message)
             outcome[key] = result
+            if isinstance(result, InDoubtPublishError):
+                in_doubt.append((message, result.result))
         else:
             published.append((message, result))
             outcome[key] = Message.Status.PUBLISHED
@@ -221,8 +228,58 @@ def _publish_batch(
         services.messages_record_error(
             messages=retriable, error=str(outcome[str(retriable[0].message_id)])
         )
+    if in_doubt:
+        services.messages_record_in_doubt(in_doubt=in_doubt)
     broadcast.send_statuses([m for m, _ in published])
     return outcome
+
+
+def _settle_in_doubt(
+    agent: KafkaChatAgent,
+    room_name: str,
+    batch: list[Message],
+    outcome: dict[str, str | KafkaPublishError],
+) -> list[Message]:
+    """Messages an earlier attempt left in doubt (a commit unanswered while the
+    cluster was down: their place is recorded, their status is not published) are
+    read back first. Found, they are published there; not found, they go with the
+    rest of the batch, which is returned. Undecided, nothing of the conversation is
+    sent: a copy, or a later message ahead of them, could follow."""
+    places = {
+        m.pk: PublishResult(agent.topic, m.kafka_partition, m.kafka_offset)
+        for m in batch
+        if m.kafka_partition is not None and m.kafka_offset is not None
+    }
+    if not places:
+        return batch
+    doubtful = [m for m in batch if m.pk in places]
+    found = agent.committed(list(places.values()))
+    if found is None:
+        error = RetriablePublishError(
+            f"{len(doubtful)} message(s) of {room_name} in doubt since a commit went "
+            "unanswered: not decided yet"
+        )
+        services.messages_record_error(messages=batch, error=str(error))
+        raise error
+    there = [
+        (m, place)
+        for m in doubtful
+        if ((place := places[m.pk]).topic, place.partition, place.offset) in found
+    ]
+    published = {m.pk for m, _ in there}
+    gone = [m for m in doubtful if m.pk not in published]
+    services.messages_record_published(published=there)
+    services.messages_forget_place(messages=gone)
+    broadcast.send_statuses([m for m, _ in there])
+    for message, _ in there:
+        outcome[str(message.message_id)] = Message.Status.PUBLISHED
+    logger.info(
+        "In doubt in %s: %d message(s) found in Kafka, %d sent again",
+        room_name,
+        len(there),
+        len(gone),
+    )
+    return [m for m in batch if m.pk not in published]
 
 
 def _dead_letter(

@@ -364,8 +364,9 @@ GUARANTEES = """## What is guaranteed, and how
   back once the cause is fixed.
 - **Duplicates.** Each publish batch is one Kafka transaction, and the records are
   read back with `isolation_level="read_committed"`: on Apache Kafka a batch sent
-  again after a broker failure is seen once, so its rows have 0 duplicates before
-  de-duplication. Tansu does not hide aborted transactions, and a worker killed
+  again after a broker failure is seen once, and a batch whose commit went
+  unanswered is read back at its offsets before it is sent again, so the Apache
+  Kafka rows have 0 duplicates before de-duplication. Tansu does not hide aborted transactions, and a worker killed
   between Kafka's commit and the database update publishes its batch again: delivery
   stays at least once, a duplicate is always a repeat of a `message_id`, and
   consumers de-duplicate by the `message_id` header or field.

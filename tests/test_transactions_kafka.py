@@ -51,14 +51,17 @@ def test_read_back_tells_committed_from_abandoned(kafka_cluster_1: KafkaCluster)
     try:
         assert records_committed(
             bootstrap_servers=bootstrap, records=committed, timeout=10
-        )
+        ) == set(committed)
         assert (
             records_committed(
                 bootstrap_servers=bootstrap, records=abandoned, timeout=10
             )
-            is False
+            == set()
         )
-        assert records_committed(bootstrap_servers=bootstrap, records=[], timeout=1)
+        assert (
+            records_committed(bootstrap_servers=bootstrap, records=[], timeout=1)
+            == set()
+        )
     finally:
         successor.close()
     values = [r.value for r in read_topic(cluster.bootstrap, topic, expected=2)]
@@ -101,3 +104,65 @@ def test_a_commit_in_doubt_is_settled_by_reading_back(
         assert ids.count(str(event.message_id)) == 1
     finally:
         agent.close()
+
+
+def test_messages_left_in_doubt_are_read_back_not_sent_again(
+    kafka_cluster_1: KafkaCluster, stack, chat_users, settings
+):
+    """Two messages whose commits went unanswered while the cluster was away (their
+    places recorded, their status unpublished): one's transaction was in fact
+    committed, the other's abandoned. The next publisher of the conversation reads
+    them back: the first is published where it is, without a second copy; the
+    second, not there, is sent again; each message_id is in the topic once."""
+    from chat import services, tasks
+    from chat.models import Message
+    from chat.schemas import ChatEvent
+
+    if kafka_cluster_1.bootstrap != settings.KAFKA_BOOTSTRAP_SERVERS:
+        pytest.skip("the stack's broker is not this Kafka (CHAT_TEST_BROKER=kafka)")
+    settings.KAFKA_CHAT_TOPIC = topic = unique_topic()
+    kafka_cluster_1.create_topic(topic, 1, 1)
+    KafkaChatAgent.get_instance().close()  # the next one publishes to `topic`
+    alice = chat_users["alice"].id
+    first, second = (
+        services.message_create(
+            room_name="doubt", sender_id=alice, receiver_id=None, content=text
+        )
+        for text in ("committed", "abandoned")
+    )
+
+    def send(producer: KafkaProducer, message: Message) -> PublishResult:
+        event = ChatEvent.from_message(message)
+        future = producer.send(
+            topic, key=event.key, value=event.value, headers=event.headers
+        )
+        producer.flush()
+        return PublishResult.of(future.get())
+
+    producer = _producer(kafka_cluster_1.bootstrap, "tx-doubt")
+    producer.begin_transaction()
+    first_place = send(producer, first)
+    producer.commit_transaction()
+    producer.begin_transaction()
+    second_place = send(producer, second)
+    producer.close(timeout=0)
+    _producer(kafka_cluster_1.bootstrap, "tx-doubt").close()  # aborts the second
+    services.messages_record_in_doubt(
+        in_doubt=[(first, first_place), (second, second_place)]
+    )
+
+    assert (
+        tasks.publish_conversation(
+            room_id=first.room_id, room_name="doubt", message_id=str(first.message_id)
+        )
+        == "published"
+    )
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, first.kafka_offset) == ("published", first_place.offset)
+    assert second.status == "published"
+    assert second.kafka_offset not in (None, second_place.offset)
+    records = read_topic(kafka_cluster_1.bootstrap, topic, expected=2, timeout=5)
+    ids = sorted(dict(r.headers)["message_id"].decode() for r in records)
+    assert ids == sorted([str(first.message_id), str(second.message_id)])
+    KafkaChatAgent.get_instance().close()

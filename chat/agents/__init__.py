@@ -3,6 +3,7 @@
 from ..schemas import ChatEvent, ChatValidationError
 from .base import Agent
 from .kafka_chat import (
+    InDoubtPublishError,
     KafkaChatAgent,
     KafkaPublishError,
     PermanentPublishError,
@@ -15,6 +16,7 @@ __all__ = [
     "Agent",
     "ChatEvent",
     "ChatValidationError",
+    "InDoubtPublishError",
     "KafkaChatAgent",
     "KafkaPublishError",
     "NotificationAgent",

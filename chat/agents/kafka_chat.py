@@ -88,6 +88,16 @@ class PermanentPublishError(KafkaPublishError):
     """The broker rejected the record for good (e.g. too large): do not retry."""
 
 
+class InDoubtPublishError(RetriablePublishError):
+    """A record acknowledged in a transaction whose fate is not known yet: it is at
+    `result` if that transaction was committed. Before it is sent again, a read-back
+    (`KafkaChatAgent.committed`) must say it is not there."""
+
+    def __init__(self, message: str, result: PublishResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class _PartlyFailedBatch(RetriablePublishError):
     """Some records of a batch failed retriably: the breaker counts it; the caller
     gets every record's outcome."""
@@ -408,7 +418,10 @@ class KafkaChatAgent(Agent):
                 except KafkaPublishError as exc:
                     outcomes[i] = exc
         again = [
-            i for i, o in enumerate(outcomes) if isinstance(o, RetriablePublishError)
+            i
+            for i, o in enumerate(outcomes)
+            if isinstance(o, RetriablePublishError)
+            and not isinstance(o, InDoubtPublishError)  # read back first, never resent
         ]
         if refused and again:
             # A refused record fails its transaction, or breaks the sequence of
@@ -517,41 +530,52 @@ class KafkaChatAgent(Agent):
         """The transaction's fate is unknown (`doubt` says why). A new producer
         with the same transactional id initialises only once the cluster has
         decided it; then the records are read back: there (committed) or not
-        (aborted, sent again). Undecided within KAFKA_SEND_TIMEOUT, they are sent
-        again, and may then be in the topic twice: said in the log."""
+        (aborted, sent again). Undecided within KAFKA_SEND_TIMEOUT (the cluster
+        is down, say), each acknowledged record becomes an InDoubtPublishError
+        carrying its place, which the caller keeps, to read it back later."""
         self.producer_discard(producer, reason=doubt)
-        written = [
-            (o.topic, o.partition, o.offset)
-            for o in outcomes
-            if isinstance(o, PublishResult)
-        ]
-        committed: bool | None = None
+        found: set[tuple[str, int, int]] | None = None
         try:
             self.producer  # noqa: B018 - building it runs init_transactions
-            committed = records_committed(
+            found = self.committed(
+                [o for o in outcomes if isinstance(o, PublishResult)]
+            )
+        except KafkaPublishError as exc:
+            logger.warning("Transaction in doubt not settled yet: %s", exc)
+        if found:  # one transaction: all of it or nothing
+            logger.info("Transaction in doubt was committed (%d records)", len(found))
+            return outcomes
+        if found is None:
+            logger.warning(
+                "Transaction in doubt not settled yet (%s): its records wait, and "
+                "are read back before anything of their conversation is sent",
+                doubt,
+            )
+            return [
+                InDoubtPublishError(f"transaction undecided after {doubt}", o)
+                if isinstance(o, PublishResult)
+                else o
+                for o in outcomes
+            ]
+        aborted = RetriablePublishError(f"transaction aborted after {doubt}")
+        return [aborted if s else o for o, s in zip(outcomes, sent, strict=True)]
+
+    def committed(
+        self, results: Sequence[PublishResult]
+    ) -> set[tuple[str, int, int]] | None:
+        """Which of these records, acknowledged in transactions whose fate was in
+        doubt, were committed: read back within KAFKA_SEND_TIMEOUT (None when
+        not decided yet)."""
+        try:
+            return records_committed(
                 bootstrap_servers=self.bootstrap_servers,
-                records=written,
+                records=[(r.topic, r.partition, r.offset) for r in results],
                 timeout=self.send_timeout,
                 client_options=admin_options(self.producer_config),
             )
-        except (KafkaPublishError, KafkaError) as exc:
-            logger.warning("Transaction in doubt not settled: %s", exc)
-        if committed:
-            logger.info("Transaction in doubt was committed (%d records)", len(written))
-            return outcomes
-        if committed is None:
-            logger.warning(
-                "Transaction in doubt not settled: its %d record(s) are sent again "
-                "and may be in %s twice",
-                len(written),
-                self.topic,
-            )
-        error = RetriablePublishError(
-            "transaction "
-            + ("aborted" if committed is False else "undecided")
-            + f" after {doubt}"
-        )
-        return [error if s else o for o, s in zip(outcomes, sent, strict=True)]
+        except KafkaError as exc:
+            logger.warning("Read-back of %d record(s) failed: %s", len(results), exc)
+            return None
 
     def _wait_for_outcomes(self, producer: KafkaProducer, count: int) -> None:
         """Flush until every record is decided (acknowledged or expired, so none is

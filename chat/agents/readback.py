@@ -21,15 +21,16 @@ def records_committed(
     records: Iterable[tuple[str, int, int]],
     timeout: float,
     client_options: dict[str, Any] | None = None,
-) -> bool | None:
-    """True if every (topic, partition, offset) is visible to a read_committed
-    consumer, False if none is, None if that was not decided within `timeout`
-    seconds (the cluster did not answer, or only some were found)."""
+) -> set[tuple[str, int, int]] | None:
+    """Which of the (topic, partition, offset) records a read_committed consumer
+    sees (committed; the others were aborted), or None when that was not decided
+    within `timeout` seconds: the cluster did not answer, or a transaction is
+    still open before the last of them."""
     wanted: dict[TopicPartition, set[int]] = {}
     for topic, partition, offset in records:
         wanted.setdefault(TopicPartition(topic, partition), set()).add(offset)
     if not wanted:
-        return True
+        return set()
     timeout_ms = max(int(timeout * 1000), 1000)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
@@ -59,7 +60,4 @@ def records_committed(
             return None
     finally:
         consumer.close()
-    total = sum(len(offsets) for offsets in wanted.values())
-    if len(seen) == total:
-        return True
-    return False if not seen else None
+    return {(tp.topic, tp.partition, offset) for tp, offset in seen}
