@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from channels.db import database_sync_to_async
 
 from chat import services
 from chat.models import Message, Notification
-from chatproj.kafka_cluster import KafkaCluster, admin_client
+from chatproj.kafka_cluster import KafkaCluster, KafkaNode, admin_client
 
 from .faults import FAST_RECOVERY, ChatLoad, check_and_record, users_cookies
 from .support import unique_group, wait_for
@@ -240,34 +240,48 @@ async def test_rolling_restart(
     )  # fmt: skip
 
 
+def leader_isolated(
+    cluster: KafkaCluster,
+    topic: str,
+    isolate: Callable[[KafkaNode], None],
+    restore: Callable[[KafkaNode], None],
+) -> Callable[[], None]:
+    """A fault: the leader of the topic's partition 0 is isolated until the others
+    have elected a new leader, and 10 s more; then it is restored."""
+
+    def fault() -> None:
+        leader = cluster.leader_of(topic, 0)
+        # Asked through the others: the isolated node may never answer.
+        others = ",".join(n.address for n in cluster.nodes if n is not leader)
+
+        def new_leader() -> bool:
+            with admin_client(others) as admin:
+                (described,) = admin.describe_topics([topic])
+            [partition] = [
+                p for p in described["partitions"] if p["partition_index"] == 0
+            ]
+            return partition["leader_id"] not in (-1, leader.node_id)
+
+        isolate(leader)
+        try:
+            wait_for(lambda: answered(new_leader), 30, what="a new leader")
+            time.sleep(10)  # the fault holds for a while after the failover
+        finally:
+            restore(leader)
+        cluster.wait_ready()
+
+    return fault
+
+
 async def test_broker_frozen_as_if_cut_off(
     asgi_server, chat_users, kafka3, worker3, reliability_rows, start_agent
 ):
     """The leader of partition 0 frozen (SIGSTOP) for 15 s: its connections hang,
     as when a host drops off the network; the others fence it and take over."""
-
-    def fault() -> None:
-        leader = kafka3.leader_of(worker3.topic, 0)
-        # Asked through the others: a frozen node accepts connections, never answers.
-        others = ",".join(n.address for n in kafka3.nodes if n is not leader)
-
-        def new_leader() -> bool:
-            with admin_client(others) as admin:
-                (topic,) = admin.describe_topics([worker3.topic])
-            [partition] = [p for p in topic["partitions"] if p["partition_index"] == 0]
-            return partition["leader_id"] not in (-1, leader.node_id)
-
-        leader.freeze()
-        try:
-            wait_for(lambda: answered(new_leader), 30, what="a new leader")
-            time.sleep(10)  # the fault holds for a while after the failover
-        finally:
-            leader.thaw()
-        kafka3.wait_ready()
-
     await stream_with_fault(
         asgi_server, chat_users, kafka3, worker3.topic, reliability_rows,
-        "partition leader frozen (cut off) for ~15 s", fault,
+        "partition leader frozen (cut off) for ~15 s",
+        leader_isolated(kafka3, worker3.topic, KafkaNode.freeze, KafkaNode.thaw),
         start_agent=start_agent,
     )  # fmt: skip
 
@@ -280,28 +294,10 @@ async def test_broker_cut_off_the_network(
     the others fence it and take over. Then the link comes back."""
     if kafka3.nodes[0].network is None:
         pytest.skip("no network namespaces here (needs root and iproute2)")
-
-    def fault() -> None:
-        leader = kafka3.leader_of(worker3.topic, 0)
-        others = ",".join(n.address for n in kafka3.nodes if n is not leader)
-
-        def new_leader() -> bool:
-            with admin_client(others) as admin:
-                (topic,) = admin.describe_topics([worker3.topic])
-            [partition] = [p for p in topic["partitions"] if p["partition_index"] == 0]
-            return partition["leader_id"] not in (-1, leader.node_id)
-
-        leader.cut()
-        try:
-            wait_for(lambda: answered(new_leader), 30, what="a new leader")
-            time.sleep(10)  # the fault holds for a while after the failover
-        finally:
-            leader.reconnect()
-        kafka3.wait_ready()
-
     await stream_with_fault(
         asgi_server, chat_users, kafka3, worker3.topic, reliability_rows,
-        "partition leader cut off the network for ~15 s", fault,
+        "partition leader cut off the network for ~15 s",
+        leader_isolated(kafka3, worker3.topic, KafkaNode.cut, KafkaNode.reconnect),
         start_agent=start_agent,
     )  # fmt: skip
 
