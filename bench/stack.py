@@ -165,6 +165,11 @@ class Stack:
             "CELERY_BROKER_URL": self.redis_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka,
             "KAFKA_CHAT_TOPIC": self.topic,
+            # Off on the embedded Tansu, as under `make run` (docs/operations.md).
+            "KAFKA_TRANSACTIONS": os.environ.get(
+                "KAFKA_TRANSACTIONS",
+                "True" if config.kafka_cluster or config.use_running else "False",
+            ),
             **self.topic_settings(),
             "CHAT_RATE_LIMIT": "",  # the benchmark measures the pipeline, not the limit
             "CHAT_FRAME_RATE": "",

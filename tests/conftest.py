@@ -75,6 +75,18 @@ def redis_url() -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
 
 
+def session_transactions() -> str:
+    """KAFKA_TRANSACTIONS of the session's broker: on for Apache Kafka, off for the
+    embedded Tansu (as under `make run`: Tansu never ends the transaction a killed
+    worker left open), unless the environment says."""
+    if os.environ.get("KAFKA_TRANSACTIONS"):
+        return os.environ["KAFKA_TRANSACTIONS"]
+    real = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or (
+        os.environ.get("CHAT_TEST_BROKER") == "kafka"
+    )
+    return "True" if real else "False"
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     """KAFKA_BOOTSTRAP_SERVERS when given; a real one-node Apache Kafka under
@@ -170,6 +182,7 @@ def stack(redis_url: str, kafka_bootstrap: str) -> None:
     settings.CELERY_BROKER_URL = redis_url
     app.conf.broker_url = redis_url
     settings.KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
+    settings.KAFKA_TRANSACTIONS = session_transactions() == "True"
 
 
 @pytest.fixture
@@ -219,6 +232,7 @@ def process_env(
         "REDIS_URL": redis_url,
         "CELERY_BROKER_URL": redis_url,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TRANSACTIONS": session_transactions(),
         "KAFKA_SEND_TIMEOUT": "2",
         # Load tests send faster than a person; test_rate_limit sets its own.
         "CHAT_RATE_LIMIT": "1000/second",

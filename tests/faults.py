@@ -362,14 +362,16 @@ GUARANTEES = """## What is guaranteed, and how
   be written, the message stays `failed` and is retried: never dead without its copy.
   `manage.py dead_letters` lists them and `--redrive ID…`/`--redrive-all` puts them
   back once the cause is fixed.
-- **Duplicates.** Each publish batch is one Kafka transaction, and the records are
-  read back with `isolation_level="read_committed"`: on Apache Kafka a batch sent
+- **Duplicates.** On Apache Kafka each publish batch is one Kafka transaction, and
+  the records are read back with `isolation_level="read_committed"`: a batch sent
   again after a broker failure is seen once, and a batch whose commit went
   unanswered is read back at its offsets before it is sent again, so the Apache
-  Kafka rows have 0 duplicates before de-duplication. Tansu does not hide aborted transactions, and a worker killed
-  between Kafka's commit and the database update publishes its batch again: delivery
-  stays at least once, a duplicate is always a repeat of a `message_id`, and
-  consumers de-duplicate by the `message_id` header or field.
+  Kafka rows have 0 duplicates before de-duplication. The embedded Tansu runs
+  without transactions (it neither hides aborted records nor ends a transaction a
+  killed worker left open), and a worker killed between Kafka's commit and the
+  database update publishes its batch again: delivery stays at least once, a
+  duplicate is always a repeat of a `message_id`, and consumers de-duplicate by the
+  `message_id` header or field.
 - **Ordering.** All events of one conversation share a key (`room:<room>` or
   `dm:<low>:<high>`) and so one partition, and they reach it in `seq` order: only the
   holder of the conversation's Redis lock publishes it, always starting from its lowest

@@ -33,6 +33,7 @@ def test_dead_letter_copy_not_written_keeps_the_message_retrying(
         KAFKA_BOOTSTRAP_SERVERS=cluster.bootstrap,
         KAFKA_CHAT_TOPIC=topic,
         KAFKA_CREATE_TOPICS="False",
+        KAFKA_TRANSACTIONS="True",
         **FAST_RECOVERY,
     )
     alice = chat_users["alice"].id

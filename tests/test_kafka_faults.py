@@ -32,6 +32,7 @@ BROKER = "Apache Kafka ×3"
 # time a leader election or a fenced broker takes here.
 KAFKA3_ENV = {
     **FAST_RECOVERY,
+    "KAFKA_TRANSACTIONS": "True",
     "KAFKA_SEND_TIMEOUT": "5",
     "KAFKA_TOPIC_PARTITIONS": "3",
     "KAFKA_TOPIC_REPLICATION_FACTOR": "3",

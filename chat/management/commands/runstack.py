@@ -154,6 +154,9 @@ class Command(BaseCommand):
             elif host in ("127.0.0.1", "localhost"):
                 processes.insert(0, process)
                 env[f"CHATPROJ_{process.upper()}_PORT"] = str(server_port)
+                if process == "kafka":
+                    # Tansu never ends a transaction a killed worker left open.
+                    env.setdefault("KAFKA_TRANSACTIONS", "False")
                 self.stdout.write(
                     f"{process}: starting embedded {server} on port {server_port}"
                 )
