@@ -7,8 +7,11 @@ of the host; the outbox backlog is read from the database at scrape time.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -90,12 +93,25 @@ class OutboxBacklogCollector:
         yield family
 
 
+class _StartedFilesCollector(multiprocess.MultiProcessCollector):  # type: ignore[misc]
+    """prometheus_client's collector, minus the files a process is still creating:
+    read while still empty, one failed the whole scrape with a 500 (struct.error)."""
+
+    def collect(self) -> Any:
+        files = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            with contextlib.suppress(OSError):  # removed meanwhile
+                if os.path.getsize(path) >= 8:  # its header is written
+                    files.append(path)
+        return self.merge(files, accumulate=True)
+
+
 def multiprocess_registry() -> CollectorRegistry | None:
     """A registry adding up all processes' files, when multiprocess mode is on."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return None
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    _StartedFilesCollector(registry)
     return registry
 
 

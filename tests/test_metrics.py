@@ -107,3 +107,21 @@ async def test_backlog_and_retries_show_an_outage(
     )
     assert after["chat_outbox_backlog{status=failed}"] == 1
     await alice.close()
+
+
+def test_a_scrape_skips_a_file_another_process_is_still_creating(tmp_path, monkeypatch):
+    """A process's metrics file exists, still empty, while it is being created: the
+    scrape leaves it out instead of failing (it raised struct.error, a 500)."""
+    from prometheus_client import generate_latest
+    from prometheus_client.values import MultiProcessValue
+
+    from chat.metrics import multiprocess_registry
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    value = MultiProcessValue(process_identifier=lambda: 4242)(
+        "counter", "chat_test_total", "chat_test_total", (), (), "help"
+    )
+    value.inc(3)
+    (tmp_path / "counter_4343.db").write_bytes(b"")  # just opened, not sized yet
+    text = generate_latest(multiprocess_registry()).decode()
+    assert "chat_test_total 3.0" in text
