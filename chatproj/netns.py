@@ -61,6 +61,7 @@ class NodeNetwork:
         self.host_address = f"10.{subnet}.{index}.1"
         self.address = f"10.{subnet}.{index}.2"
         self.created = False
+        self.is_cut = False
 
     def create(self) -> NodeNetwork:
         """Make the namespace, the link and the routes (idempotent)."""
@@ -88,9 +89,14 @@ class NodeNetwork:
     def cut(self) -> None:
         """No packet in or out until reconnect()."""
         _ip("link", "set", self.host_link, "down")
+        self.is_cut = True
 
     def reconnect(self) -> None:
-        """Undo cut(): the link and the host's route to the node are back."""
+        """Undo cut(): the link and the host's route to the node are back. Nothing
+        to do for a node that is not cut."""
+        if not self.is_cut:
+            return
+        self.is_cut = False
         _ip("link", "set", self.host_link, "up")
         subprocess.run(
             ["ip", "route", "replace", f"{self.host_address.rsplit('.', 1)[0]}.0/24",
