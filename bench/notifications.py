@@ -188,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         users = create_users(SENDERS)
         from django.contrib.auth import get_user_model
 
-        from chat import services
+        from chat.services.rooms import membership_join
 
         target = get_user_model().objects.create_user(username=TARGET)
-        services.membership_join(user_id=target.pk, room_name=ROOM)  # never online
+        membership_join(user_id=target.pk, room_name=ROOM)  # never online
         from django.db import connections
 
         connections.close_all()  # nothing of ours holds the database during the run

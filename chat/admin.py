@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from .models import Message, Room
+from chat.models import Message, Room
 
 
 @admin.register(Room)

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
-from .schemas import ROOM_NAME_PATTERN
+from chat.schemas import ROOM_NAME_PATTERN
 
 # Rooms named like this are direct conversations: always private, and reserved (nobody
 # creates a private room of this name: its members are the two users it names).

@@ -12,7 +12,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
-    from .models import Message
+    from chat.models import Message
 
 ROOM_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 EVENT_SCHEMA_VERSION: Literal[1] = 1

@@ -12,7 +12,7 @@ from django.db import connection
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from .models import (
+from chat.models import (
     DM_ROOM_PREFIX,
     UNPUBLISHED_STATUSES,
     Message,

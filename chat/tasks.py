@@ -12,8 +12,8 @@ from celery.signals import task_prerun
 from django.conf import settings
 from redis.exceptions import LockError
 
-from . import broadcast, metrics, outbox, selectors, services
-from .agents import (
+from chat import selectors
+from chat.agents import (
     ChatEvent,
     InDoubtPublishError,
     KafkaChatAgent,
@@ -22,8 +22,20 @@ from .agents import (
     PublishResult,
     RetriablePublishError,
 )
-from .db_connections import between_units
-from .models import FINAL_STATUSES, Message, Room
+from chat.infra import metrics
+from chat.infra.db import between_units
+from chat.models import FINAL_STATUSES, Message, Room
+from chat.services import broadcast, publish_queue
+from chat.services.messages import client_ids_expire
+from chat.services.outbox import (
+    message_mark_dead,
+    message_mark_failed,
+    messages_forget_place,
+    messages_record_error,
+    messages_record_in_doubt,
+    messages_record_published,
+    outbox_sweep,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +104,7 @@ class KafkaPublishTask(Task):
     ) -> None:
         """Retries exhausted: mark the message failed (a dead one stays dead)."""
         message_id = (args or [None])[0] or kwargs.get("message_id")
-        services.message_mark_failed(
+        message_mark_failed(
             message_id=str(message_id), error=f"{type(exc).__name__}: {exc}"
         )
 
@@ -121,7 +133,7 @@ def publish_chat_message(self: KafkaPublishTask, message_id: str) -> str | None:
         logger.error("publish_chat_message: no message with id %r; dropped", message_id)
         return None
     published = state.status in FINAL_STATUSES
-    took_mark = outbox.publish_pass_started(
+    took_mark = publish_queue.publish_pass_started(
         room_id=state.room_id, message_id=canonical_id, owner_only=published
     )
     if published and not took_mark:
@@ -139,7 +151,7 @@ def publish_conversation(*, room_id: int, room_name: str, message_id: str) -> st
     of `message_id`; raises RetriablePublishError (retry) or PermanentPublishError
     (dead) for it.
     """
-    lock = outbox.conversation_lock(room_id=room_id)
+    lock = publish_queue.conversation_lock(room_id=room_id)
     if not lock.acquire():
         raise RetriablePublishError(
             f"Conversation {room_name} stayed locked by another publisher for "
@@ -156,7 +168,7 @@ def publish_conversation(*, room_id: int, room_name: str, message_id: str) -> st
         except LockError:
             logger.warning("Publish lock of %s expired before release", room_name)
     if len(batch) == settings.CHAT_PUBLISH_BATCH:  # more to do: carry on in a new task
-        outbox.enqueue_publish(
+        publish_queue.enqueue_publish(
             room_id=room_id, message_id=str(batch[-1].message_id), force=True
         )
     outcome = outcomes.get(message_id)
@@ -187,10 +199,10 @@ def _publish_batch(
     try:
         results = agent.publish_batch(events)
     except RetriablePublishError as exc:
-        services.messages_record_error(messages=batch, error=str(exc))
+        messages_record_error(messages=batch, error=str(exc))
         raise
     if results is None:
-        services.messages_record_published(published=[], skipped=batch)
+        messages_record_published(published=[], skipped=batch)
         broadcast.send_statuses(batch)
         return {str(m.message_id): m.status for m in batch}
     published, retriable, in_doubt = [], [], []
@@ -203,7 +215,7 @@ def _publish_batch(
                 outcome[key] = dead_letter_error
                 continue
             message.attempts += 1
-            services.message_mark_dead(message=message, reason=str(result))
+            message_mark_dead(message=message, reason=str(result))
             outcome[key] = result
         elif isinstance(result, KafkaPublishError):
             retriable.append(message)
@@ -213,7 +225,7 @@ def _publish_batch(
         else:
             published.append((message, result))
             outcome[key] = Message.Status.PUBLISHED
-    services.messages_record_published(published=published)
+    messages_record_published(published=published)
     if published:
         logger.info(
             "Published %d message(s) of %s, seq %d-%d, to %s[%d]",
@@ -225,11 +237,11 @@ def _publish_batch(
             published[0][1].partition,
         )
     if retriable:
-        services.messages_record_error(
+        messages_record_error(
             messages=retriable, error=str(outcome[str(retriable[0].message_id)])
         )
     if in_doubt:
-        services.messages_record_in_doubt(in_doubt=in_doubt)
+        messages_record_in_doubt(in_doubt=in_doubt)
     broadcast.send_statuses([m for m, _ in published])
     return outcome
 
@@ -259,7 +271,7 @@ def _settle_in_doubt(
             f"{len(doubtful)} message(s) of {room_name} in doubt since a commit went "
             "unanswered: not decided yet"
         )
-        services.messages_record_error(messages=batch, error=str(error))
+        messages_record_error(messages=batch, error=str(error))
         raise error
     there = [
         (m, place)
@@ -268,8 +280,8 @@ def _settle_in_doubt(
     ]
     published = {m.pk for m, _ in there}
     gone = [m for m in doubtful if m.pk not in published]
-    services.messages_record_published(published=there)
-    services.messages_forget_place(messages=gone)
+    messages_record_published(published=there)
+    messages_forget_place(messages=gone)
     broadcast.send_statuses([m for m, _ in there])
     for message, _ in there:
         outcome[str(message.message_id)] = Message.Status.PUBLISHED
@@ -311,5 +323,5 @@ def _dead_letter(
 def sweep_outbox() -> int:
     """Re-enqueue messages whose publication was lost or gave up, and forget
     idempotency keys past their window (run by beat)."""
-    services.client_ids_expire()
-    return len(services.outbox_sweep())
+    client_ids_expire()
+    return len(outbox_sweep())

@@ -11,15 +11,15 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 
-from chat.origins import SiteOriginValidator
-from chat.routing import websocket_urlpatterns
-from chat.tickets import TicketAuthMiddleware
+from chat.realtime.routing import websocket_urlpatterns
+from chat.security.origins import SiteOriginValidator
+from chat.security.tickets import TicketAuthMiddleware
 from chatproj.process_tuning import freeze_start_up_objects, shorter_gil_turns
 
 
 def websocket_application(urlpatterns: list[Any]) -> Any:
-    """WebSocket routes behind the strict origin check (chat.origins), then session
-    authentication, or a ticket's (chat.tickets) when the URL carries one."""
+    """WebSocket routes behind the strict origin check (chat.security.origins), then session
+    authentication, or a ticket's (chat.security.tickets) when the URL carries one."""
     return SiteOriginValidator(
         AuthMiddlewareStack(TicketAuthMiddleware(URLRouter(urlpatterns)))
     )

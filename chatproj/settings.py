@@ -80,7 +80,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "chat.accounts.account_hints",
+                "chat.web.accounts.account_hints",
             ],
         },
     },
@@ -356,7 +356,7 @@ if LOG_FORMAT not in ("plain", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"message_id": {"()": "chat.log_context.MessageIdFilter"}},
+    "filters": {"message_id": {"()": "chat.infra.log_context.MessageIdFilter"}},
     "formatters": {
         "plain": {
             "format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"

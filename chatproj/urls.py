@@ -4,7 +4,8 @@ from django.contrib import admin
 from django.contrib.auth import urls as auth_urls
 from django.urls import URLPattern, URLResolver, include, path
 
-from chat import health, tickets
+from chat.infra import health
+from chat.security import tickets
 from chatproj.security import only_with_mail
 
 # Password reset sends mail: served only when mail is delivered (chatproj.security).
@@ -28,5 +29,5 @@ urlpatterns = [
     path("api/ws-ticket/", tickets.ws_ticket, name="ws-ticket"),
     path("admin/", admin.site.urls),
     path("accounts/", include(account_urls)),
-    path("", include("chat.urls")),
+    path("", include("chat.web.urls")),
 ]

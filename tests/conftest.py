@@ -420,7 +420,7 @@ RELIABILITY_ROWS = pytest.StashKey[list[dict[str, Any]]]()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Remove the SQLite test database's write-turn lock file (chat.db_connections)
+    """Remove the SQLite test database's write-turn lock file (chat.infra.db)
     beside it, which pytest-django leaves; write docs/RELIABILITY.md when asked and
     every scenario ran."""
     test_db = settings.DATABASES["default"].get("TEST", {}).get("NAME")

@@ -208,9 +208,9 @@ def verify_delivery(
 ) -> dict[str, Any]:
     """Read the topic back and count, by message_id, what arrived (raw and de-duplicated).
 
-    Runs the events through chat.kafka_dedupe.ChatStreamReorderer as a consumer would.
+    Runs the events through chat.agents.reorderer.ChatStreamReorderer as a consumer would.
     """
-    from chat.kafka_dedupe import ChatStreamReorderer, decode_record
+    from chat.agents.reorderer import ChatStreamReorderer, decode_record
 
     from .support import read_topic
 
@@ -286,7 +286,7 @@ def render_report(rows: list[dict[str, Any]], *, failed: int) -> str:
         "fault, and then counts by `message_id`: what the users got acknowledged (sent), "
         "what is in Kafka (raw records, duplicates, and seq order per room, judged on "
         "each message's first appearance), and what a consumer using "
-        "`chat.kafka_dedupe.ChatStreamReorderer` sees (each message once, in `seq` "
+        "`chat.agents.reorderer.ChatStreamReorderer` sees (each message once, in `seq` "
         "order per room). *Recovery* is the time from the end of the fault until the "
         "last message of the run was published. *Status frames missed* counts messages "
         "whose live `message.status: published` frame never reached the sender (a worker "

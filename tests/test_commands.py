@@ -20,6 +20,8 @@ from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
 from django.http import HttpRequest
 
+from chat.services.messages import message_create
+from chat.services.outbox import message_mark_dead
 from chatproj.embedded import free_port, port_answers
 
 from .support import ROOT, WSClient, wait_for
@@ -261,17 +263,16 @@ def test_republish_pending_and_dead_letters_commands(chat_users, capsys):
     """Operators sweep on demand, list dead messages and re-drive them; bad ids are refused."""
     from django.core.management.base import CommandError
 
-    from chat import services
     from chat.models import Message
 
     alice = chat_users["alice"].id
-    pending = services.message_create(
+    pending = message_create(
         room_name="ops", sender_id=alice, receiver_id=None, content="p"
     )
-    dead = services.message_create(
+    dead = message_create(
         room_name="ops", sender_id=alice, receiver_id=None, content="d"
     )
-    services.message_mark_dead(message=dead, reason="MessageSizeTooLargeError: too big")
+    message_mark_dead(message=dead, reason="MessageSizeTooLargeError: too big")
 
     call_command("republish_pending")
     assert "Re-enqueued 0 message(s)." in capsys.readouterr().out  # still in grace

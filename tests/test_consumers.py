@@ -8,8 +8,8 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from chat.consumers import ChatConsumer
 from chat.models import Message
+from chat.realtime.consumers import ChatConsumer
 from chatproj.asgi import application
 
 from .support import WSClient, read_topic

@@ -13,9 +13,10 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
-from chat import selectors, services
+from chat import selectors
 from chat.models import Message, Room, dm_room_name
-from chat.rooms import room_create_private
+from chat.services.messages import client_ids_expire, message_create
+from chat.services.rooms import room_create_private
 
 from .support import WSClient, read_topic
 
@@ -30,8 +31,8 @@ def browser(name: str) -> Client:
 
 
 def send(room: str, sender: int, content: str, **kwargs) -> Message:
-    """services.message_create: stored, broadcast, its publication enqueued."""
-    return services.message_create(
+    """message_create: stored, broadcast, its publication enqueued."""
+    return message_create(
         room_name=room, sender_id=sender, receiver_id=None, content=content, **kwargs
     )
 
@@ -57,10 +58,10 @@ def test_a_resent_client_id_returns_the_original_and_takes_no_seq(
     assert Room.objects.get(name="lobby").next_seq == 2
     other = send("lobby", bob, "hi", client_id="c-1")
     assert not other.replayed and other.seq == 2
-    assert services.client_ids_expire() == 0  # all inside the window
+    assert client_ids_expire() == 0  # all inside the window
     later = timezone.now() + timedelta(seconds=settings.CHAT_CLIENT_ID_WINDOW + 1)
-    monkeypatch.setattr(services, "CLIENT_ID_EXPIRE_CHUNK", 1)  # a write turn each
-    assert services.client_ids_expire(now=later) == 2
+    monkeypatch.setattr("chat.services.messages.CLIENT_ID_EXPIRE_CHUNK", 1)  # a write turn each
+    assert client_ids_expire(now=later) == 2
     assert not Message.objects.filter(client_id__isnull=False).exists()
     fresh = send("lobby", alice, "hello", client_id="c-1")
     assert not fresh.replayed and fresh.seq == 3

@@ -1,4 +1,4 @@
-"""chat.db_connections: a connection is kept across calls and closed only when Django
+"""chat.infra.db: a connection is kept across calls and closed only when Django
 would close it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 import pytest
 from django.db import connection
 
-from chat.db_connections import (
+from chat.infra.db import (
     between_units,
     close_unusable_connections,
     db_call,
@@ -93,7 +93,7 @@ async def test_a_consumer_handles_frames_and_events_without_the_orm_thread_hop(
     import channels.consumer
     from channels.consumer import AsyncConsumer
 
-    from chat.socket_guard import GuardedConsumer, SocketCrashed
+    from chat.realtime.socket_guard import GuardedConsumer, SocketCrashed
 
     hops: list[None] = []
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from chat import services
 from chat.models import Message
+from chat.services.messages import message_create
 from chatproj.kafka_cluster import KafkaCluster
 
 from .faults import FAST_RECOVERY
@@ -37,10 +37,10 @@ def test_dead_letter_copy_not_written_keeps_the_message_retrying(
         **FAST_RECOVERY,
     )
     alice = chat_users["alice"].id
-    big = services.message_create(
+    big = message_create(
         room_name="dlq", sender_id=alice, receiver_id=None, content="x" * 5000
     )
-    small = services.message_create(
+    small = message_create(
         room_name="dlq", sender_id=alice, receiver_id=None, content="fits"
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from chat.dispatch import await_outbound_first
+from chat.realtime.channels_hooks import await_outbound_first
 
 from .support import wait_for
 
@@ -57,7 +57,7 @@ async def test_a_consumer_threads_group_sends_go_to_its_loop(
     server's loop (the thread is not parked for it); one that fails is logged."""
     from channels.layers import get_channel_layer
 
-    from chat import broadcast
+    from chat.services import broadcast
 
     layer = get_channel_layer()
     channel = await layer.new_channel()
@@ -98,7 +98,7 @@ def test_sync_code_sends_live_events_without_waiting_in_order_per_group(
 
     from channels.layers import get_channel_layer
 
-    from chat import broadcast
+    from chat.services import broadcast
 
     layer = get_channel_layer()
     gate = threading.Event()

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from chat import services
 from chat.models import Message
+from chat.services.messages import message_create
 from chatproj.embedded import embedded_kafka, free_port, port_answers
 
 from .support import ROOT, ManagedProcess, wait_for
@@ -185,7 +185,7 @@ def test_flower_shows_publish_retries_then_success(
         interval=0.2,
         what="Flower receiving the worker's events",
     )
-    message = services.message_create(
+    message = message_create(
         room_name="flower", sender_id=chat_users["alice"].id, receiver_id=None,
         content="retried until Kafka is back",
     )  # fmt: skip

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from chat.kafka_dedupe import ChatStreamReorderer
+from chat.agents.reorderer import ChatStreamReorderer
 
 
 def events(room: str, count: int) -> list[dict]:

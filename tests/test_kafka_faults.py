@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import services
 from chat.models import Message, Notification
+from chat.services.messages import message_create
+from chat.services.rooms import membership_join
 from chatproj.kafka_cluster import KafkaCluster, KafkaNode, admin_client
 
 from .faults import FAST_RECOVERY, ChatLoad, check_and_record, users_cookies
@@ -93,7 +94,7 @@ async def stream_with_fault(
     bob = chat_users["bob"].id
     for room in ROOMS:
         for user in chat_users.values():
-            await database_sync_to_async(services.membership_join)(
+            await database_sync_to_async(membership_join)(
                 user_id=user.id, room_name=room
             )
     start_agent(topic, KAFKA_BOOTSTRAP_SERVERS=cluster.bootstrap)
@@ -339,16 +340,14 @@ async def test_two_notification_agents_one_killed(
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
     for room in ROOMS:
         for user in (alice, bob):
-            await database_sync_to_async(services.membership_join)(
-                user_id=user, room_name=room
-            )
+            await database_sync_to_async(membership_join)(user_id=user, room_name=room)
     agents = [start_agent(topic, group, KAFKA_BOOTSTRAP_SERVERS=kafka3.bootstrap)
               for _ in range(2)]  # fmt: skip
 
     def send(n: int) -> str:
         room = ROOMS[n % len(ROOMS)]
         return str(
-            services.message_create(
+            message_create(
                 room_name=room, sender_id=alice, receiver_id=None,
                 content=f"@bob notify {n}",
             ).message_id

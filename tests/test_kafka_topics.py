@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from chat.agents import KafkaChatAgent
-from chat.agents.topics import topics_describe
+from chat.publishing.topics import topics_describe
 
 from .support import unique_topic
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from chat import services
 from chat.models import Message
+from chat.services.messages import message_create
 
 from .support import ROOT, wait_for
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_worker_logs_json_lines_with_message_id(start_worker, chat_users):
     """LOG_FORMAT=json: Celery's lines and ours are JSON; the pipeline's carry message_id."""
     worker = start_worker(LOG_FORMAT="json", CELERY_TASK_LOG_LEVEL="INFO")
-    message = services.message_create(
+    message = message_create(
         room_name="logs",
         sender_id=chat_users["alice"].id,
         receiver_id=None,
@@ -40,7 +40,7 @@ def test_worker_logs_json_lines_with_message_id(start_worker, chat_users):
 def test_plain_lines_carry_message_id(start_worker, chat_users):
     """The default format ends every line with [message_id=...]."""
     worker = start_worker()
-    message = services.message_create(
+    message = message_create(
         room_name="logs", sender_id=chat_users["bob"].id, receiver_id=None, content="y"
     )
     wait_for(lambda: Message.objects.get(pk=message.pk).status == "published", 20)

@@ -1,5 +1,5 @@
-"""Group commit: services.messages_create stores several senders' messages in one
-transaction, and chat.message_writer batches a server's frames into it."""
+"""Group commit: messages_create stores several senders' messages in one
+transaction, and chat.realtime.writer batches a server's frames into it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import redis
 from django.db import IntegrityError, connection
 from django.test.utils import CaptureQueriesContext
 
-from chat import message_writer, services
 from chat.models import Message, Room
+from chat.realtime import writer
+from chat.services import publish_queue
+from chat.services.messages import NewMessage, message_create, messages_create
+from chat.services.storage import _take_seqs
 
 from .support import queued_tasks
 
@@ -19,8 +22,8 @@ from .support import queued_tasks
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("stack")]
 
 
-def new(room: str, sender: int, content: str, **kwargs) -> services.NewMessage:
-    return services.NewMessage(
+def new(room: str, sender: int, content: str, **kwargs) -> NewMessage:
+    return NewMessage(
         room_name=room, sender_id=sender, receiver_id=None, content=content, **kwargs
     )
 
@@ -38,9 +41,9 @@ def test_a_batch_takes_each_rooms_seqs_in_order_in_one_insert(chat_users):
         new("wa", alice, "3"),
         new("wb", alice, "4"),
     ]
-    services.messages_create(requests[:2])  # the rooms exist: no room creation below
+    messages_create(requests[:2])  # the rooms exist: no room creation below
     with CaptureQueriesContext(connection) as queries:
-        results = services.messages_create(requests)
+        results = messages_create(requests)
     assert all(isinstance(m, Message) for m in results)
     assert [(m.room.name, m.seq, m.content, m.sender_id) for m in results] == [
         ("wa", 2, "0", alice),
@@ -72,7 +75,7 @@ def test_one_publication_per_room_is_asked_for_by_its_last_message(
     last message of the batch."""
     redis.Redis.from_url(redis_url).delete("celery")
     alice = chat_users["alice"].id
-    results = services.messages_create(
+    results = messages_create(
         [new("q1", alice, "a"), new("q2", alice, "b"), new("q1", alice, "c")]
     )
     assert sorted(queued_tasks(redis_url)) == sorted(
@@ -84,10 +87,10 @@ def test_a_resend_in_a_batch_gets_its_original_and_leaves_no_gap(chat_users):
     """A client_id the sender already used makes the batch roll back; each request
     then goes alone: the resend gets the original, the others seqs with no gap."""
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
-    first = services.message_create(
+    first = message_create(
         room_name="rs", sender_id=alice, receiver_id=None, content="hi", client_id="k"
     )
-    results = services.messages_create(
+    results = messages_create(
         [
             new("rs", bob, "before"),
             new("rs", alice, "hi again", client_id="k"),
@@ -114,14 +117,14 @@ def test_a_batch_inside_a_transaction_is_part_of_it(chat_users, redis_url):
     redis.Redis.from_url(redis_url).delete("celery")
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
     with transaction.atomic():
-        first = services.message_create(
+        first = message_create(
             room_name="tx",
             sender_id=alice,
             receiver_id=None,
             content="hi",
             client_id="k",
         )
-        results = services.messages_create(
+        results = messages_create(
             [new("tx", alice, "hi again", client_id="k"), new("tx", bob, "other")]
         )
         assert isinstance(results[0], Message) and results[0].replayed
@@ -136,10 +139,10 @@ def test_a_request_that_breaks_a_constraint_fails_alone(chat_users):
     """A receiver that does not exist: that request gets the IntegrityError, the
     others are stored."""
     alice = chat_users["alice"].id
-    results = services.messages_create(
+    results = messages_create(
         [
             new("fa", alice, "ok"),
-            services.NewMessage(
+            NewMessage(
                 room_name="fa", sender_id=alice, receiver_id=987654, content="no"
             ),
             new("fa", alice, "ok too"),
@@ -162,13 +165,13 @@ def test_callers_hear_of_the_commit_before_the_enqueue(chat_users, monkeypatch):
         assert not connection.in_atomic_block
         order.append(f"stored {len(messages)}")
 
-    real = services._enqueue_publishes
+    real = publish_queue.enqueue_publishes
     monkeypatch.setattr(
-        services,
-        "_enqueue_publishes",
+        publish_queue,
+        "enqueue_publishes",
         lambda marks: (order.append("enqueue"), real(marks)),
     )
-    services.messages_create(
+    messages_create(
         [new("cs", chat_users["alice"].id, str(n)) for n in range(3)],
         on_stored=on_stored,
     )
@@ -182,20 +185,20 @@ async def test_concurrent_frames_share_transactions_and_each_gets_its_own(
     caller gets the message it asked for, the room's seqs are 1..N with no gap, and a
     caller whose request fails gets its own error."""
     batches: list[int] = []
-    real = services.messages_create
+    real = messages_create
 
     def counting(requests, **kwargs):
         batches.append(len(requests))
         return real(requests, **kwargs)
 
-    monkeypatch.setattr(services, "messages_create", counting)
+    monkeypatch.setattr("chat.realtime.writer.messages_create", counting)
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
     requests = [new("cc", (alice, bob)[n % 2], f"m{n}") for n in range(40)]
-    requests[7] = services.NewMessage(
+    requests[7] = NewMessage(
         room_name="cc", sender_id=alice, receiver_id=987654, content="bad"
     )
     results = await asyncio.gather(
-        *(message_writer.message_create(r) for r in requests), return_exceptions=True
+        *(writer.message_create(r) for r in requests), return_exceptions=True
     )
     assert isinstance(results[7], IntegrityError)
     good = [r for n, r in enumerate(results) if n != 7]
@@ -210,12 +213,10 @@ async def test_a_cancelled_caller_still_has_its_message_stored(chat_users):
     """A sender that leaves while its batch is written: the message is stored (it may
     already be in the transaction), and other callers are not disturbed."""
     alice = chat_users["alice"].id
-    leaving = asyncio.ensure_future(
-        message_writer.message_create(new("cx", alice, "bye"))
-    )
+    leaving = asyncio.ensure_future(writer.message_create(new("cx", alice, "bye")))
     await asyncio.sleep(0)  # one turn of the loop: the task runs up to its await
     leaving.cancel()
-    staying = await message_writer.message_create(new("cx", alice, "still here"))
+    staying = await writer.message_create(new("cx", alice, "still here"))
     assert staying.content == "still here"
 
     def stored() -> list[str]:
@@ -234,9 +235,9 @@ def test_a_batch_takes_its_rooms_seqs_in_one_statement_in_name_order(chat_users)
     two servers' batches never deadlock and hold the rows for one round trip."""
     alice = chat_users["alice"].id
     rooms = ("zz", "mm", "aa")
-    services.messages_create([new(room, alice, "first") for room in rooms])
+    messages_create([new(room, alice, "first") for room in rooms])
     with CaptureQueriesContext(connection) as queries:
-        results = services.messages_create([new(room, alice, room) for room in rooms])
+        results = messages_create([new(room, alice, room) for room in rooms])
     (taking,) = [
         q["sql"] for q in queries.captured_queries if "SET next_seq" in q["sql"]
     ]
@@ -249,8 +250,8 @@ def test_a_batch_takes_its_rooms_seqs_in_one_statement_in_name_order(chat_users)
 
 def test_a_batch_creates_the_rooms_nobody_wrote_to_yet(chat_users):
     alice = chat_users["alice"].id
-    services.messages_create([new("old", alice, "first")])
-    results = services.messages_create(
+    messages_create([new("old", alice, "first")])
+    results = messages_create(
         [new(room, alice, room) for room in ("new-b", "old", "new-a", "new-b")]
     )
     assert [(m.room.name, m.seq) for m in results] == [
@@ -276,14 +277,14 @@ def test_rows_that_refer_to_a_room_are_written_while_a_batch_holds_its_seq(
     if connection.vendor != "postgresql":
         pytest.skip("row locks are Postgres's; SQLite has one write lock")
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
-    services.messages_create([new("held", alice, "first")])
+    messages_create([new("held", alice, "first")])
     room = Room.objects.get(name="held")
     holding, release = threading.Event(), threading.Event()
 
     def batch_holding_the_row() -> None:  # another server's batch, mid-transaction
         try:
             with transaction.atomic():
-                services._take_seqs({"held": 1})
+                _take_seqs({"held": 1})
                 holding.set()
                 release.wait(10)
                 transaction.set_rollback(True)

@@ -115,7 +115,7 @@ def test_a_scrape_skips_a_file_another_process_is_still_creating(tmp_path, monke
     from prometheus_client import generate_latest
     from prometheus_client.values import MultiProcessValue
 
-    from chat.metrics import multiprocess_registry
+    from chat.infra.metrics import multiprocess_registry
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     value = MultiProcessValue(process_identifier=lambda: 4242)(

@@ -1,6 +1,6 @@
 """NotificationAgent (`manage.py run_agent notifications`) against the real broker,
 Redis-compatible server and database, events produced by the real pipeline
-(services.message_create → Celery worker → Kafka), the agent a real subprocess."""
+(message_create → Celery worker → Kafka), the agent a real subprocess."""
 
 from __future__ import annotations
 
@@ -25,12 +25,14 @@ from kafka.partitioner.default import murmur2
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from chat import services
 from chat.agents import ChatEvent, NotificationAgent
 from chat.agents.heartbeat import live_instances
 from chat.agents.notifications import BadRecord, RecordRef, decode_event
 from chat.agents.registry import AGENTS
 from chat.models import Message, Notification
+from chat.services.messages import message_create
+from chat.services.notifications import NotificationOutcome
+from chat.services.rooms import membership_join
 from chatproj.embedded import free_port
 
 from .support import ROOT, unique_group, unique_topic, wait_for
@@ -48,7 +50,7 @@ def send(
     room: str, sender_id: int, content: str, receiver_id: int | None = None
 ) -> str:
     """A message through the real pipeline (the worker publishes it)."""
-    message = services.message_create(
+    message = message_create(
         room_name=room, sender_id=sender_id, receiver_id=receiver_id, content=content
     )
     return str(message.message_id)
@@ -105,7 +107,7 @@ def wait_all_committed(
 
 def member_of(room: str, *user_ids: int) -> None:
     for user_id in user_ids:
-        services.membership_join(user_id=user_id, room_name=room)
+        membership_join(user_id=user_id, room_name=room)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -147,7 +149,7 @@ def test_dm_and_mentions_notify_only_their_users_once_even_replayed(
 
     mention = send("lobby", alice, "@alice @bob @dave, look (carol is not named)")
     plain = send("lobby", bob, "no mention here")
-    dm_message = services.message_create(
+    dm_message = message_create(
         room_name=f"dm-{min(alice, carol)}-{max(alice, carol)}",
         sender_id=alice, receiver_id=carol, content="psst @bob",
     )  # fmt: skip
@@ -503,7 +505,9 @@ def test_database_error_commits_nothing_seeks_back_and_retries(monkeypatch):
     first offset; the re-polled batch is stored and offset + 1 committed."""
     agent = NotificationAgent(topic="t", group_id="g")
     monkeypatch.setattr(agent, "_beat", lambda **_: None)
-    monkeypatch.setattr("chat.broadcast.push_notifications", lambda outcome: None)
+    monkeypatch.setattr(
+        "chat.services.broadcast.push_notifications", lambda outcome: None
+    )
     monkeypatch.setattr("chat.agents.notifications.close_old_connections", lambda: None)
     batch = {
         TopicPartition("t", 0): [
@@ -521,11 +525,11 @@ def test_database_error_commits_nothing_seeks_back_and_retries(monkeypatch):
         calls.append(list(events))
         if len(calls) == 1:
             raise OperationalError("database is locked")
-        outcome = services.NotificationOutcome()
+        outcome = NotificationOutcome()
         outcome.accepted = [e for _, e in events]
         return outcome
 
-    monkeypatch.setattr(services, "notifications_record", record)
+    monkeypatch.setattr("chat.agents.notifications.notifications_record", record)
     with pytest.raises(OperationalError):
         agent.poll_once()
     assert consumer.commits == []
@@ -546,18 +550,20 @@ def test_a_record_the_database_refuses_is_skipped_alone(monkeypatch):
     """An unexpected error for the batch: records are retried one by one, and only the
     one that fails is skipped."""
     agent = NotificationAgent(topic="t", group_id="g")
-    monkeypatch.setattr("chat.broadcast.push_notifications", lambda outcome: None)
+    monkeypatch.setattr(
+        "chat.services.broadcast.push_notifications", lambda outcome: None
+    )
     monkeypatch.setattr("chat.agents.notifications.close_old_connections", lambda: None)
     poison = uuid.uuid4()
 
     def record(*, events):
         if any(e.message_id == poison for _, e in events):
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
-        outcome = services.NotificationOutcome()
+        outcome = NotificationOutcome()
         outcome.accepted = [e for _, e in events]
         return outcome
 
-    monkeypatch.setattr(services, "notifications_record", record)
+    monkeypatch.setattr("chat.agents.notifications.notifications_record", record)
     outcome = agent.handle(
         [
             fake_record(0, 1, event_bytes()),
@@ -572,12 +578,13 @@ def test_a_record_the_database_refuses_is_skipped_alone(monkeypatch):
 
 def test_counts_are_per_reason(monkeypatch):
     """Two bad records of one kind count twice under that reason."""
-    monkeypatch.setattr("chat.broadcast.push_notifications", lambda outcome: None)
+    monkeypatch.setattr(
+        "chat.services.broadcast.push_notifications", lambda outcome: None
+    )
     monkeypatch.setattr("chat.agents.notifications.close_old_connections", lambda: None)
     monkeypatch.setattr(
-        services,
-        "notifications_record",
-        lambda *, events: services.NotificationOutcome(),
+        "chat.agents.notifications.notifications_record",
+        lambda *, events: NotificationOutcome(),
     )
 
     def count() -> float:

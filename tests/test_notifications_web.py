@@ -11,9 +11,16 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from chat import presence, selectors, services
+from chat import selectors
 from chat.models import Message, Notification, Room, RoomMembership, dm_room_name
 from chat.schemas import ChatEvent
+from chat.services import presence
+from chat.services.notifications import (
+    NotificationOutcome,
+    mentioned_usernames,
+    notifications_record,
+)
+from chat.services.rooms import membership_join, room_get_or_create, room_mark_read
 
 from .support import WSClient, wait_for
 
@@ -22,7 +29,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def post(room: str, sender: int, content: str, receiver: int | None = None) -> Message:
     """A stored message with the room's next seq (no broadcast, no publication)."""
-    room_obj = services.room_get_or_create(name=room)
+    room_obj = room_get_or_create(name=room)
     seq = room_obj.next_seq
     Room.objects.filter(pk=room_obj.pk).update(next_seq=seq + 1)
     return Message.objects.create(
@@ -37,12 +44,12 @@ def event_of(message: Message) -> ChatEvent:
     )
 
 
-def record(*messages_or_events) -> services.NotificationOutcome:
+def record(*messages_or_events) -> NotificationOutcome:
     """notifications_record over these (keys: their position)."""
     events = [
         m if isinstance(m, ChatEvent) else event_of(m) for m in messages_or_events
     ]
-    return services.notifications_record(events=list(enumerate(events)))
+    return notifications_record(events=list(enumerate(events)))
 
 
 def notified(message: Message) -> dict[int, str]:
@@ -69,7 +76,7 @@ def notified(message: Message) -> dict[int, str]:
 )
 def test_mentioned_usernames(content, names):
     """@name by Django's username characters, not inside words or addresses."""
-    assert services.mentioned_usernames(content) == names
+    assert mentioned_usernames(content) == names
 
 
 def test_dm_notifies_its_receiver_and_mentions_only_mentioned_members(
@@ -79,9 +86,9 @@ def test_dm_notifies_its_receiver_and_mentions_only_mentioned_members(
     sender, not a mentioned non-member, not members it does not mention."""
     alice, bob, carol = (chat_users[n].id for n in ("alice", "bob", "carol"))
     for user in (alice, bob, carol):
-        services.membership_join(user_id=user, room_name="lobby")
-    services.membership_join(user_id=alice, room_name="random")
-    services.membership_join(user_id=bob, room_name="random")
+        membership_join(user_id=user, room_name="lobby")
+    membership_join(user_id=alice, room_name="random")
+    membership_join(user_id=bob, room_name="random")
 
     dm = post("lobby", alice, "psst", receiver=bob)
     mention = post("lobby", alice, "hey @bob and @alice and @nobody")
@@ -105,7 +112,7 @@ def test_dm_notifies_its_receiver_and_mentions_only_mentioned_members(
 def test_recording_twice_creates_nothing_new(chat_users, in_memory_channel_layer):
     """Replays (and the same event twice in one batch) create nothing new."""
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
-    services.membership_join(user_id=bob, room_name="lobby")
+    membership_join(user_id=bob, room_name="lobby")
     message = post("lobby", alice, "@bob look")
     first = record(message, message)
     assert len(first.created) == 1
@@ -124,7 +131,7 @@ def test_events_naming_unknown_rooms_or_users_are_skipped_with_a_reason(chat_use
         base.model_copy(update={"message_id": uuid.uuid4(), "sender_id": 999999}),
         base.model_copy(update={"message_id": uuid.uuid4(), "receiver_id": 999998}),
     ]
-    outcome = services.notifications_record(
+    outcome = notifications_record(
         events=[("a", stray[0]), ("b", stray[1]), ("good", base), ("c", stray[2])]
     )
     assert outcome.skipped == [
@@ -144,9 +151,9 @@ def test_unread_counts_for_three_users_in_two_rooms(
     alice, bob, carol = (chat_users[n].id for n in ("alice", "bob", "carol"))
     post("lobby", carol, "before anyone joined")  # joining starts caught up
     for user in (alice, bob, carol):
-        services.membership_join(user_id=user, room_name="lobby")
-    services.membership_join(user_id=alice, room_name="random")
-    services.membership_join(user_id=bob, room_name="random")
+        membership_join(user_id=user, room_name="lobby")
+    membership_join(user_id=alice, room_name="random")
+    membership_join(user_id=bob, room_name="random")
 
     post("lobby", alice, "one")
     post("lobby", bob, "two")
@@ -159,10 +166,10 @@ def test_unread_counts_for_three_users_in_two_rooms(
         carol: {"lobby": 2},
     }
 
-    state = services.room_mark_read(user_id=bob, room_name="lobby", up_to_seq=3)
+    state = room_mark_read(user_id=bob, room_name="lobby", up_to_seq=3)
     assert state == selectors.RoomReadState("lobby", 3, 4, 1)
-    services.room_mark_read(user_id=carol, room_name="lobby", up_to_seq=999)
-    services.room_mark_read(user_id=alice, room_name="random", up_to_seq=1)
+    room_mark_read(user_id=carol, room_name="lobby", up_to_seq=999)
+    room_mark_read(user_id=alice, room_name="random", up_to_seq=1)
     post("random", alice, "four")
     post("lobby", carol, "five")
     counts = {u: selectors.unread_counts(user_id=u) for u in (alice, bob, carol)}
@@ -172,7 +179,7 @@ def test_unread_counts_for_three_users_in_two_rooms(
         carol: {"lobby": 0},
     }
     # a read mark never goes back, and clamps to the room's last message
-    services.room_mark_read(user_id=carol, room_name="lobby", up_to_seq=1)
+    room_mark_read(user_id=carol, room_name="lobby", up_to_seq=1)
     assert (
         RoomMembership.objects.get(user_id=carol, room__name="lobby").last_read_seq == 4
     )
@@ -183,10 +190,10 @@ def test_reading_a_room_marks_its_notifications_read(
 ):
     """Notifications up to the read mark get read_at; later ones stay unread."""
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
-    services.membership_join(user_id=bob, room_name="lobby")
+    membership_join(user_id=bob, room_name="lobby")
     first, second = post("lobby", alice, "@bob 1"), post("lobby", alice, "@bob 2")
     record(first, second)
-    services.room_mark_read(user_id=bob, room_name="lobby", up_to_seq=first.seq)
+    room_mark_read(user_id=bob, room_name="lobby", up_to_seq=first.seq)
     unread = selectors.notifications_unread(user_id=bob, limit=10)
     assert [n.message_id for n in unread] == [second.message_id]
     assert Notification.objects.get(message_id=first.message_id).read_at is not None
@@ -197,7 +204,7 @@ def test_dm_conversation_has_its_two_users_as_members(
 ):
     """The pair's room dm-<low>-<high> is created with both users as members."""
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
-    room = services.room_get_or_create(name=f"dm-{min(alice, bob)}-{max(alice, bob)}")
+    room = room_get_or_create(name=f"dm-{min(alice, bob)}-{max(alice, bob)}")
     assert set(room.memberships.values_list("user_id", flat=True)) == {alice, bob}
 
 
@@ -207,9 +214,9 @@ def test_room_list_shows_my_rooms_with_counts_and_rooms_to_join(
     """/ lists the rooms the user belongs to (with unread counts) and others to join;
     opening a room joins it."""
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
-    services.membership_join(user_id=bob, room_name="lobby")
-    services.membership_join(user_id=bob, room_name="random")
-    services.membership_join(user_id=alice, room_name="lobby")
+    membership_join(user_id=bob, room_name="lobby")
+    membership_join(user_id=bob, room_name="random")
+    membership_join(user_id=alice, room_name="lobby")
     post("lobby", bob, "hello")
     client = Client()
     client.force_login(get_user_model().objects.get(pk=alice))

@@ -1,4 +1,4 @@
-"""Strict origins: the exact scheme, host and port the site serves (chat.origins)."""
+"""Strict origins: the exact scheme, host and port the site serves (chat.security.origins)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from chat.models import Room
-from chat.origins import origin_allowed
+from chat.security.origins import origin_allowed
 
 from .support import WSClient
 

@@ -9,9 +9,19 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from chat import selectors, services
+from chat import selectors
 from chat.agents import ChatValidationError, KafkaChatAgent
 from chat.models import Message, Room, RoomMembership, dm_room_name
+from chat.services.rooms import (
+    RoomAccessDenied,
+    RoomError,
+    membership_join,
+    room_create_private,
+    room_get_or_create,
+    room_invite,
+    room_mark_read,
+    room_remove_member,
+)
 from chatproj.asgi import application
 
 from .support import WSClient
@@ -43,12 +53,8 @@ def members(room: str) -> dict[str, str]:
 @pytest.fixture
 def team(chat_users, in_memory_channel_layer) -> Room:
     """`team`: alice's private room, with bob invited; carol is an outsider."""
-    room = services.room_create_private(
-        name="team", created_by_id=chat_users["alice"].id
-    )
-    services.room_invite(
-        room_name="team", username="bob", by_user_id=chat_users["alice"].id
-    )
+    room = room_create_private(name="team", created_by_id=chat_users["alice"].id)
+    room_invite(room_name="team", username="bob", by_user_id=chat_users["alice"].id)
     return room
 
 
@@ -78,10 +84,10 @@ def test_creating_a_private_room_makes_its_creator_owner_and_only_member(team):
 )
 def test_private_room_names_are_checked(team, name, code):
     """Bad, reserved and taken names are refused with a code; nothing is created."""
-    services.room_get_or_create(name="lobby")
+    room_get_or_create(name="lobby")
     rooms = Room.objects.count()
-    with pytest.raises(services.RoomError) as refused:
-        services.room_create_private(name=name, created_by_id=user("carol").pk)
+    with pytest.raises(RoomError) as refused:
+        room_create_private(name=name, created_by_id=user("carol").pk)
     assert refused.value.code == code and refused.value.status == 400
     assert Room.objects.count() == rooms
     assert not RoomMembership.objects.filter(user=user("carol")).exists()
@@ -91,25 +97,21 @@ def test_who_may_invite_and_remove(team):
     """The owner and staff manage members; a member or an outsider may not."""
     carol, bob = user("carol"), user("bob")
     for by in (bob, carol):  # a member, then an outsider
-        with pytest.raises(services.RoomAccessDenied) as refused:
-            services.room_invite(room_name="team", username="carol", by_user_id=by.pk)
+        with pytest.raises(RoomAccessDenied) as refused:
+            room_invite(room_name="team", username="carol", by_user_id=by.pk)
         assert refused.value.code == "forbidden" and refused.value.status == 403
-        with pytest.raises(services.RoomAccessDenied):
-            services.room_remove_member(
-                room_name="team", username="bob", by_user_id=by.pk
-            )
+        with pytest.raises(RoomAccessDenied):
+            room_remove_member(room_name="team", username="bob", by_user_id=by.pk)
     assert members("team") == {"alice": "owner", "bob": "member"}
 
     admin = get_user_model().objects.create_user("admin", is_staff=True)
-    assert services.room_invite(room_name="team", username="carol", by_user_id=admin.pk)
-    assert not services.room_invite(  # already a member: nothing changes
+    assert room_invite(room_name="team", username="carol", by_user_id=admin.pk)
+    assert not room_invite(  # already a member: nothing changes
         room_name="team", username="carol", by_user_id=admin.pk
     )
-    services.room_remove_member(room_name="team", username="carol", by_user_id=admin.pk)
+    room_remove_member(room_name="team", username="carol", by_user_id=admin.pk)
     assert "admin" not in members("team")  # managing is not joining
-    services.room_remove_member(
-        room_name="team", username="bob", by_user_id=user("alice").pk
-    )
+    room_remove_member(room_name="team", username="bob", by_user_id=user("alice").pk)
     assert members("team") == {"alice": "owner"}
 
 
@@ -126,12 +128,12 @@ def test_who_may_invite_and_remove(team):
 def test_invite_refusals_say_why(team, room, username, status, code):
     """Unknown room or user, a public room, a DM conversation: refused, with a code."""
     alice = user("alice").pk
-    services.membership_join(user_id=alice, room_name="lobby")
+    membership_join(user_id=alice, room_name="lobby")
     if room == "dm":
         room = dm_room_name(alice, user("bob").pk)
-        services.room_get_or_create(name=room)
-    with pytest.raises(services.RoomError) as refused:
-        services.room_invite(room_name=room, username=username, by_user_id=alice)
+        room_get_or_create(name=room)
+    with pytest.raises(RoomError) as refused:
+        room_invite(room_name=room, username=username, by_user_id=alice)
     assert (refused.value.status, refused.value.code) == (status, code)
     assert "carol" not in members(room)
 
@@ -139,17 +141,13 @@ def test_invite_refusals_say_why(team, room, username, status, code):
 def test_remove_refusals_say_why(team):
     """Not a member: 404; the owner cannot be removed, even by staff."""
     alice = user("alice").pk
-    with pytest.raises(services.RoomError) as refused:
-        services.room_remove_member(
-            room_name="team", username="carol", by_user_id=alice
-        )
+    with pytest.raises(RoomError) as refused:
+        room_remove_member(room_name="team", username="carol", by_user_id=alice)
     assert (refused.value.status, refused.value.code) == (404, "not_member")
     admin = get_user_model().objects.create_user("admin", is_superuser=True)
     for by in (alice, admin.pk):
-        with pytest.raises(services.RoomError) as refused:
-            services.room_remove_member(
-                room_name="team", username="alice", by_user_id=by
-            )
+        with pytest.raises(RoomError) as refused:
+            room_remove_member(room_name="team", username="alice", by_user_id=by)
         assert refused.value.code == "owner"
     assert members("team") == {"alice": "owner", "bob": "member"}
 
@@ -157,10 +155,10 @@ def test_remove_refusals_say_why(team):
 def test_opening_joins_a_public_room_but_not_a_private_one(team):
     """membership_join: anyone into a public room; only members into a private one."""
     carol = user("carol").pk
-    assert services.membership_join(user_id=carol, room_name="lobby")
-    with pytest.raises(services.RoomAccessDenied):
-        services.membership_join(user_id=carol, room_name="team")
-    assert not services.membership_join(user_id=user("bob").pk, room_name="team")
+    assert membership_join(user_id=carol, room_name="lobby")
+    with pytest.raises(RoomAccessDenied):
+        membership_join(user_id=carol, room_name="team")
+    assert not membership_join(user_id=user("bob").pk, room_name="team")
     assert "carol" not in members("team")
 
 
@@ -171,12 +169,12 @@ def test_dm_conversations_are_private_to_their_two_users(
     its two users; a third one is refused; one of the pair without a row gets it."""
     alice, bob, carol = (chat_users[n].id for n in ("alice", "bob", "carol"))
     name = dm_room_name(alice, bob)
-    with pytest.raises(services.RoomAccessDenied):
-        services.membership_join(user_id=carol, room_name=name)
+    with pytest.raises(RoomAccessDenied):
+        membership_join(user_id=carol, room_name=name)
     room = Room.objects.get(name=name)
     assert room.is_private and set(members(name)) == {"alice", "bob"}
     RoomMembership.objects.filter(room=room, user_id=bob).delete()
-    services.membership_join(user_id=bob, room_name=name)  # healed, by name
+    membership_join(user_id=bob, room_name=name)  # healed, by name
     assert set(members(name)) == {"alice", "bob"}
     # A row made behind the services' back is private by its name too.
     assert Room.objects.create(name=dm_room_name(carol, 99999)).is_private
@@ -185,8 +183,8 @@ def test_dm_conversations_are_private_to_their_two_users(
 def test_listings_show_private_rooms_to_their_members_only(team):
     """rooms_to_join never lists a private room or a DM; members see theirs."""
     carol, bob = user("carol").pk, user("bob").pk
-    services.room_get_or_create(name="lobby")
-    services.room_get_or_create(name=dm_room_name(user("alice").pk, bob))
+    room_get_or_create(name="lobby")
+    room_get_or_create(name=dm_room_name(user("alice").pk, bob))
     assert [r.name for r in selectors.rooms_to_join(user_id=carol)] == ["lobby"]
     assert [r.name for r in selectors.rooms_of_user(user_id=carol)] == []
     assert "team" in [r.name for r in selectors.rooms_of_user(user_id=bob)]
@@ -199,8 +197,8 @@ def test_listings_show_private_rooms_to_their_members_only(team):
 
 def test_read_marks_of_a_private_room_need_membership(team):
     """room_mark_read refuses a non-member and creates no membership for them."""
-    with pytest.raises(services.RoomAccessDenied):
-        services.room_mark_read(user_id=user("carol").pk, room_name="team", up_to_seq=1)
+    with pytest.raises(RoomAccessDenied):
+        room_mark_read(user_id=user("carol").pk, room_name="team", up_to_seq=1)
     assert "carol" not in members("team")
 
 
@@ -377,10 +375,10 @@ async def test_private_room_through_the_real_server(asgi_server, stack, chat_use
     socket stops counting the room, and they cannot come back; a public room still
     joins whoever opens it."""
     alice, bob, carol = (chat_users[n] for n in ("alice", "bob", "carol"))
-    await database_sync_to_async(services.room_create_private)(
+    await database_sync_to_async(room_create_private)(
         name="team", created_by_id=alice.id
     )
-    await database_sync_to_async(services.room_invite)(
+    await database_sync_to_async(room_invite)(
         room_name="team", username="bob", by_user_id=alice.id
     )
     owner = await WSClient.connect(asgi_server, "team", alice.cookie)
@@ -398,7 +396,7 @@ async def test_private_room_through_the_real_server(asgi_server, stack, chat_use
     notify = await WSClient.connect(asgi_server, "notifications", bob.cookie, "ws")
     assert "team" in (await notify.expect("unread"))["counts"]
 
-    await database_sync_to_async(services.room_remove_member)(
+    await database_sync_to_async(room_remove_member)(
         room_name="team", username="bob", by_user_id=alice.id
     )
     code, _ = await close_code(member)

@@ -14,7 +14,7 @@ from chat.agents.kafka_chat import (
     RetriablePublishError,
     _publish_error,
 )
-from chat.agents.publish_errors import (
+from chat.publishing.errors import (
     PERMANENT_ERRORS,
     REBUILD_ERRORS,
     Recovery,

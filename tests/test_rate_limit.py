@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 
 from chat.models import Message
-from chat.rate_limit import MessageRateLimiter
+from chat.security.rate_limit import MessageRateLimiter
 
 from .support import ROOT, WSClient
 

@@ -16,8 +16,10 @@ import redis
 from channels.db import database_sync_to_async
 from django.db import connection
 
-from chat import outbox, services
 from chat.models import Message
+from chat.services import publish_queue
+from chat.services.messages import message_create
+from chat.services.rooms import room_get_or_create
 from chatproj.celery import app
 from chatproj.embedded import embedded_kafka, free_port
 
@@ -158,11 +160,11 @@ async def test_kill_9_worker_child_and_whole_worker(
         # A burst whose conversation lock the test holds, so the worker dies with
         # the burst's task in hand (a batch is otherwise published in milliseconds).
         sender = chat_users["carol"].id
-        room = services.room_get_or_create(name="k-burst")
-        lock = outbox.conversation_lock(room_id=room.pk)
+        room = room_get_or_create(name="k-burst")
+        lock = publish_queue.conversation_lock(room_id=room.pk)
         assert lock.acquire()
         for n in range(60):
-            message = services.message_create(
+            message = message_create(
                 room_name="k-burst", sender_id=sender, receiver_id=None,
                 content=f"b{n}",
             )  # fmt: skip

@@ -21,7 +21,7 @@ from django.core.management import call_command
 from django.db.models import F
 from django.test import Client, RequestFactory
 
-from chat import services
+from chat.services.rooms import room_create_private, room_invite
 from chatproj.security import operator_refusal
 
 from .support import ROOT
@@ -228,10 +228,8 @@ def test_every_page_has_a_csp_that_forbids_inline_script(
     settings.AXES_FAILURE_LIMIT = 1
     alice = Client()
     alice.force_login(get_user_model().objects.get(username="alice"))
-    services.room_create_private(name="team", created_by_id=chat_users["alice"].id)
-    services.room_invite(
-        room_name="team", username="bob", by_user_id=chat_users["alice"].id
-    )
+    room_create_private(name="team", created_by_id=chat_users["alice"].id)
+    room_invite(room_name="team", username="bob", by_user_id=chat_users["alice"].id)
     pages = {
         "login": Client().get("/accounts/login/"),
         "index": alice.get("/"),

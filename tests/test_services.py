@@ -8,8 +8,15 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from chat import outbox, services
 from chat.models import Message
+from chat.services import publish_queue
+from chat.services.messages import message_create
+from chat.services.outbox import (
+    message_mark_dead,
+    message_mark_failed,
+    message_redrive,
+    outbox_sweep,
+)
 
 from .support import queued_tasks
 
@@ -26,7 +33,7 @@ def test_concurrent_senders_get_gap_free_unique_seq(chat_users, settings):
     def send(sender_id: int) -> None:
         try:
             for i in range(per_thread):
-                services.message_create(
+                message_create(
                     room_name="busy",
                     sender_id=sender_id,
                     receiver_id=None,
@@ -57,9 +64,7 @@ def test_rooms_number_independently(chat_users):
     """Each room has its own sequence."""
     alice = chat_users["alice"].id
     for room in ("a", "b", "a"):
-        services.message_create(
-            room_name=room, sender_id=alice, receiver_id=None, content="x"
-        )
+        message_create(room_name=room, sender_id=alice, receiver_id=None, content="x")
     assert list(Message.objects.order_by("id").values_list("room__name", "seq")) == [
         ("a", 1), ("b", 1), ("a", 2),
     ]  # fmt: skip
@@ -67,14 +72,12 @@ def test_rooms_number_independently(chat_users):
 
 def test_mark_failed_ignores_unknown_and_published(chat_users):
     """Marking an unknown id does nothing; a published message is never downgraded."""
-    assert services.message_mark_failed(message_id="nope", error="x") is None
-    message = services.message_create(
+    assert message_mark_failed(message_id="nope", error="x") is None
+    message = message_create(
         room_name="a", sender_id=chat_users["alice"].id, receiver_id=None, content="x"
     )
     Message.objects.filter(pk=message.pk).update(status="published")
-    services.message_mark_failed(
-        message_id=str(message.message_id), error="late failure"
-    )
+    message_mark_failed(message_id=str(message.message_id), error="late failure")
     message.refresh_from_db()
     assert message.status == "published"
 
@@ -92,12 +95,12 @@ def test_sweep_re_enqueues_due_messages_with_capped_backoff(
     settings.OUTBOX_BACKOFF_MAX = 35
     redis.Redis.from_url(redis_url).delete("celery")
     alice = chat_users["alice"].id
-    pending = services.message_create(
+    pending = message_create(
         room_name="s", sender_id=alice, receiver_id=None, content="p"
     )
     finals = []
     for status in ("published", "dead", "skipped"):
-        m = services.message_create(
+        m = message_create(
             room_name="s", sender_id=alice, receiver_id=None, content=status
         )
         Message.objects.filter(pk=m.pk).update(status=status)
@@ -106,17 +109,17 @@ def test_sweep_re_enqueues_due_messages_with_capped_backoff(
     assert queued_tasks(redis_url) == [f"['{pending.message_id}']"]
     now = timezone.now()
     later = now + timedelta(seconds=11)
-    assert services.outbox_sweep(now=later) == []  # its task still waits: not lost
+    assert outbox_sweep(now=later) == []  # its task still waits: not lost
 
     def worker_takes_the_task() -> None:
         redis.Redis.from_url(redis_url).delete("celery")
-        outbox.publish_pass_started(
+        publish_queue.publish_pass_started(
             room_id=pending.room_id, message_id="", owner_only=False
         )
 
     worker_takes_the_task()
-    assert services.outbox_sweep(now=now) == []  # within the grace period
-    assert services.outbox_sweep(now=later) == [str(pending.message_id)]
+    assert outbox_sweep(now=now) == []  # within the grace period
+    assert outbox_sweep(now=later) == [str(pending.message_id)]
     assert len(queued_tasks(redis_url)) == 1
     pending.refresh_from_db()
     assert pending.sweep_count == 1
@@ -127,19 +130,19 @@ def test_sweep_re_enqueues_due_messages_with_capped_backoff(
     for _ in range(4):
         worker_takes_the_task()
         t = pending.next_sweep_at
-        assert services.outbox_sweep(now=t - timedelta(seconds=0.5)) == []
-        assert services.outbox_sweep(now=t) == [str(pending.message_id)]
+        assert outbox_sweep(now=t - timedelta(seconds=0.5)) == []
+        assert outbox_sweep(now=t) == [str(pending.message_id)]
         pending.refresh_from_db()
         waits.append((pending.next_sweep_at - t).total_seconds())
     assert waits == [35, 35, 35, 35]  # 40, 80, ... capped at OUTBOX_BACKOFF_MAX
 
-    services.message_mark_failed(message_id=str(pending.message_id), error="down")
+    message_mark_failed(message_id=str(pending.message_id), error="down")
     pending.refresh_from_db()
     assert pending.status == "failed" and pending.last_error == "down"
     worker_takes_the_task()
-    assert services.outbox_sweep(now=pending.next_sweep_at) == [str(pending.message_id)]
+    assert outbox_sweep(now=pending.next_sweep_at) == [str(pending.message_id)]
     worker_takes_the_task()
-    assert services.outbox_sweep(now=t + timedelta(days=365), limit=10) == [
+    assert outbox_sweep(now=t + timedelta(days=365), limit=10) == [
         str(pending.message_id)
     ]  # final statuses are never swept
 
@@ -150,14 +153,12 @@ def test_redrive_puts_dead_messages_back(chat_users, redis_url):
 
     redis.Redis.from_url(redis_url).delete("celery")
     alice = chat_users["alice"].id
-    dead = services.message_create(
-        room_name="d", sender_id=alice, receiver_id=None, content="d"
-    )
-    alive = services.message_create(
+    dead = message_create(room_name="d", sender_id=alice, receiver_id=None, content="d")
+    alive = message_create(
         room_name="d", sender_id=alice, receiver_id=None, content="a"
     )
-    services.message_mark_dead(message=dead, reason="too large")
-    assert services.message_redrive(
+    message_mark_dead(message=dead, reason="too large")
+    assert message_redrive(
         message_ids=[str(dead.message_id), str(alive.message_id)]
     ) == [str(dead.message_id)]
     dead.refresh_from_db()
@@ -174,23 +175,19 @@ def test_publish_tasks_coalesce_per_conversation(chat_users, redis_url):
     redis.Redis.from_url(redis_url).delete("celery")
     alice = chat_users["alice"].id
     first = [
-        services.message_create(
-            room_name=room, sender_id=alice, receiver_id=None, content="x"
-        )
+        message_create(room_name=room, sender_id=alice, receiver_id=None, content="x")
         for room in ("c1", "c1", "c2", "c1")
     ]
     assert sorted(queued_tasks(redis_url)) == sorted(
         [f"['{first[0].message_id}']", f"['{first[2].message_id}']"]
     )
-    outbox.publish_pass_started(
+    publish_queue.publish_pass_started(
         room_id=first[0].room_id, message_id=str(first[0].message_id), owner_only=True
     )
-    again = services.message_create(
+    again = message_create(
         room_name="c1", sender_id=alice, receiver_id=None, content="y"
     )
-    services.message_create(
-        room_name="c2", sender_id=alice, receiver_id=None, content="z"
-    )
+    message_create(room_name="c2", sender_id=alice, receiver_id=None, content="z")
     queued = queued_tasks(redis_url)
     assert len(queued) == 3 and f"['{again.message_id}']" in queued
 
@@ -198,14 +195,14 @@ def test_publish_tasks_coalesce_per_conversation(chat_users, redis_url):
 def test_a_sweep_with_nothing_due_writes_nothing(chat_users):
     """The usual sweep finds nothing due with a read, and opens no write transaction
     (on SQLite it would hold every writer up while its query runs)."""
-    services.message_create(
+    message_create(
         room_name="lobby",
         sender_id=chat_users["alice"].id,
         receiver_id=None,
         content="x",
     )
     with CaptureQueriesContext(connection) as queries:
-        assert services.outbox_sweep() == []
+        assert outbox_sweep() == []
     sql = " ".join(q["sql"].upper() for q in queries.captured_queries)
     assert "SELECT" in sql
     # no transaction, no row lock ("FOR UPDATE"), no write
@@ -221,19 +218,19 @@ def test_sweep_waits_while_the_queue_is_deep(chat_users, settings, redis_url):
 
     client = redis.Redis.from_url(redis_url)
     client.delete("celery")
-    message = services.message_create(
+    message = message_create(
         room_name="deep", sender_id=chat_users["alice"].id, receiver_id=None,
         content="x",
     )  # fmt: skip
-    outbox.publish_pass_started(
+    publish_queue.publish_pass_started(
         room_id=message.room_id, message_id="", owner_only=False
     )
     settings.OUTBOX_SWEEP_MAX_QUEUE = 5
     client.rpush("celery", *[b"{}"] * 6)
     later = timezone.now() + timedelta(hours=1)
-    assert services.outbox_sweep(now=later) == []
+    assert outbox_sweep(now=later) == []
     client.ltrim("celery", 0, 4)
-    assert services.outbox_sweep(now=later) == [str(message.message_id)]
+    assert outbox_sweep(now=later) == [str(message.message_id)]
 
 
 def test_enqueue_failure_after_commit_loses_nothing(chat_users, monkeypatch):
@@ -243,8 +240,8 @@ def test_enqueue_failure_after_commit_loses_nothing(chat_users, monkeypatch):
     def broker_down(marks: dict[int, str]) -> None:
         raise ConnectionError("Redis is down")
 
-    monkeypatch.setattr(services, "_enqueue_publishes", broker_down)
-    message = services.message_create(
+    monkeypatch.setattr(publish_queue, "enqueue_publishes", broker_down)
+    message = message_create(
         room_name="r", sender_id=chat_users["alice"].id, receiver_id=None, content="x"
     )
     message.refresh_from_db()
@@ -254,7 +251,7 @@ def test_enqueue_failure_after_commit_loses_nothing(chat_users, monkeypatch):
     from django.utils import timezone
 
     monkeypatch.undo()  # Redis is back: the sweep enqueues it for real
-    due = services.outbox_sweep(now=timezone.now() + timedelta(hours=1))
+    due = outbox_sweep(now=timezone.now() + timedelta(hours=1))
     assert str(message.message_id) in due
 
 
@@ -266,7 +263,7 @@ def test_the_publisher_finds_unpublished_messages_through_their_partial_index(
     as bound parameters, the plan walked the room's whole history instead.)"""
     from chat import selectors
 
-    message = services.message_create(
+    message = message_create(
         room_name="px", sender_id=chat_users["alice"].id, receiver_id=None, content="x"
     )
     sent: list[tuple[str, object]] = []

@@ -8,9 +8,10 @@ import asyncio
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import connection_limits, presence
-from chat.broadcast import notify_user_group, room_group, user_group
 from chat.models import Message
+from chat.security import connection_limits
+from chat.services import presence
+from chat.services.broadcast import notify_user_group, room_group, user_group
 
 from .security_support import (
     close_code,

@@ -11,8 +11,8 @@ import psutil
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import services
 from chat.models import Message
+from chat.services.messages import message_create
 from chat.tasks import publish_chat_message, retry_countdown
 from chatproj.celery import app
 from chatproj.embedded import embedded_kafka
@@ -75,7 +75,7 @@ def measured_countdowns(events: TaskEvents) -> list[tuple[float, float]]:
 
 def make_message(user_id: int, content: str = "hello", room: str = "tasks") -> Message:
     """A persisted message (enqueued for publishing on commit)."""
-    return services.message_create(
+    return message_create(
         room_name=room, sender_id=user_id, receiver_id=None, content=content
     )
 

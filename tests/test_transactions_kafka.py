@@ -8,7 +8,9 @@ from kafka import KafkaProducer
 
 from chat.agents import KafkaChatAgent
 from chat.agents.kafka_chat import PublishResult
-from chat.agents.readback import records_committed
+from chat.publishing.readback import records_committed
+from chat.services.messages import message_create
+from chat.services.outbox import messages_record_in_doubt
 from chatproj.kafka_cluster import KafkaCluster
 
 from .support import read_topic, unique_topic
@@ -112,7 +114,7 @@ def test_messages_left_in_doubt_are_read_back_not_sent_again(
     committed, the other's abandoned. The next publisher of the conversation reads
     them back: the first is published where it is, without a second copy; the
     second, not there, is sent again; each message_id is in the topic once."""
-    from chat import services, tasks
+    from chat import tasks
     from chat.models import Message
     from chat.schemas import ChatEvent
 
@@ -123,7 +125,7 @@ def test_messages_left_in_doubt_are_read_back_not_sent_again(
     KafkaChatAgent.get_instance().close()  # the next one publishes to `topic`
     alice = chat_users["alice"].id
     first, second = (
-        services.message_create(
+        message_create(
             room_name="doubt", sender_id=alice, receiver_id=None, content=text
         )
         for text in ("committed", "abandoned")
@@ -145,9 +147,7 @@ def test_messages_left_in_doubt_are_read_back_not_sent_again(
     second_place = send(producer, second)
     producer.close(timeout=0)
     _producer(kafka_cluster_1.bootstrap, "tx-doubt").close()  # aborts the second
-    services.messages_record_in_doubt(
-        in_doubt=[(first, first_place), (second, second_place)]
-    )
+    messages_record_in_doubt(in_doubt=[(first, first_place), (second, second_place)])
 
     assert (
         tasks.publish_conversation(

@@ -20,8 +20,8 @@ import pytest
 from channels.db import database_sync_to_async
 from playwright.async_api import expect
 
-from chat import services
 from chat.models import Message, Room
+from chat.services.rooms import membership_join, room_get_or_create
 from chatproj.embedded import free_port, port_answers
 
 from .support import ROOT, ManagedProcess, WSClient, wait_for, web_server_args
@@ -132,7 +132,7 @@ async def screenshot(page: Any, name: str) -> None:
 def store(room: str, sender_id: int, texts: list[str]) -> list[int]:
     """Messages stored straight in the database, as if sent while nobody watched: no
     broadcast reaches any page (the seqs they take are returned)."""
-    room_obj = services.room_get_or_create(name=room)
+    room_obj = room_get_or_create(name=room)
     seqs = []
     for content in texts:
         seq = Room.objects.get(pk=room_obj.pk).next_seq
@@ -182,7 +182,7 @@ async def test_room_and_dm_between_two_browsers_and_a_third_sees_no_dm(
     worker = await database_sync_to_async(start_worker)()
     await database_sync_to_async(start_agent)(topic=worker.topic)
     alice_u = chat_users["alice"]
-    await database_sync_to_async(services.membership_join)(
+    await database_sync_to_async(membership_join)(
         user_id=chat_users["bob"].id, room_name="random"
     )
     alice = await pages.open(asgi_server, "alice", "/chat/lobby/")

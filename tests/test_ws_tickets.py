@@ -1,4 +1,4 @@
-"""Tickets for non-browser clients (chat.tickets, examples/ws_client.py) through a
+"""Tickets for non-browser clients (chat.security.tickets, examples/ws_client.py) through a
 real uvicorn: one socket per ticket; expired, reused, forged and stale ones refused."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.core import signing
 
-from chat import tickets
 from chat.models import Message
+from chat.security import tickets
 
 from .security_support import close_code, post_form, still_open
 from .support import ROOT, WSClient

@@ -1,8 +1,7 @@
 """The product's Python face: per-process agents around the Kafka chat stream."""
 
-from ..schemas import ChatEvent, ChatValidationError
-from .base import Agent
-from .kafka_chat import (
+from chat.agents.base import Agent
+from chat.agents.kafka_chat import (
     InDoubtPublishError,
     KafkaChatAgent,
     KafkaPublishError,
@@ -10,7 +9,8 @@ from .kafka_chat import (
     PublishResult,
     RetriablePublishError,
 )
-from .notifications import NotificationAgent
+from chat.agents.notifications import NotificationAgent
+from chat.schemas import ChatEvent, ChatValidationError
 
 __all__ = [
     "Agent",

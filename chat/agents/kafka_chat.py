@@ -32,13 +32,14 @@ from django.core.exceptions import ImproperlyConfigured
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from .. import metrics
-from ..models import dm_room_name
-from ..schemas import ChatEvent, ChatValidationError, parse_chat_frame
-from .base import Agent
-from .publish_errors import Recovery, producer_is_broken, recovery_for
-from .readback import records_committed
-from .topics import admin_options, chat_topic_specs, topics_ensure
+from chat.agents.base import Agent
+from chat.infra import metrics
+from chat.models import dm_room_name
+from chat.publishing.errors import Recovery, producer_is_broken, recovery_for
+from chat.publishing.readback import records_committed
+from chat.publishing.topics import admin_options, chat_topic_specs, topics_ensure
+from chat.schemas import ChatEvent, ChatValidationError, parse_chat_frame
+from chat.services.rooms import membership_join
 
 logger = logging.getLogger(__name__)
 
@@ -735,7 +736,7 @@ class KafkaChatAgent(Agent):
         self, *, text_data: Any, user_id: int
     ) -> dict[str, Any]:
         """Parse and validate a client frame; raise ChatValidationError on bad input."""
-        from .. import selectors
+        from chat import selectors
 
         frame = parse_chat_frame(text_data, max_length=self.max_message_length)
         if frame.receiver_id is not None and not await database_sync_to_async(
@@ -762,11 +763,11 @@ class KafkaChatAgent(Agent):
         `receiver_id` is a user id (int: a direct message, in the pair's conversation
         `dm-<low>-<high>`) or a room name (str: a message to that existing room).
         Inside a ChatConsumer handling a frame, the frame's message is made once
-        (chat.frame_context). Bad input raises ChatValidationError, never TypeError.
+        (chat.realtime.frame_context). Bad input raises ChatValidationError, never TypeError.
         """
-        from .. import selectors, services
-        from ..frame_context import message_create_once
-        from ..schemas import message_payload
+        from chat import selectors
+        from chat.realtime.frame_context import message_create_once
+        from chat.schemas import message_payload
 
         sender = (
             await database_sync_to_async(selectors.user_get)(user_id=sender_id)
@@ -797,7 +798,7 @@ class KafkaChatAgent(Agent):
         )
         if direct_to is None:  # sending to a room joins it (a DM pair is joined)
             # ...a public one; a private room refuses a non-member (`forbidden`)
-            await database_sync_to_async(services.membership_join)(
+            await database_sync_to_async(membership_join)(
                 user_id=sender_id, room_name=room
             )
         message, _ = await message_create_once(

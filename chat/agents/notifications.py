@@ -6,7 +6,7 @@ topic's partitions (Kafka assigns each partition to one of them); that is how it
 
 The loop: poll a batch (at most KAFKA_NOTIFICATIONS_MAX_RECORDS), decode each record,
 record the whole batch's notifications in one transaction
-(`services.notifications_record`), push them live after the commit
+(`notifications_record`), push them live after the commit
 (`broadcast.push_notifications`), then commit `offset + 1` of the last record of each
 partition. Offsets are committed only after the effects are stored: at least once in,
 exactly once in effect (a notification is unique per (user, message_id), so a replayed
@@ -65,12 +65,14 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from pydantic import ValidationError
 
-from .. import broadcast, metrics, services
-from ..schemas import EVENT_SCHEMA_VERSION, MAX_DB_ID, ChatEvent
-from .base import Agent
-from .heartbeat import Heartbeat
-from .kafka_chat import TOPIC_PATTERN, parse_bootstrap_servers
-from .topics import admin_options, chat_topic_specs, topics_ensure
+from chat.agents.base import Agent
+from chat.agents.heartbeat import Heartbeat
+from chat.agents.kafka_chat import TOPIC_PATTERN, parse_bootstrap_servers
+from chat.infra import metrics
+from chat.publishing.topics import admin_options, chat_topic_specs, topics_ensure
+from chat.schemas import EVENT_SCHEMA_VERSION, MAX_DB_ID, ChatEvent
+from chat.services import broadcast
+from chat.services.notifications import NotificationOutcome, notifications_record
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ def decode_event(value: bytes | None) -> ChatEvent:
 
 
 def skip_reason(why: str) -> str:
-    """Counter label of a reason `services.notifications_record` gave for a skip."""
+    """Counter label of a reason `notifications_record` gave for a skip."""
     return "unknown_room" if why.startswith("unknown room") else "unknown_user"
 
 
@@ -449,7 +451,7 @@ class NotificationAgent(Agent):
         self._beat()
         return sum(len(records) for records in batches.values())
 
-    def handle(self, records: Sequence[Any]) -> services.NotificationOutcome[RecordRef]:
+    def handle(self, records: Sequence[Any]) -> NotificationOutcome[RecordRef]:
         """Store the effects of a batch of records (one transaction), then push them
         live and count them. Skipped records are reported only once it is stored."""
         close_old_connections()  # a long-lived process: drop stale/broken connections
@@ -505,9 +507,9 @@ class NotificationAgent(Agent):
 
     def _record(
         self, events: list[tuple[RecordRef, ChatEvent]]
-    ) -> services.NotificationOutcome[RecordRef]:
+    ) -> NotificationOutcome[RecordRef]:
         try:
-            return services.notifications_record(events=events)
+            return notifications_record(events=events)
         except DB_UNAVAILABLE:
             raise
         except Exception:
@@ -516,13 +518,11 @@ class NotificationAgent(Agent):
                     raise
                 ref = events[0][0]
                 logger.exception("Record %s refused by the database", ref)
-                outcome: services.NotificationOutcome[RecordRef] = (
-                    services.NotificationOutcome()
-                )
+                outcome: NotificationOutcome[RecordRef] = NotificationOutcome()
                 outcome.skipped.append((ref, "rejected by the database"))
                 return outcome
         # One record the database refuses must not block the others: one by one.
-        merged: services.NotificationOutcome[RecordRef] = services.NotificationOutcome()
+        merged: NotificationOutcome[RecordRef] = NotificationOutcome()
         for item in events:
             part = self._record([item])
             merged.accepted += part.accepted

@@ -11,8 +11,8 @@ from typing import Any
 from channels.routing import ProtocolTypeRouter
 from django.urls import re_path
 
-from chat.consumers import ChatConsumer, NotificationConsumer
-from chat.routing import room_route, websocket_urlpatterns
+from chat.realtime.consumers import ChatConsumer, NotificationConsumer
+from chat.realtime.routing import room_route, websocket_urlpatterns
 
 
 class InternalError(RuntimeError):

@@ -7,7 +7,7 @@ from chatproj.asgi import django_asgi_app, websocket_application
 from channels.routing import ProtocolTypeRouter
 from django.urls import re_path
 
-from chat.routing import room_route
+from chat.realtime.routing import room_route
 
 from .consumers import ChatConsumerWithKafka
 from .send_after import SendAfterSuperConsumer

@@ -3,7 +3,7 @@
 import json
 
 from chat.agents import KafkaChatAgent
-from chat.consumers import ChatConsumer
+from chat.realtime.consumers import ChatConsumer
 
 
 class SendAfterSuperConsumer(ChatConsumer):

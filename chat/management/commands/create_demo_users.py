@@ -5,7 +5,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
-from chat.accounts import DEMO_PASSWORD, DEMO_USERS
+from chat.web.accounts import DEMO_PASSWORD, DEMO_USERS
 
 
 class Command(BaseCommand):

@@ -5,7 +5,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chat import selectors, services
+from chat import selectors
+from chat.services.outbox import message_redrive
 
 
 class Command(BaseCommand):
@@ -29,7 +30,7 @@ class Command(BaseCommand):
                 ids = [str(m.message_id) for m in selectors.messages_dead()]
             else:
                 ids = [self._parse_id(value) for value in redrive]
-            done = services.message_redrive(message_ids=ids)
+            done = message_redrive(message_ids=ids)
             self.stdout.write(f"Re-driven {len(done)} dead message(s).")
             for message_id in sorted(set(ids) - set(done)):
                 self.stderr.write(f"  {message_id}: not a dead message, left alone")

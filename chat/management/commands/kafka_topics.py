@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chat.agents.kafka_chat import parse_bootstrap_servers
-from chat.agents.topics import (
+from chat.publishing.topics import (
     KafkaError,
     chat_topic_specs,
     topics_describe,

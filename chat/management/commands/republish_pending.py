@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from chat import services
+from chat.services.outbox import outbox_sweep
 
 
 class Command(BaseCommand):
@@ -31,7 +31,7 @@ class Command(BaseCommand):
             self.stderr.write("--limit must be at least 1.")
             raise SystemExit(2)
         now = timezone.now() + timedelta(days=36500) if all else None
-        ids = services.outbox_sweep(now=now, limit=limit, force=all)
+        ids = outbox_sweep(now=now, limit=limit, force=all)
         self.stdout.write(f"Re-enqueued {len(ids)} message(s).")
         for message_id in ids:
             self.stdout.write(f"  {message_id}")

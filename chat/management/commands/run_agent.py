@@ -124,7 +124,7 @@ def serve_metrics() -> None:
         return
     from prometheus_client import REGISTRY, start_http_server
 
-    from chat.metrics import multiprocess_registry
+    from chat.infra.metrics import multiprocess_registry
 
     start_http_server(port, registry=multiprocess_registry() or REGISTRY)
     logger.info("Agent metrics on :%s/metrics", port)

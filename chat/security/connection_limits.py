@@ -12,7 +12,7 @@ import time
 
 from django.conf import settings
 
-from .outbox import redis_client
+from chat.services.publish_queue import redis_client
 
 
 def _key(user_id: int) -> str:

@@ -74,7 +74,7 @@ class OutboxBacklogCollector:
         """One gauge labelled by status."""
         from django.db.models import Count
 
-        from .models import Message
+        from chat.models import Message
 
         family = GaugeMetricFamily(
             "chat_outbox_backlog",

@@ -28,7 +28,7 @@ from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
 from django.utils.crypto import constant_time_compare, salted_hmac
 
-from .broadcast import notify_user_group, send_events, user_group
+from chat.services.broadcast import notify_user_group, send_events, user_group
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _personal_groups(user_id: int) -> list[str]:
     return [user_group(user_id), notify_user_group(user_id)]
 
 
-@receiver(user_logged_out, dispatch_uid="chat.session_end.logged_out")
+@receiver(user_logged_out, dispatch_uid="chat.security.session_end.logged_out")
 def _logged_out(sender: Any, request: Any, user: Any, **_: Any) -> None:
     if user is None:  # logout of an anonymous request
         return
@@ -66,7 +66,7 @@ def _logged_out(sender: Any, request: Any, user: Any, **_: Any) -> None:
     end_sockets(user_id=user.pk, session=session_ref(key))
 
 
-@receiver(pre_save, dispatch_uid="chat.session_end.pre_save")
+@receiver(pre_save, dispatch_uid="chat.security.session_end.pre_save")
 def _remember_credentials(
     sender: Any, instance: Any, update_fields: Any = None, **_: Any
 ) -> None:
@@ -82,7 +82,7 @@ def _remember_credentials(
     instance._chat_credentials_before = before
 
 
-@receiver(post_save, dispatch_uid="chat.session_end.post_save")
+@receiver(post_save, dispatch_uid="chat.security.session_end.post_save")
 def _credentials_changed(sender: Any, instance: Any, created: bool, **_: Any) -> None:
     if sender is not get_user_model() or created:
         return

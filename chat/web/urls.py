@@ -2,7 +2,7 @@
 
 from django.urls import re_path
 
-from . import accounts, api, views
+from chat.web import accounts, api, views
 
 ROOM = r"(?P<room>[A-Za-z0-9_.\-]{1,64})"
 

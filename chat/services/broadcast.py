@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from . import presence
-from .models import DM_ROOM_PREFIX
-from .schemas import message_payload, notification_payload
+from chat.models import DM_ROOM_PREFIX
+from chat.schemas import message_payload, notification_payload
+from chat.services import presence
 
 if TYPE_CHECKING:
-    from .models import Message
-    from .services import NotificationOutcome
+    from chat.models import Message
+    from chat.services import NotificationOutcome
 
 logger = logging.getLogger(__name__)
 

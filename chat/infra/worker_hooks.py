@@ -12,8 +12,8 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from .agents import KafkaChatAgent
-from .log_context import current_message_id
+from chat.agents import KafkaChatAgent
+from chat.infra.log_context import current_message_id
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def serve_worker_metrics(**_: Any) -> None:
         return
     from prometheus_client import REGISTRY, start_http_server
 
-    from .metrics import multiprocess_registry
+    from chat.infra.metrics import multiprocess_registry
 
     start_http_server(int(port), registry=multiprocess_registry() or REGISTRY)
     logger.info("Worker metrics on :%s/metrics", port)

@@ -11,7 +11,7 @@ So `make run` (http://127.0.0.1:8000, http://localhost:8000) and a test server o
 port work with no setting, while another port, another scheme or a foreign host is
 refused: the handshake is answered 403 and no consumer runs. A request without an
 `Origin` header is a non-browser client: it is let through only with a `?ticket=`
-(chat.tickets), which authenticates it; without one it is refused.
+(chat.security.tickets), which authenticates it; without one it is refused.
 """
 
 from __future__ import annotations

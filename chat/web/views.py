@@ -1,5 +1,5 @@
 """Web pages (the room list and a room) and the forms that create private rooms and
-manage their members. The JSON endpoints are in chat.api."""
+manage their members. The JSON endpoints are in chat.web.api."""
 
 import re
 from typing import Any, cast
@@ -11,9 +11,17 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from . import selectors, services
-from .models import DM_ROOM_PREFIX, ROOM_NAME_PATTERN, dm_room_name
-from .rooms import RoomNotFound, dm_other
+from chat import selectors
+from chat.models import DM_ROOM_PREFIX, ROOM_NAME_PATTERN, dm_room_name
+from chat.services import rooms
+from chat.services.rooms import (
+    RoomError,
+    RoomNotFound,
+    dm_other,
+    membership_join,
+    room_invite,
+    room_remove_member,
+)
 
 
 def _user_id(request: HttpRequest) -> int:
@@ -77,8 +85,8 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
     """The chat page of one room; opening a public room makes the user a member, a
     private one is shown to its members only (403 for anyone else)."""
     try:
-        services.membership_join(user_id=_user_id(request), room_name=room)
-    except services.RoomError as exc:
+        membership_join(user_id=_user_id(request), room_name=room)
+    except RoomError as exc:
         return _error_page(request, exc)
     room_obj = selectors.room_get(name=room)
     assert room_obj is not None  # membership_join created it
@@ -102,7 +110,7 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
     )
 
 
-def _error_page(request: HttpRequest, error: services.RoomError) -> HttpResponse:
+def _error_page(request: HttpRequest, error: RoomError) -> HttpResponse:
     """A refused room action, as a page with its HTTP status (400, 403 or 404)."""
     return render(
         request,
@@ -119,8 +127,8 @@ def room_create_private(request: HttpRequest) -> HttpResponse:
     then open it."""
     name = request.POST.get("name", "").strip()
     try:
-        services.room_create_private(name=name, created_by_id=_user_id(request))
-    except services.RoomError as exc:
+        rooms.room_create_private(name=name, created_by_id=_user_id(request))
+    except RoomError as exc:
         return _error_page(request, exc)
     return redirect("chat:room", room=name)
 
@@ -128,7 +136,7 @@ def room_create_private(request: HttpRequest) -> HttpResponse:
 def _username(request: HttpRequest) -> str:
     username = request.POST.get("username", "").strip()
     if not username:
-        raise services.RoomError("invalid_message", "Give the member's username.")
+        raise RoomError("invalid_message", "Give the member's username.")
     return username
 
 
@@ -138,10 +146,10 @@ def room_member_invite(request: HttpRequest, room: str) -> HttpResponse:
     """POST /chat/<room>/members/ with `username`: the owner (or staff) invites a
     user into a private room."""
     try:
-        services.room_invite(
+        room_invite(
             room_name=room, username=_username(request), by_user_id=_user_id(request)
         )
-    except services.RoomError as exc:
+    except RoomError as exc:
         return _error_page(request, exc)
     return redirect("chat:room", room=room)
 
@@ -152,9 +160,9 @@ def room_member_remove(request: HttpRequest, room: str) -> HttpResponse:
     """POST /chat/<room>/members/remove/ with `username`: the owner (or staff)
     removes a member from a private room; the member's sockets to it close."""
     try:
-        services.room_remove_member(
+        room_remove_member(
             room_name=room, username=_username(request), by_user_id=_user_id(request)
         )
-    except services.RoomError as exc:
+    except RoomError as exc:
         return _error_page(request, exc)
     return redirect("chat:room", room=room)

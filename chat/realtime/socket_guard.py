@@ -11,7 +11,7 @@ cleans up, it ends with the session, and it cannot flood.
 - CHAT_MAX_CONNECTIONS_PER_USER sockets per user at once (close 4429 past it);
   CHAT_FRAME_RATE frames per connection (`rate_limited` past it), and close 4429 after
   CHAT_FLOOD_CLOSE_AFTER refusals for rate in a row.
-- A `session.ended` event (chat.session_end) closes the socket with 4401, and every
+- A `session.ended` event (chat.security.session_end) closes the socket with 4401, and every
   CHAT_SESSION_CHECK_INTERVAL seconds the socket checks that its user may go on.
 """
 
@@ -30,10 +30,11 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from . import connection_limits, metrics, session_end
-from .agents import ChatValidationError
-from .rate_limit import frame_rate_limiter, limited_log
-from .schemas import client_id_of
+from chat.agents import ChatValidationError
+from chat.infra import metrics
+from chat.schemas import client_id_of
+from chat.security import connection_limits, session_end
+from chat.security.rate_limit import frame_rate_limiter, limited_log
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class GuardedConsumer(AsyncJsonWebsocketConsumer):
         handler: a hop to the process's one shared ORM thread for each frame and
         event, six per chat message (profiled: ~10% of the web process's CPU, and a
         queue on that thread). This consumer's ORM calls check their own connections
-        (database_sync_to_async, chat.db_connections)."""
+        (database_sync_to_async, chat.infra.db)."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")

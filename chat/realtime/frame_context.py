@@ -16,12 +16,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import message_writer, services
+from chat.realtime import writer
+from chat.services.messages import NewMessage
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
-    from .models import Message
+    from chat.models import Message
 
 MessageKey = tuple[str, int, int | None, str]  # room, sender, receiver, content
 
@@ -80,8 +81,8 @@ async def message_create_once(
     # In this process's next group commit (message_writer), not on the process's one
     # shared ORM thread: the insert also waits on Redis (the enqueue) after its
     # commit, and consumers must not queue behind it.
-    message = await message_writer.message_create(
-        services.NewMessage(
+    message = await writer.message_create(
+        NewMessage(
             room_name=room_name,
             sender_id=sender_id,
             receiver_id=receiver_id,

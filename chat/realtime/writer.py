@@ -4,7 +4,7 @@ Each chat frame's message used to be its own transaction in its own thread. On S
 those threads queued for the database's one write lock, and every hand-over cost a
 wake-up and a GIL hand-over per statement; at ~400 msgs/s the process spent more time
 handing over than writing. Here a process writes one batch at a time: the messages
-that arrive while a batch is written form the next one (services.messages_create: one
+that arrive while a batch is written form the next one (messages_create: one
 transaction, one UPDATE for all its rooms' seqs, one INSERT; on Postgres one
 statement that is its own transaction). With little load a batch is one message and
 nothing waits; under load batches grow and the cost per message falls.
@@ -22,14 +22,15 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from . import broadcast, services
-from .db_connections import db_call
-from .models import Message
+from chat.infra.db import db_call
+from chat.models import Message
+from chat.services import broadcast
+from chat.services.messages import NewMessage, messages_create
 
 # Rows per INSERT: SQLite allows 32,766 parameters (16 per message).
 MAX_BATCH = 200
 
-_Waiting = tuple[services.NewMessage, "asyncio.Future[Message]"]
+_Waiting = tuple[NewMessage, "asyncio.Future[Message]"]
 
 
 @dataclass
@@ -45,8 +46,8 @@ _writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writer] = (
 )
 
 
-async def message_create(new: services.NewMessage) -> Message:
-    """services.message_create for a coroutine, in this loop's next batch.
+async def message_create(new: NewMessage) -> Message:
+    """message_create for a coroutine, in this loop's next batch.
 
     A caller that is cancelled stops waiting; its message is still written (it may
     already be in the batch's transaction), as a thread's insert was before.
@@ -87,7 +88,7 @@ async def _write_batch(batch: list[_Waiting], committed: asyncio.Future[None]) -
 
     results: Sequence[Message | Exception] = ()  # cancelled: the loop is closing
     try:
-        results = await db_call(services.messages_create)(
+        results = await db_call(messages_create)(
             [new for new, _ in batch], on_stored=on_stored
         )
     except Exception as exc:  # the database refused the whole batch

@@ -1,27 +1,27 @@
-"""Private rooms: who may enter a room, and the services that change its members.
+"""Rooms and memberships: who may enter a room, joining, read marks, and the
+private rooms' invitations and removals.
 
 A public room is open to every user. A private room is open to its members only; its
 owner (the creator) and staff invite and remove members. A DM conversation
 (`dm-<low>-<high>`) is private by name, and its members are the two users it names:
 nobody invites anyone into it or removes anyone from it.
-
-The services here are re-exported by `chat.services` (the one place of writes); this
-module imports no other service, so `chat.services` can build on it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from . import broadcast
-from .models import DM_ROOM_PREFIX, Room, RoomMembership
-from .schemas import ROOM_NAME_PATTERN, ChatValidationError
-from .selectors import room_may_manage
+from chat.models import DM_ROOM_PREFIX, Notification, Room, RoomMembership
+from chat.schemas import ROOM_NAME_PATTERN, ChatValidationError
+from chat.selectors import RoomReadState, read_states, room_may_manage
+from chat.services import broadcast
 
 logger = logging.getLogger(__name__)
 
@@ -212,3 +212,84 @@ def room_remove_member(*, room_name: str, username: str, by_user_id: int) -> Non
         ),
         robust=True,
     )
+
+
+def room_get_or_create(*, name: str) -> Room:
+    """The room of this name, created on first use (a DM conversation `dm-<a>-<b>`
+    with its two users as members)."""
+    with transaction.atomic():
+        room, created = Room.objects.get_or_create(name=name)
+        if created:
+            logger.info("Room %s created", name)
+            pair = dm_pair(name)
+            if pair:
+                users = list(get_user_model().objects.filter(pk__in=pair))
+                RoomMembership.objects.bulk_create(
+                    [RoomMembership(user=user, room=room) for user in users],
+                    ignore_conflicts=True,
+                )
+                _announce_joined([user.pk for user in users], name)
+    return room
+
+
+def _announce_joined(user_ids: Iterable[int], room_name: str) -> None:
+    # the users' open /ws/notifications/ connections follow the room from now on
+    events = [
+        (
+            broadcast.notify_user_group(user_id),
+            {"type": "membership.joined", "room": room_name},
+        )
+        for user_id in user_ids
+    ]
+    transaction.on_commit(lambda: broadcast.send_events(events), robust=True)
+
+
+def membership_join(*, user_id: int, room_name: str) -> bool:
+    """The user opened or sent to the room: make them a member (caught up to now, so
+    the history they are shown is not unread). True if they were not one yet; their
+    open /ws/notifications/ connections then follow the room too.
+
+    A private room is not joined this way: RoomAccessDenied unless already a member.
+    """
+    room = room_get_or_create(name=room_name)
+    room_require_member(user_id=user_id, room=room)
+    _, created = RoomMembership.objects.get_or_create(
+        user_id=user_id, room=room, defaults={"last_read_seq": room.next_seq - 1}
+    )
+    if created:
+        logger.info("User %s joined room %s", user_id, room_name)
+        _announce_joined([user_id], room_name)
+    return created
+
+
+def room_mark_read(*, user_id: int, room_name: str, up_to_seq: int) -> RoomReadState:
+    """The user has read the room up to `up_to_seq` (clamped to its last message):
+    move their read mark forward (never back), mark that room's notifications read,
+    and push the new count to all of the user's notification connections.
+
+    Raises Room.DoesNotExist for an unknown room, RoomAccessDenied for a private
+    room the user is not a member of.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        room = Room.objects.get(name=room_name)
+        room_require_member(user_id=user_id, room=room)
+        target = max(0, min(up_to_seq, room.next_seq - 1))
+        membership, _ = RoomMembership.objects.get_or_create(user_id=user_id, room=room)
+        if target > membership.last_read_seq:
+            RoomMembership.objects.filter(
+                pk=membership.pk, last_read_seq__lt=target
+            ).update(last_read_seq=target)
+        Notification.objects.filter(
+            user_id=user_id, room=room, seq__lte=target, read_at__isnull=True
+        ).update(read_at=now)
+    (state,) = read_states(user_id=user_id, room_name=room_name)
+    broadcast.send_events(
+        [
+            (
+                broadcast.notify_user_group(user_id),
+                {"type": "unread.changed", "states": [state._asdict()]},
+            )
+        ]
+    )
+    return state

@@ -16,16 +16,19 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from . import metrics, presence, selectors, services
-from .agents import ChatValidationError, KafkaChatAgent
-from .broadcast import notify_room_group, notify_user_group, room_group, user_group
-from .dispatch import await_outbound_first
-from .frame_context import handling_frame, message_create_once
-from .models import Room, dm_room_name
-from .origins import query_params
-from .rate_limit import message_rate_limiter
-from .rooms import dm_other
-from .schemas import (
+from chat import selectors
+from chat.agents import ChatValidationError, KafkaChatAgent
+from chat.infra import metrics
+from chat.models import Room, dm_room_name
+from chat.realtime.channels_hooks import await_outbound_first
+from chat.realtime.frame_context import handling_frame, message_create_once
+from chat.realtime.socket_guard import (
+    CLOSE_FLOODING,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_UNAUTHENTICATED,
+    GuardedConsumer,
+)
+from chat.schemas import (
     MAX_DB_ID,
     control_frame_type,
     message_payload,
@@ -34,11 +37,20 @@ from .schemas import (
     parse_read_frame,
     parse_resume_frame,
 )
-from .socket_guard import (
-    CLOSE_FLOODING,
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_UNAUTHENTICATED,
-    GuardedConsumer,
+from chat.security.origins import query_params
+from chat.security.rate_limit import message_rate_limiter
+from chat.services import presence
+from chat.services.broadcast import (
+    notify_room_group,
+    notify_user_group,
+    room_group,
+    user_group,
+)
+from chat.services.rooms import (
+    RoomAccessDenied,
+    dm_other,
+    membership_join,
+    room_mark_read,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,7 +78,7 @@ class ChatConsumer(GuardedConsumer):
 
     async def run(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' AsyncConsumer.__call__ (channels 4.x), with a loop that delivers
-        what this connection owes before it takes the next frame (chat.dispatch)."""
+        what this connection owes before it takes the next frame (chat.realtime.channels_hooks)."""
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         if self.channel_layer is None:
@@ -89,10 +101,10 @@ class ChatConsumer(GuardedConsumer):
         # visitor on, so the agent API can address it); a private room is refused to
         # non-members, before they join any group or see any history.
         try:
-            await database_sync_to_async(services.membership_join)(
+            await database_sync_to_async(membership_join)(
                 user_id=self.user_id, room_name=self.room_name
             )
-        except services.RoomAccessDenied:
+        except RoomAccessDenied:
             await self.accept()
             await self.close(code=CLOSE_FORBIDDEN)
             return
@@ -242,7 +254,7 @@ class ChatConsumer(GuardedConsumer):
                     f"This socket reads {self.room_name!r}, not {frame.room!r}.",
                 )
             if frame.up_to_seq > self.read_mark:  # a repeat costs nothing
-                state = await database_sync_to_async(services.room_mark_read)(
+                state = await database_sync_to_async(room_mark_read)(
                     user_id=self.user_id,
                     room_name=self.room_name,
                     up_to_seq=frame.up_to_seq,
@@ -423,7 +435,7 @@ class NotificationConsumer(GuardedConsumer):
             )
             assert frame.room is not None
             try:
-                await database_sync_to_async(services.room_mark_read)(
+                await database_sync_to_async(room_mark_read)(
                     user_id=self.user_id,
                     room_name=frame.room,
                     up_to_seq=frame.up_to_seq,

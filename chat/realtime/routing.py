@@ -4,8 +4,8 @@ from typing import Any
 
 from django.urls import re_path
 
-from .consumers import ChatConsumer, NotificationConsumer
-from .models import ROOM_NAME_PATTERN
+from chat.models import ROOM_NAME_PATTERN
+from chat.realtime.consumers import ChatConsumer, NotificationConsumer
 
 
 def room_route(prefix: str) -> str:

@@ -15,10 +15,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
+from chat.agents.kafka_chat import parse_bootstrap_servers
+from chat.infra import metrics
 from chatproj.security import operator_refusal
-
-from . import metrics
-from .agents.kafka_chat import parse_bootstrap_servers
 
 CHECK_TIMEOUT = 1.0  # seconds per dependency
 

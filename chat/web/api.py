@@ -12,10 +12,10 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import selectors, services
-from .models import Room
-from .rooms import RoomAccessDenied, room_require_member
-from .schemas import MAX_DB_ID, message_payload
+from chat import selectors
+from chat.models import Room
+from chat.schemas import MAX_DB_ID, message_payload
+from chat.services.rooms import RoomAccessDenied, room_mark_read, room_require_member
 
 MAX_PAGE = 100
 MAX_SEARCH_RESULTS = 20
@@ -66,12 +66,12 @@ def room_read(request: HttpRequest, room: str) -> JsonResponse:
         first = exc.errors()[0]
         return _error(400, "invalid_message", f"up_to_seq: {first['msg']}.")
     try:
-        state = services.room_mark_read(
+        state = room_mark_read(
             user_id=_user_id(request), room_name=room, up_to_seq=mark.up_to_seq
         )
     except Room.DoesNotExist:
         return _error(404, "unknown_room", f"There is no room named {room!r}.")
-    except services.RoomAccessDenied as exc:
+    except RoomAccessDenied as exc:
         return _error(403, exc.code, exc.detail)
     return JsonResponse(state._asdict())
 
