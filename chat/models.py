@@ -7,10 +7,10 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
-from chat.schemas import ROOM_NAME_PATTERN
-
 # Rooms named like this are direct conversations: always private, and reserved (nobody
 # creates a private room of this name: its members are the two users it names).
+# What a room name may be: in URLs, frames and the database.
+ROOM_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 DM_ROOM_PREFIX = "dm-"
 
 

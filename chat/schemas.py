@@ -1,4 +1,6 @@
-"""Payloads that cross a boundary, written once: client frame and Kafka event."""
+"""Payloads that cross a boundary, written once: the validation error a client is
+sent, the content rules of a message, the message and notification payloads, and
+the Kafka event (docs/protocol.md; docs/schemas/chat-event.schema.json)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from chat.models import Message
 
-ROOM_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 EVENT_SCHEMA_VERSION: Literal[1] = 1
 MAX_DB_ID = 2**63 - 1
 
@@ -41,126 +42,6 @@ class ChatValidationError(Exception):
             "detail": self.detail,
             "client_id": self.client_id,
         }
-
-
-class ChatFrame(BaseModel):
-    """A chat message frame from a client (`sender` and unknown keys are ignored)."""
-
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
-
-    type: Literal["chat.message"] = "chat.message"
-    message: str
-    receiver_id: int | None = Field(default=None, gt=0, le=MAX_DB_ID)
-    client_id: str | None = Field(default=None, max_length=128)
-
-
-class ReadFrame(BaseModel):
-    """A read mark: the client has shown the room up to `up_to_seq`. On the chat
-    socket the room is the socket's; on /ws/notifications/ it is named."""
-
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
-
-    type: Literal["read"]
-    up_to_seq: int = Field(ge=0, le=MAX_DB_ID)
-    room: str | None = Field(default=None, pattern=ROOM_NAME_PATTERN)
-
-
-def _decode_object(text_data: Any) -> dict[str, Any]:
-    if not isinstance(text_data, str):
-        raise ChatValidationError(
-            "invalid_message", "Send JSON text frames, not binary."
-        )
-    try:
-        raw = json.loads(text_data)
-    except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
-        raise ChatValidationError(
-            "invalid_json", f"The frame is not valid JSON: {exc}"
-        ) from None
-    if not isinstance(raw, dict):
-        raise ChatValidationError(
-            "invalid_message", 'The frame must be a JSON object like {"message": "hi"}.'
-        )
-    return raw
-
-
-def _invalid(exc: ValidationError, client_id: str | None) -> ChatValidationError:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "frame"
-    return ChatValidationError(
-        "invalid_message", f"Field '{where}': {first['msg']}.", client_id
-    )
-
-
-CONTROL_FRAMES = ("read", "resume")
-
-
-def control_frame_type(text_data: Any) -> str | None:
-    """`read` or `resume` for those chat-socket frames, else None (cheap: most frames
-    are messages)."""
-    if not isinstance(text_data, str) or not any(
-        f'"{kind}"' in text_data for kind in CONTROL_FRAMES
-    ):
-        return None
-    try:
-        raw = json.loads(text_data)
-    except (ValueError, RecursionError):
-        return None
-    kind = raw.get("type") if isinstance(raw, dict) else None
-    return kind if kind in CONTROL_FRAMES else None
-
-
-class ResumeFrame(BaseModel):
-    """Catch up: send every message after `after_seq`, then live ones."""
-
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
-
-    type: Literal["resume"]
-    after_seq: int = Field(ge=0, le=MAX_DB_ID)
-
-
-def parse_resume_frame(text_data: Any) -> ResumeFrame:
-    """Parse and validate a resume frame; raise ChatValidationError with its code."""
-    raw = _decode_object(text_data)
-    try:
-        return ResumeFrame.model_validate(raw)
-    except ValidationError as exc:
-        raise _invalid(exc, _valid_client_id(raw.get("client_id"))) from None
-
-
-def parse_read_frame(text_data: Any, *, room_required: bool) -> ReadFrame:
-    """Parse and validate a read-mark frame; raise ChatValidationError with its code."""
-    raw = _decode_object(text_data)
-    try:
-        frame = ReadFrame.model_validate(raw)
-    except ValidationError as exc:
-        raise _invalid(exc, _valid_client_id(raw.get("client_id"))) from None
-    if room_required and frame.room is None:
-        raise ChatValidationError("invalid_message", "Field 'room': required.")
-    return frame
-
-
-def parse_chat_frame(text_data: Any, *, max_length: int) -> ChatFrame:
-    """Parse and validate a raw text frame; raise ChatValidationError with its code."""
-    raw = _decode_object(text_data)
-    client_id = _valid_client_id(raw.get("client_id"))
-    raw.setdefault("type", "chat.message")
-    try:
-        frame = ChatFrame.model_validate(raw)
-    except ValidationError as exc:
-        raise _invalid(exc, client_id) from None
-    if len(frame.message) > max_length:
-        raise ChatValidationError(
-            "too_long",
-            f"The message has {len(frame.message)} characters; "
-            f"the limit is {max_length}.",
-            client_id,
-        )
-    if not _is_unicode(frame.message):  # (pydantic already refuses such a client_id)
-        raise ChatValidationError(
-            "invalid_message", "The message is not valid Unicode.", client_id
-        )
-    content_check(frame.message, client_id=client_id)
-    return frame
 
 
 # --- Content rules: what a message may contain -------------------------------------
@@ -213,28 +94,6 @@ def content_check(text: str, *, client_id: str | None = None) -> None:
         raise ChatValidationError(
             "empty", "The message is empty (no visible character).", client_id
         )
-
-
-def _valid_client_id(value: Any) -> str | None:
-    return value if isinstance(value, str) and len(value) <= 128 else None
-
-
-def client_id_of(text_data: Any) -> str | None:
-    """The frame's client_id if it has a usable one (for an error frame)."""
-    try:
-        raw = json.loads(text_data)
-    except (TypeError, ValueError, RecursionError):
-        return None
-    return _valid_client_id(raw.get("client_id")) if isinstance(raw, dict) else None
-
-
-def _is_unicode(text: str) -> bool:
-    # JSON may carry lone surrogates ("\\ud800") that no database or UTF-8 can store.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class ChatEvent(BaseModel):

@@ -4,8 +4,8 @@ from django.contrib import admin
 from django.contrib.auth import urls as auth_urls
 from django.urls import URLPattern, URLResolver, include, path
 
-from chat.infra import health
 from chat.security import tickets
+from chat.web import health
 from chatproj.security import only_with_mail
 
 # Password reset sends mail: served only when mail is delivered (chatproj.security).

@@ -10,7 +10,8 @@ import pytest
 from channels.db import database_sync_to_async
 
 from chat.models import Message
-from chat.schemas import ChatValidationError, parse_chat_frame
+from chat.realtime.frames import parse_chat_frame
+from chat.schemas import ChatValidationError
 
 from .support import WSClient, event_of, read_topic
 

@@ -60,7 +60,9 @@ def test_a_resent_client_id_returns_the_original_and_takes_no_seq(
     assert not other.replayed and other.seq == 2
     assert client_ids_expire() == 0  # all inside the window
     later = timezone.now() + timedelta(seconds=settings.CHAT_CLIENT_ID_WINDOW + 1)
-    monkeypatch.setattr("chat.services.messages.CLIENT_ID_EXPIRE_CHUNK", 1)  # a write turn each
+    monkeypatch.setattr(
+        "chat.services.messages.CLIENT_ID_EXPIRE_CHUNK", 1
+    )  # a write turn each
     assert client_ids_expire(now=later) == 2
     assert not Message.objects.filter(client_id__isnull=False).exists()
     fresh = send("lobby", alice, "hello", client_id="c-1")

@@ -9,16 +9,14 @@ import pytest
 from kafka import KafkaProducer
 from kafka.producer.transaction_manager import TransactionManager
 
-from chat.agents.kafka_chat import (
-    PermanentPublishError,
-    RetriablePublishError,
-    _publish_error,
-)
 from chat.publishing.errors import (
     PERMANENT_ERRORS,
     REBUILD_ERRORS,
+    PermanentPublishError,
     Recovery,
+    RetriablePublishError,
     producer_is_broken,
+    publish_error,
     recovery_for,
 )
 
@@ -83,11 +81,11 @@ def test_publish_errors_carry_the_recovery():
     """The agent's errors: permanent is dead-lettered; rebuild is retriable and
     says the producer must go."""
     assert isinstance(
-        _publish_error(errors.MessageSizeTooLargeError()), PermanentPublishError
+        publish_error(errors.MessageSizeTooLargeError()), PermanentPublishError
     )
-    rebuild = _publish_error(errors.UnknownProducerIdError())
+    rebuild = publish_error(errors.UnknownProducerIdError())
     assert isinstance(rebuild, RetriablePublishError) and rebuild.rebuild
-    retry = _publish_error(errors.NotLeaderForPartitionError())
+    retry = publish_error(errors.NotLeaderForPartitionError())
     assert isinstance(retry, RetriablePublishError) and not retry.rebuild
 
 
@@ -138,7 +136,7 @@ def test_kafka_python_still_has_the_state_the_check_reads():
 
 
 def test_kafka_python_still_commits_the_way_the_bounded_commit_does():
-    """KafkaChatAgent._commit is commit_transaction() with a bound on the wait; this
+    """ChatProducer._commit is commit_transaction() with a bound on the wait; this
     fails when kafka-python's commit changes."""
     from kafka.producer.transaction_manager import TransactionalRequestResult
 
@@ -170,13 +168,13 @@ class _NeverAcks:
 def test_a_stalled_producer_is_rebuilt_after_two_silent_batches(settings):
     """A producer that got no acknowledgement for two batches in a row is discarded;
     the next attempt builds a new one."""
-    from chat.agents import KafkaChatAgent
+    from chat.publishing.producer import ChatProducer
 
     from .test_agents import sample_event
 
     settings.KAFKA_CREATE_TOPICS = False
     settings.KAFKA_TRANSACTIONS = False
-    agent = KafkaChatAgent(bootstrap_servers="127.0.0.1:1", breaker_failures=100)
+    agent = ChatProducer(bootstrap_servers="127.0.0.1:1", breaker_failures=100)
     stalled = _NeverAcks()
     agent._producer = stalled
     outcomes = agent.publish_batch([sample_event()])
@@ -192,13 +190,13 @@ def test_a_transaction_abandoned_after_a_failure_discards_the_producer(settings)
     """With transactions, a batch that failed leaves its transaction open: the
     producer is discarded at once, and the next one (same transactional id) aborts
     that transaction when it initialises."""
-    from chat.agents import KafkaChatAgent
+    from chat.publishing.producer import ChatProducer
 
     from .test_agents import sample_event
 
     settings.KAFKA_CREATE_TOPICS = False
     settings.KAFKA_TRANSACTIONS = True
-    agent = KafkaChatAgent(bootstrap_servers="127.0.0.1:1", breaker_failures=100)
+    agent = ChatProducer(bootstrap_servers="127.0.0.1:1", breaker_failures=100)
     stalled = _NeverAcks()
     agent._producer = stalled
     [outcome] = agent.publish_batch([sample_event()])

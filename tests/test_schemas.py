@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from chat.schemas import ChatEvent, ChatValidationError, parse_chat_frame
+from chat.realtime.frames import parse_chat_frame
+from chat.schemas import ChatEvent, ChatValidationError
 
 
 def test_frame_defaults_and_ignored_sender():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from kafka import KafkaProducer
 
-from chat.agents import KafkaChatAgent
-from chat.agents.kafka_chat import PublishResult
+from chat.publishing.errors import PublishResult
+from chat.publishing.producer import ChatProducer
 from chat.publishing.readback import records_committed
 from chat.services.messages import message_create
 from chat.services.outbox import messages_record_in_doubt
@@ -80,7 +80,7 @@ def test_a_commit_in_doubt_is_settled_by_reading_back(
     settings.KAFKA_CREATE_TOPICS = True
     settings.KAFKA_TRANSACTIONS = True
     topic = unique_topic()
-    agent = KafkaChatAgent(
+    agent = ChatProducer(
         bootstrap_servers=kafka_cluster_1.bootstrap, topic=topic, send_timeout=5
     )
     try:
@@ -114,15 +114,15 @@ def test_messages_left_in_doubt_are_read_back_not_sent_again(
     committed, the other's abandoned. The next publisher of the conversation reads
     them back: the first is published where it is, without a second copy; the
     second, not there, is sent again; each message_id is in the topic once."""
-    from chat import tasks
     from chat.models import Message
+    from chat.publishing import conversation
     from chat.schemas import ChatEvent
 
     if kafka_cluster_1.bootstrap != settings.KAFKA_BOOTSTRAP_SERVERS:
         pytest.skip("the stack's broker is not this Kafka (CHAT_TEST_BROKER=kafka)")
     settings.KAFKA_CHAT_TOPIC = topic = unique_topic()
     kafka_cluster_1.create_topic(topic, 1, 1)
-    KafkaChatAgent.get_instance().close()  # the next one publishes to `topic`
+    ChatProducer.get_instance().close()  # the next one publishes to `topic`
     alice = chat_users["alice"].id
     first, second = (
         message_create(
@@ -150,7 +150,7 @@ def test_messages_left_in_doubt_are_read_back_not_sent_again(
     messages_record_in_doubt(in_doubt=[(first, first_place), (second, second_place)])
 
     assert (
-        tasks.publish_conversation(
+        conversation.publish_conversation(
             room_id=first.room_id, room_name="doubt", message_id=str(first.message_id)
         )
         == "published"
@@ -163,4 +163,4 @@ def test_messages_left_in_doubt_are_read_back_not_sent_again(
     records = read_topic(kafka_cluster_1.bootstrap, topic, expected=2, timeout=5)
     ids = sorted(dict(r.headers)["message_id"].decode() for r in records)
     assert ids == sorted([str(first.message_id), str(second.message_id)])
-    KafkaChatAgent.get_instance().close()
+    ChatProducer.get_instance().close()

@@ -1,814 +1,98 @@
-"""KafkaChatAgent: validates chat frames and publishes chat events to Kafka.
+"""KafkaChatAgent: the agent API of the original README, a thin facade.
 
-One producer per OS process, built lazily on first publish (so never in the parent of
-a prefork pool). Every Kafka call is bounded by KAFKA_SEND_TIMEOUT, and a batch's
-outcome by KAFKA_DELIVERY_TIMEOUT. A producer whose state broke, or that stalled, is
-discarded and built anew (publish_errors has the table).
-
-With KAFKA_TRANSACTIONS on, each batch is one Kafka transaction: committed when every
-record was acknowledged, else abandoned. A batch that is sent again is therefore never
-seen twice by a `read_committed` consumer: the producer built next, with the same
-transactional id, aborts what its predecessor left open (records written before a
-broker failure included) before it sends anything.
+`send_chat_message` and `process_websocket_message` are the web path's own functions
+(chat.realtime.sending); publishing is the process's ChatProducer
+(chat.publishing.producer), built on first use. Importing this module loads no
+Kafka client: a web process that only sends messages never builds one.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import re
-import socket
-import threading
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
-import kafka.errors
-import pybreaker
-from channels.db import database_sync_to_async
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from typing import TYPE_CHECKING, Any
 
 from chat.agents.base import Agent
-from chat.infra import metrics
-from chat.models import dm_room_name
-from chat.publishing.errors import Recovery, producer_is_broken, recovery_for
-from chat.publishing.readback import records_committed
-from chat.publishing.topics import admin_options, chat_topic_specs, topics_ensure
-from chat.schemas import ChatEvent, ChatValidationError, parse_chat_frame
-from chat.services.rooms import membership_join
+from chat.infra import config
+from chat.realtime import sending
 
-logger = logging.getLogger(__name__)
-
-TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._\-]{1,245}$")  # leaves room for ".dlq"
-# A producer that got no acknowledgement at all for this many batches in a row is
-# rebuilt: after a whole-cluster restart kafka-python's idempotent producer can keep
-# waiting for a producer id or a leader that a new producer finds at once.
-STALLED_BATCHES_BEFORE_REBUILD = 2
-DLQ_CONTENT_PREVIEW = 200
-
-
-def parse_bootstrap_servers(servers: str | list[str]) -> list[tuple[str, int]]:
-    """(host, port) pairs of KAFKA_BOOTSTRAP_SERVERS (ImproperlyConfigured if bad)."""
-    if isinstance(servers, str):
-        servers = [s.strip() for s in servers.split(",") if s.strip()]
-    pairs = []
-    for server in servers:
-        host, _, port = server.rpartition(":")
-        if not host or not port.isdigit():
-            raise ImproperlyConfigured(
-                f"KAFKA_BOOTSTRAP_SERVERS entry {server!r} is not host:port."
-            )
-        pairs.append((host, int(port)))
-    return pairs
-
-
-class KafkaPublishError(Exception):
-    """Publishing an event failed; `retriable` says whether trying again can help."""
-
-    retriable = False
-
-
-class RetriablePublishError(KafkaPublishError):
-    """The broker is unreachable, slow or electing a leader: try again later.
-
-    `rebuild` says the producer that met it was discarded (its state was broken);
-    the next attempt builds a new one."""
-
-    retriable = True
-
-    def __init__(self, message: str, *, rebuild: bool = False) -> None:
-        super().__init__(message)
-        self.rebuild = rebuild
-
-
-class PermanentPublishError(KafkaPublishError):
-    """The broker rejected the record for good (e.g. too large): do not retry."""
-
-
-class InDoubtPublishError(RetriablePublishError):
-    """A record acknowledged in a transaction whose fate is not known yet: it is at
-    `result` if that transaction was committed. Before it is sent again, a read-back
-    (`KafkaChatAgent.committed`) must say it is not there."""
-
-    def __init__(self, message: str, result: PublishResult) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-class _PartlyFailedBatch(RetriablePublishError):
-    """Some records of a batch failed retriably: the breaker counts it; the caller
-    gets every record's outcome."""
-
-    def __init__(self, outcomes: list[PublishResult | KafkaPublishError]) -> None:
-        super().__init__("some records of the batch were not acknowledged")
-        self.outcomes = outcomes
-
-
-def _publish_error(exc: Exception, producer: Any = None) -> KafkaPublishError:
-    """The publish error for what the producer raised (publish_errors' table)."""
-    text = f"{type(exc).__name__}: {exc}"
-    recovery = recovery_for(exc, producer)
-    if recovery is Recovery.PERMANENT:
-        return PermanentPublishError(text)
-    return RetriablePublishError(text, rebuild=recovery is Recovery.REBUILD)
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    """Where Kafka stored the event."""
-
-    topic: str
-    partition: int
-    offset: int
-
-    @classmethod
-    def of(cls, metadata: Any) -> PublishResult:
-        """From kafka-python's RecordMetadata."""
-        return cls(metadata.topic, metadata.partition, metadata.offset)
+if TYPE_CHECKING:
+    from chat.publishing.errors import PublishResult
+    from chat.publishing.producer import ChatProducer
+    from chat.schemas import ChatEvent
 
 
 class KafkaChatAgent(Agent):
-    """Per-process Kafka producer of chat events, and validator of client frames."""
+    """Validates chat frames, sends chat messages, and publishes chat events.
 
-    def __init__(
-        self,
-        *,
-        enabled: bool | None = None,
-        bootstrap_servers: str | list[str] | None = None,
-        client_id: str | None = None,
-        topic: str | None = None,
-        send_timeout: float | None = None,
-        delivery_timeout: float | None = None,
-        max_message_length: int | None = None,
-        producer_config: dict[str, Any] | None = None,
-        breaker_failures: int | None = None,
-        breaker_reset: float | None = None,
-    ) -> None:
+    Keyword overrides of get_instance() (`bootstrap_servers`, `topic`,
+    `client_id`, `enabled`, `send_timeout`, `delivery_timeout`, `producer_config`,
+    `breaker_failures`, `breaker_reset`) configure its producer;
+    `max_message_length` its frame checks. Any other attribute is the producer's.
+    """
+
+    def __init__(self, *, max_message_length: int | None = None, **kafka: Any) -> None:
         super().__init__()
-        self.enabled = settings.KAFKA_ENABLED if enabled is None else enabled
-        servers = (
-            settings.KAFKA_BOOTSTRAP_SERVERS
-            if bootstrap_servers is None
-            else bootstrap_servers
-        )
-        self.bootstrap_servers = [
-            f"{host}:{port}" for host, port in parse_bootstrap_servers(servers)
-        ]
-        self.client_id = settings.KAFKA_CLIENT_ID if client_id is None else client_id
-        self.topic = settings.KAFKA_CHAT_TOPIC if topic is None else topic
-        self.send_timeout = float(
-            settings.KAFKA_SEND_TIMEOUT if send_timeout is None else send_timeout
-        )
-        self.delivery_timeout = float(
-            max(
-                self.send_timeout,
-                settings.KAFKA_DELIVERY_TIMEOUT
-                if delivery_timeout is None
-                else delivery_timeout,
-            )
-        )
         self.max_message_length = (
-            settings.CHAT_MAX_MESSAGE_LENGTH
+            config.chat().max_message_length
             if max_message_length is None
             else max_message_length
         )
-        self.producer_config = (
-            settings.KAFKA_PRODUCER_OPTIONS
-            if producer_config is None
-            else producer_config
-        )
-        self._producer: KafkaProducer | None = None
-        self._producer_lock = threading.Lock()
-        # One transaction at a time per producer.
-        self._transaction_lock = threading.Lock()
-        self.transactions = settings.KAFKA_TRANSACTIONS
-        self.producer_rebuilds = 0
-        self._stalled_batches = 0
-        self._topics_ready = not settings.KAFKA_CREATE_TOPICS
-        self._validate_config()
-        # Fail fast while the broker is known to be down, instead of spending
-        # KAFKA_SEND_TIMEOUT of a worker on every attempt (retries come later).
-        self.breaker = pybreaker.CircuitBreaker(
-            fail_max=(
-                settings.KAFKA_BREAKER_FAILURES
-                if breaker_failures is None
-                else breaker_failures
-            ),
-            reset_timeout=(
-                settings.KAFKA_BREAKER_RESET if breaker_reset is None else breaker_reset
-            ),
-            exclude=[PermanentPublishError, ImproperlyConfigured],
-            throw_new_error_on_trip=False,
-            name=f"kafka-{self.pid}",
-        )
-
-    def _validate_config(self) -> None:
-        if self.enabled and not self.bootstrap_servers:
-            raise ImproperlyConfigured(
-                "KAFKA_BOOTSTRAP_SERVERS is empty: set it to host:port[,host:port] "
-                "or set KAFKA_ENABLED=False."
-            )
-        if not TOPIC_PATTERN.match(self.topic):
-            raise ImproperlyConfigured(
-                f"KAFKA_CHAT_TOPIC {self.topic!r} is not a valid Kafka topic name "
-                "(1-245 of letters, digits, '.', '_', '-')."
-            )
-        if not isinstance(self.producer_config, dict):
-            raise ImproperlyConfigured(
-                "KAFKA_PRODUCER_OPTIONS must be a JSON object of KafkaProducer "
-                f"options, not {self.producer_config!r}."
-            )
-        if not self.send_timeout > 0:
-            raise ImproperlyConfigured(
-                f"KAFKA_SEND_TIMEOUT must be a positive number of seconds, "
-                f"not {self.send_timeout!r}."
-            )
-
-    # --- producer lifecycle -----------------------------------------------------
+        config.kafka(**kafka)  # a bad override fails here, not at the first publish
+        self._kafka_overrides = kafka
+        self._chat_producer: ChatProducer | None = None
 
     @property
-    def producer(self) -> KafkaProducer:
-        """This process's producer, built on first use within KAFKA_SEND_TIMEOUT."""
-        if self.closed:
-            raise RuntimeError("KafkaChatAgent is closed; call get_instance() again.")
-        if self._producer is None:
-            with self._producer_lock:
-                if self._producer is None:
-                    self._producer = self._build_producer()
-        return self._producer
+    def chat_producer(self) -> ChatProducer:
+        """The producer this agent publishes with: the process's one, or its own
+        when built with Kafka overrides."""
+        if self._chat_producer is None or self._chat_producer.closed:
+            from chat.publishing.producer import ChatProducer
 
-    def _build_producer(self) -> KafkaProducer:
-        timeout_ms = int(self.send_timeout * 1000)
-        config: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "client_id": f"{self.client_id}-{self.pid}",
-            "acks": "all",
-            "enable_idempotence": True,
-            # Batches are sent and then flushed, so lingering costs no latency and
-            # lets one request carry several records.
-            "linger_ms": 5,
-            "max_block_ms": timeout_ms,
-            "bootstrap_timeout_ms": timeout_ms,
-            "request_timeout_ms": timeout_ms,
-            # The producer retries a batch itself (same sequence numbers: the broker
-            # drops copies) for this long; kafka-python wants it above linger +
-            # request timeout.
-            "delivery_timeout_ms": max(
-                int(self.delivery_timeout * 1000), timeout_ms + 10
-            ),
-            # Reconnect within a second once the broker is back (default: up to 30 s).
-            "reconnect_backoff_max_ms": 1000,
-            **self.producer_config,
-        }
-        if self.transactions:
-            config.setdefault("transactional_id", self.transactional_id)
-            config.setdefault(
-                "transaction_timeout_ms", int(settings.KAFKA_TRANSACTION_TIMEOUT * 1000)
+            self._chat_producer = (
+                ChatProducer(**self._kafka_overrides)
+                if self._kafka_overrides
+                else ChatProducer.get_instance()
             )
-            # A transaction begun right after a commit waits for the broker to
-            # finish the previous one, retrying after this; at the default (100 ms)
-            # each back-to-back transaction cost ~55 ms, at 10 ms ~12 ms.
-            config.setdefault("retry_backoff_ms", 10)
-        try:
-            producer = KafkaProducer(**config)
-        except (kafka.errors.KafkaConfigurationError, ValueError, TypeError) as exc:
-            raise ImproperlyConfigured(f"KAFKA_PRODUCER_OPTIONS: {exc}") from exc
-        except KafkaError as exc:
-            logger.warning(
-                "Kafka producer could not connect to %s within %.1fs: %s",
-                ",".join(self.bootstrap_servers),
-                self.send_timeout,
-                exc,
-            )
-            raise RetriablePublishError(f"Kafka unreachable: {exc}") from exc
-        if self.transactions:
-            try:
-                # Aborts what a predecessor with this id left open, within
-                # max_block_ms; a retry after a timeout waits for the same answer.
-                producer.init_transactions()
-            except Exception as exc:
-                producer.close(timeout=0)
-                error = _publish_error(exc)
-                raise (
-                    error
-                    if isinstance(error, PermanentPublishError)
-                    else RetriablePublishError(
-                        f"Kafka transactions not initialised: {type(exc).__name__}: "
-                        f"{exc}"
-                    )
-                ) from exc
-        if not self._topics_ready:
-            try:
-                self._ensure_topics()
-            except RetriablePublishError:
-                producer.close(timeout=0)
-                raise
-        logger.info(
-            "Kafka producer created in pid %d (client_id %s, servers %s)",
-            self.pid,
-            config["client_id"],
-            ",".join(self.bootstrap_servers),
-        )
-        return producer
+        return self._chat_producer
 
-    @property
-    def transactional_id(self) -> str:
-        """Unique per process on a host, and across hosts."""
-        return f"{self.client_id}-{socket.gethostname()}-{self.pid}"
-
-    def _ensure_topics(self) -> None:
-        """Create the chat and dead-letter topics if missing (once per process)."""
-        try:
-            topics_ensure(
-                bootstrap_servers=self.bootstrap_servers,
-                specs=chat_topic_specs(self.topic),
-                timeout=self.send_timeout,
-                client_options=admin_options(self.producer_config),
-            )
-        except KafkaError as exc:
-            raise RetriablePublishError(
-                f"Kafka unreachable, or it refused to create the topics {self.topic} "
-                f"and {self.dlq_topic}: {type(exc).__name__}: {exc}"
-            ) from exc
-        self._topics_ready = True
-
-    def flush(self) -> None:
-        """Send what is buffered, waiting at most KAFKA_SEND_TIMEOUT. Idempotent."""
-        producer = self._producer
-        if producer is None:
-            return
-        try:
-            producer.flush(timeout=self.send_timeout)
-        except KafkaError as exc:
-            logger.warning("Kafka flush did not complete: %s", exc)
-
-    def close(self) -> None:
-        """Close the producer within KAFKA_SEND_TIMEOUT. Idempotent."""
-        with self._producer_lock:
-            producer, self._producer = self._producer, None
-        if producer is not None:
-            try:
-                producer.close(timeout=self.send_timeout)
-            except Exception:  # close must never raise during shutdown
-                logger.exception("Kafka producer close failed in pid %d", self.pid)
-            else:
-                logger.info("Kafka producer closed in pid %d", self.pid)
-        super().close()
-
-    # --- publishing ---------------------------------------------------------------
-
-    def publish(self, event: ChatEvent) -> PublishResult | None:
-        """Produce one event and wait for its acknowledgement (None when disabled)."""
-        outcomes = self.publish_batch([event])
-        if outcomes is None:
-            return None
-        [outcome] = outcomes
-        if isinstance(outcome, KafkaPublishError):
-            raise outcome
-        return outcome
-
-    def publish_batch(
-        self, events: Sequence[ChatEvent]
-    ) -> list[PublishResult | KafkaPublishError] | None:
-        """Send events pipelined, flush once, and return each one's outcome, in order.
-
-        None when KAFKA_ENABLED is off. Raises RetriablePublishError when nothing
-        could be sent (no broker, circuit open); otherwise a record the broker refused
-        has its error in its place (retriable or permanent), the others their results.
-        """
-        if not self.enabled:
-            logger.debug("KAFKA_ENABLED is off: skipped %d event(s)", len(events))
-            return None
-        try:
-            outcomes = self.breaker.call(self._send_batch, events)
-        except pybreaker.CircuitBreakerError as exc:
-            raise RetriablePublishError(
-                f"Kafka circuit open after repeated failures; next try in "
-                f"{self.breaker.reset_timeout:g}s ({exc})"
-            ) from exc
-        except _PartlyFailedBatch as partly:
-            outcomes = partly.outcomes
-        for event, outcome in zip(events, outcomes, strict=True):
-            if isinstance(outcome, KafkaPublishError):
-                logger.warning(
-                    "Kafka publish of message_id=%s failed (%s): %s",
-                    event.message_id,
-                    "retriable" if outcome.retriable else "permanent",
-                    outcome,
-                )
-        return outcomes
-
-    def _send_batch(
-        self, events: Sequence[ChatEvent]
-    ) -> list[PublishResult | KafkaPublishError]:
-        records = [(self.topic, e.key, e.value, e.headers) for e in events]
-        outcomes = self._send_records(records)
-        refused = [
-            i for i, o in enumerate(outcomes) if isinstance(o, PermanentPublishError)
-        ]
-        if len(refused) > 1:
-            # The broker refuses a whole batch (too large, say) for one record in
-            # it: each is sent again alone, in order, so only the guilty one is dead.
-            for i in refused:
-                try:
-                    outcomes[i] = self._send_one(*records[i])
-                except KafkaPublishError as exc:
-                    outcomes[i] = exc
-        again = [
-            i
-            for i, o in enumerate(outcomes)
-            if isinstance(o, RetriablePublishError)
-            and not isinstance(o, InDoubtPublishError)  # read back first, never resent
-        ]
-        if refused and again:
-            # A refused record fails its transaction, or breaks the sequence of
-            # the records behind it: those are sent once more without it.
-            try:
-                resent = self._send_records([records[i] for i in again])
-            except KafkaPublishError:  # they stay retriable
-                resent = [outcomes[i] for i in again]
-            for i, outcome in zip(again, resent, strict=True):
-                outcomes[i] = outcome
-        if any(isinstance(o, RetriablePublishError) for o in outcomes):
-            raise _PartlyFailedBatch(outcomes)  # counts against the breaker
-        return outcomes
-
-    def _send_records(
-        self, records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]
-    ) -> list[PublishResult | KafkaPublishError]:
-        """Send (topic, key, value, headers) records pipelined, in one transaction
-        when transactions are on, and return each one's outcome."""
-        producer = self.producer
-        with self._transaction_lock:
-            if self.transactions:
-                try:
-                    producer.begin_transaction()
-                except Exception as exc:
-                    error = _publish_error(exc, producer)
-                    self._rebuild_if_needed(producer, [error])
-                    raise error from exc
-            pending: list[Any] = []
-            for topic, key, value, headers in records:
-                try:
-                    pending.append(
-                        producer.send(topic, key=key, value=value, headers=headers)
-                    )
-                except Exception as exc:  # refused before sending (e.g. too large)
-                    pending.append(exc)
-            self._wait_for_outcomes(producer, len(records))
-            outcomes = [self._outcome(item, producer) for item in pending]
-            if self.transactions:
-                sent = [not isinstance(item, Exception) for item in pending]
-                outcomes = self._end_transaction(producer, outcomes, sent)
-        self._rebuild_if_needed(producer, outcomes)
-        return outcomes
-
-    def _end_transaction(
-        self,
-        producer: KafkaProducer,
-        outcomes: list[PublishResult | KafkaPublishError],
-        sent: list[bool],
-    ) -> list[PublishResult | KafkaPublishError]:
-        """Commit when every record sent was acknowledged (one refused before
-        sending, too large say, never joined the transaction). Otherwise abandon
-        the transaction: abort it when only refused records failed (the cluster
-        answers), else leave it to the next producer's init_transactions. The
-        acknowledged records of an abandoned transaction become retriable."""
-        if all(
-            isinstance(o, PublishResult)
-            for o, s in zip(outcomes, sent, strict=True)
-            if s
-        ):
-            if not any(sent):
-                producer.abort_transaction()  # empty: nothing to commit
-                return outcomes
-            # A commit that failed may still have reached the coordinator (the
-            # request timed out, say): unanswered or failed, it is in doubt.
-            try:
-                if self._commit(producer):
-                    return outcomes
-                doubt = f"its commit went unanswered for {self.send_timeout:g}s"
-            except Exception as exc:
-                doubt = f"its commit failed ({type(exc).__name__}: {exc})"
-            return self._settle_in_doubt(producer, outcomes, sent, doubt)
-        failed = [o for o in outcomes if isinstance(o, KafkaPublishError)]
-        abandon = any(o.retriable for o in failed)
-        if not abandon:
-            try:
-                producer.abort_transaction()
-            except Exception:
-                logger.debug("Transaction abort failed", exc_info=True)
-                abandon = True
-        if abandon:
-            self.producer_discard(
-                producer, reason=f"its transaction was abandoned after {failed[0]}"
-            )
-        aborted = RetriablePublishError(
-            f"acknowledged, but its transaction was aborted with {failed[0]}"
-        )
-        return [aborted if isinstance(o, PublishResult) else o for o in outcomes]
-
-    def _commit(self, producer: KafkaProducer) -> bool:
-        """Commit the open transaction: True once committed, False when no answer
-        came within KAFKA_SEND_TIMEOUT (in doubt). Raises what the commit met
-        (it was aborted). kafka-python's commit_transaction() waits without a
-        bound; this is its body with one (tests/test_publish_errors pins it)."""
-        result = producer._transaction_manager.begin_commit()
-        producer._sender.wakeup()
-        return bool(result.wait(timeout_ms=int(self.send_timeout * 1000)))
-
-    def _settle_in_doubt(
-        self,
-        producer: KafkaProducer,
-        outcomes: list[PublishResult | KafkaPublishError],
-        sent: list[bool],
-        doubt: str,
-    ) -> list[PublishResult | KafkaPublishError]:
-        """The transaction's fate is unknown (`doubt` says why). A new producer
-        with the same transactional id initialises only once the cluster has
-        decided it; then the records are read back: there (committed) or not
-        (aborted, sent again). Undecided within KAFKA_SEND_TIMEOUT (the cluster
-        is down, say), each acknowledged record becomes an InDoubtPublishError
-        carrying its place, which the caller keeps, to read it back later."""
-        self.producer_discard(producer, reason=doubt)
-        found: set[tuple[str, int, int]] | None = None
-        try:
-            self.producer  # noqa: B018 - building it runs init_transactions
-            found = self.committed(
-                [o for o in outcomes if isinstance(o, PublishResult)]
-            )
-        except KafkaPublishError as exc:
-            logger.warning("Transaction in doubt not settled yet: %s", exc)
-        if found:  # one transaction: all of it or nothing
-            logger.info("Transaction in doubt was committed (%d records)", len(found))
-            return outcomes
-        if found is None:
-            logger.warning(
-                "Transaction in doubt not settled yet (%s): its records wait, and "
-                "are read back before anything of their conversation is sent",
-                doubt,
-            )
-            return [
-                InDoubtPublishError(f"transaction undecided after {doubt}", o)
-                if isinstance(o, PublishResult)
-                else o
-                for o in outcomes
-            ]
-        aborted = RetriablePublishError(f"transaction aborted after {doubt}")
-        return [aborted if s else o for o, s in zip(outcomes, sent, strict=True)]
-
-    def committed(
-        self, results: Sequence[PublishResult]
-    ) -> set[tuple[str, int, int]] | None:
-        """Which of these records, acknowledged in transactions whose fate was in
-        doubt, were committed: read back within KAFKA_SEND_TIMEOUT (None when
-        not decided yet)."""
-        try:
-            return records_committed(
-                bootstrap_servers=self.bootstrap_servers,
-                records=[(r.topic, r.partition, r.offset) for r in results],
-                timeout=self.send_timeout,
-                client_options=admin_options(self.producer_config),
-            )
-        except KafkaError as exc:
-            logger.warning("Read-back of %d record(s) failed: %s", len(results), exc)
-            return None
-
-    def _wait_for_outcomes(self, producer: KafkaProducer, count: int) -> None:
-        """Flush until every record is decided (acknowledged or expired, so none is
-        sent again while an earlier copy may still land), at most the delivery
-        timeout; a producer whose state turned fatal decides nothing more."""
-        deadline = time.monotonic() + self.delivery_timeout + 1
-        while True:
-            try:
-                producer.flush(timeout=min(0.5, max(deadline - time.monotonic(), 0)))
-                return
-            except KafkaError as exc:
-                if producer_is_broken(producer) or time.monotonic() >= deadline:
-                    logger.warning(
-                        "Kafka flush of %d event(s) did not complete: %s", count, exc
-                    )
-                    return
-
-    def _outcome(self, sent: Any, producer: Any) -> PublishResult | KafkaPublishError:
-        if isinstance(sent, Exception):
-            return _publish_error(sent, producer)
-        if not sent.is_done:
-            return RetriablePublishError(
-                "KafkaTimeoutError: no acknowledgement within "
-                f"{self.delivery_timeout:g}s",
-                rebuild=producer_is_broken(producer),
-            )
-        try:
-            metadata = sent.get(timeout=0)
-        except Exception as exc:
-            return _publish_error(exc, producer)
-        return PublishResult.of(metadata)
-
-    def _rebuild_if_needed(
-        self, producer: KafkaProducer, outcomes: Sequence[object]
-    ) -> None:
-        """Discard `producer` when an outcome says its state is broken, or when it
-        has stalled (STALLED_BATCHES_BEFORE_REBUILD batches in a row without one
-        acknowledgement), so that the next attempt builds a new one (new producer
-        id, new connections)."""
-        broken = [
-            o for o in outcomes if isinstance(o, RetriablePublishError) and o.rebuild
-        ]
-        acknowledged = any(isinstance(o, PublishResult) for o in outcomes)
-        retriable = any(isinstance(o, RetriablePublishError) for o in outcomes)
-        if acknowledged or not retriable:
-            self._stalled_batches = 0
-        else:
-            self._stalled_batches += 1
-        if broken:
-            self.producer_discard(producer, reason=str(broken[0]))
-        elif producer_is_broken(producer):
-            self.producer_discard(
-                producer, reason=f"its state is fatal after {outcomes[0]}"
-            )
-        elif self._stalled_batches >= STALLED_BATCHES_BEFORE_REBUILD:
-            self.producer_discard(
-                producer,
-                reason=f"no acknowledgement for {self._stalled_batches} batches in "
-                f"a row ({outcomes[0]})",
-            )
-
-    def producer_discard(self, producer: KafkaProducer, *, reason: str) -> None:
-        """Close `producer` if it is still this agent's; the next use builds anew."""
-        with self._producer_lock:
-            owned = self._producer is producer
-            if owned:
-                self._producer = None
-        if not owned:
-            return  # another thread already replaced it
-        self._stalled_batches = 0
-        # The cluster may have lost its topics too (an in-memory broker restarted).
-        self._topics_ready = not settings.KAFKA_CREATE_TOPICS
-        self.producer_rebuilds += 1
-        metrics.PRODUCER_REBUILDS.inc()
-        logger.warning(
-            "Kafka producer of pid %d discarded, a new one is built for the next "
-            "attempt: %s",
-            self.pid,
-            reason,
-        )
-        try:
-            producer.close(timeout=0)  # its pending records already failed
-        except Exception:  # a broken producer may fail to close: it is dropped anyway
-            logger.debug("Closing the discarded producer failed", exc_info=True)
-
-    def publish_dead_letter(
-        self, event: ChatEvent, reason: str
-    ) -> PublishResult | None:
-        """Copy a message that can never be published to `<topic>.dlq`.
-
-        None when Kafka is disabled. Raises KafkaPublishError when the copy was not
-        written: the caller keeps the message retrying until it is.
-        """
-        if not self.enabled:
-            return None
-        value = json.dumps(
-            {
-                **json.loads(event.value),
-                "content": event.content[:DLQ_CONTENT_PREVIEW],
-                "content_length": len(event.content),
-                "error": reason,
-            },
-            ensure_ascii=False,
-        ).encode()
-        headers = [*event.headers, ("error", reason[:500].encode())]
-        result = self._produce(self.dlq_topic, event.key, value, headers, event)
-        logger.error(
-            "Dead message_id=%s copied to %s[%d]@%d",
-            event.message_id,
-            result.topic,
-            result.partition,
-            result.offset,
-        )
-        return result
-
-    @property
-    def dlq_topic(self) -> str:
-        """Where messages that can never be published are copied."""
-        return f"{self.topic}.dlq"
-
-    def _produce(
-        self,
-        topic: str,
-        key: bytes,
-        value: bytes,
-        headers: list[tuple[str, bytes]],
-        event: ChatEvent,
-    ) -> PublishResult:
-        try:
-            return self.breaker.call(self._send_one, topic, key, value, headers)
-        except pybreaker.CircuitBreakerError as exc:
-            raise RetriablePublishError(
-                f"Kafka circuit open after repeated failures; next try in "
-                f"{self.breaker.reset_timeout:g}s ({exc})"
-            ) from exc
-        except KafkaPublishError as exc:
-            logger.warning(
-                "Kafka publish of message_id=%s to %s failed (%s): %s",
-                event.message_id,
-                topic,
-                "retriable" if exc.retriable else "permanent",
-                exc,
-            )
-            raise
-
-    def _send_one(
-        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
-    ) -> PublishResult:
-        [outcome] = self._send_records([(topic, key, value, headers)])
-        if isinstance(outcome, KafkaPublishError):
-            raise outcome
-        return outcome
-
-    # --- the original README's API ------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in {"_chat_producer", "_kafka_overrides"}:
+            raise AttributeError(name)
+        return getattr(self.chat_producer, name)
 
     async def process_websocket_message(
         self, *, text_data: Any, user_id: int
     ) -> dict[str, Any]:
-        """Parse and validate a client frame; raise ChatValidationError on bad input."""
-        from chat import selectors
-
-        frame = parse_chat_frame(text_data, max_length=self.max_message_length)
-        if frame.receiver_id is not None and not await database_sync_to_async(
-            selectors.user_exists
-        )(user_id=frame.receiver_id):
-            raise ChatValidationError(
-                "unknown_receiver",
-                f"There is no user with id {frame.receiver_id}.",
-                frame.client_id,
-            )
-        return {
-            "type": frame.type,
-            "message": frame.message,
-            "receiver_id": frame.receiver_id,
-            "client_id": frame.client_id,
-            "sender_id": user_id,
-        }
+        """Parse and validate a client frame: `{"type", "message", "receiver_id",
+        "client_id", "sender_id"}`, or ChatValidationError with `.code` and
+        `.detail`."""
+        return await sending.frame_data(
+            text_data=text_data, user_id=user_id, max_length=self.max_message_length
+        )
 
     async def send_chat_message(
         self, *, sender_id: int, receiver_id: int | str, content: str
     ) -> dict[str, Any]:
-        """Persist, broadcast and (via a worker) publish one message; return it.
-
-        `receiver_id` is a user id (int: a direct message, in the pair's conversation
-        `dm-<low>-<high>`) or a room name (str: a message to that existing room).
-        Inside a ChatConsumer handling a frame, the frame's message is made once
-        (chat.realtime.frame_context). Bad input raises ChatValidationError, never TypeError.
-        """
-        from chat import selectors
-        from chat.realtime.frame_context import message_create_once
-        from chat.schemas import message_payload
-
-        sender = (
-            await database_sync_to_async(selectors.user_get)(user_id=sender_id)
-            if _is_id(sender_id)
-            else None
+        """Persist, broadcast and (via a worker) publish one message; return it
+        (chat.realtime.sending.send_chat_message)."""
+        return await sending.send_chat_message(
+            sender_id=sender_id,
+            receiver_id=receiver_id,
+            content=content,
+            max_length=self.max_message_length,
         )
-        if sender is None:
-            raise ChatValidationError(
-                "unknown_sender", f"There is no user with id {sender_id!r}."
-            )
-        if isinstance(receiver_id, str):
-            room, direct_to = receiver_id, None
-            if not await database_sync_to_async(selectors.room_exists)(name=room):
-                raise ChatValidationError(
-                    "unknown_receiver", f"There is no room named {room!r}."
-                )
-        elif _is_id(receiver_id):
-            room, direct_to = dm_room_name(sender_id, receiver_id), receiver_id
-        else:
-            raise ChatValidationError(
-                "invalid_message",
-                "receiver_id must be a user id (int, a direct message) or a room "
-                f"name (str, a room message), not {type(receiver_id).__name__}.",
-            )
-        data = await self.process_websocket_message(
-            text_data=json.dumps({"message": content, "receiver_id": direct_to}),
-            user_id=sender_id,
-        )
-        if direct_to is None:  # sending to a room joins it (a DM pair is joined)
-            # ...a public one; a private room refuses a non-member (`forbidden`)
-            await database_sync_to_async(membership_join)(
-                user_id=sender_id, room_name=room
-            )
-        message, _ = await message_create_once(
-            room_name=room,
-            sender=sender,
-            receiver_id=data["receiver_id"],
-            content=data["message"],
-        )
-        return message_payload(message)
 
+    def publish(self, event: ChatEvent) -> PublishResult | None:
+        """Produce one event and wait for its acknowledgement (None when disabled)."""
+        return self.chat_producer.publish(event)
 
-def _is_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    def flush(self) -> None:
+        """Deliver what the producer buffered, if one was built; bounded. Idempotent."""
+        if self._chat_producer is not None:
+            self._chat_producer.flush()
+
+    def close(self) -> None:
+        """Close the producer this agent built or used; idempotent."""
+        producer, self._chat_producer = self._chat_producer, None
+        if producer is not None and not producer.closed:
+            producer.close()
+        super().close()

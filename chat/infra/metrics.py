@@ -10,19 +10,15 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
-    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 MESSAGES_RECEIVED = Counter(
     "chat_messages_received", "Chat messages persisted (from WebSockets or the API)"
@@ -67,32 +63,6 @@ SOCKETS_CLOSED = Counter(
 )
 
 
-class OutboxBacklogCollector:
-    """Pending and failed messages, counted in the database at scrape time."""
-
-    def collect(self) -> Iterator[Metric]:
-        """One gauge labelled by status."""
-        from django.db.models import Count
-
-        from chat.models import Message
-
-        family = GaugeMetricFamily(
-            "chat_outbox_backlog",
-            "Messages not yet in Kafka, by status",
-            labels=["status"],
-        )
-        counts = dict(
-            Message.objects.filter(
-                status__in=[Message.Status.PENDING, Message.Status.FAILED]
-            )
-            .values_list("status")
-            .annotate(n=Count("id"))
-        )
-        for status in (Message.Status.PENDING, Message.Status.FAILED):
-            family.add_metric([status], counts.get(status, 0))
-        yield family
-
-
 class _StartedFilesCollector(multiprocess.MultiProcessCollector):  # type: ignore[misc]
     """prometheus_client's collector, minus the files a process is still creating:
     read while still empty, one failed the whole scrape with a 500 (struct.error)."""
@@ -113,15 +83,6 @@ def multiprocess_registry() -> CollectorRegistry | None:
     registry = CollectorRegistry()
     _StartedFilesCollector(registry)
     return registry
-
-
-def exposition() -> bytes:
-    """The text of a /metrics scrape: process metrics plus the outbox backlog."""
-    backlog = CollectorRegistry()
-    backlog.register(OutboxBacklogCollector())  # type: ignore[arg-type]
-    return generate_latest(multiprocess_registry() or REGISTRY) + generate_latest(
-        backlog
-    )
 
 
 # --- NotificationAgent (`manage.py run_agent notifications`) ----------------------

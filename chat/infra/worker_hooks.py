@@ -1,4 +1,5 @@
-"""Worker lifecycle: log context per task, producer shutdown, per-worker metrics."""
+"""Celery worker hooks: log context per task, clients closed at shutdown, per-worker
+metrics."""
 
 import logging
 import os
@@ -12,7 +13,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from chat.agents import KafkaChatAgent
+from chat.infra import clients
 from chat.infra.log_context import current_message_id
 
 logger = logging.getLogger(__name__)
@@ -20,9 +21,10 @@ logger = logging.getLogger(__name__)
 
 @worker_process_shutdown.connect
 @worker_shutdown.connect
-def close_kafka_producer(**_: Any) -> None:
-    """Flush and close the producer of this process (bounded by KAFKA_SEND_TIMEOUT)."""
-    KafkaChatAgent.shutdown_instance()
+def close_process_clients(**_: Any) -> None:
+    """Flush and close this process's clients: the Kafka producer (bounded by
+    KAFKA_SEND_TIMEOUT), the Redis pools."""
+    clients.close_all()
 
 
 @worker_process_shutdown.connect

@@ -9,6 +9,7 @@ is retriable, never permanent.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any
 
 import kafka.errors as errors
@@ -75,3 +76,68 @@ def producer_is_broken(producer: Any) -> bool:
         return True
     sender = getattr(producer, "_sender", None)
     return sender is not None and not sender.is_alive() and not producer._closed
+
+
+class KafkaPublishError(Exception):
+    """Publishing an event failed; `retriable` says whether trying again can help."""
+
+    retriable = False
+
+
+class RetriablePublishError(KafkaPublishError):
+    """The broker is unreachable, slow or electing a leader: try again later.
+
+    `rebuild` says the producer that met it was discarded (its state was broken);
+    the next attempt builds a new one."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, rebuild: bool = False) -> None:
+        super().__init__(message)
+        self.rebuild = rebuild
+
+
+class PermanentPublishError(KafkaPublishError):
+    """The broker rejected the record for good (e.g. too large): do not retry."""
+
+
+class InDoubtPublishError(RetriablePublishError):
+    """A record acknowledged in a transaction whose fate is not known yet: it is at
+    `result` if that transaction was committed. Before it is sent again, a read-back
+    (`ChatProducer.committed`) must say it is not there."""
+
+    def __init__(self, message: str, result: PublishResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class _PartlyFailedBatch(RetriablePublishError):
+    """Some records of a batch failed retriably: the breaker counts it; the caller
+    gets every record's outcome."""
+
+    def __init__(self, outcomes: list[PublishResult | KafkaPublishError]) -> None:
+        super().__init__("some records of the batch were not acknowledged")
+        self.outcomes = outcomes
+
+
+def publish_error(exc: Exception, producer: Any = None) -> KafkaPublishError:
+    """The publish error for what the producer raised (the tables above)."""
+    text = f"{type(exc).__name__}: {exc}"
+    recovery = recovery_for(exc, producer)
+    if recovery is Recovery.PERMANENT:
+        return PermanentPublishError(text)
+    return RetriablePublishError(text, rebuild=recovery is Recovery.REBUILD)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Where Kafka stored the event."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @classmethod
+    def of(cls, metadata: Any) -> PublishResult:
+        """From kafka-python's RecordMetadata."""
+        return cls(metadata.topic, metadata.partition, metadata.offset)

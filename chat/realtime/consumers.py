@@ -1,5 +1,5 @@
 """WebSocket endpoints: ChatConsumer (/ws/chat/<room>/) and NotificationConsumer
-(/ws/notifications/). Protocol in DESIGN.md and README."""
+(/ws/notifications/). The protocol is docs/protocol.md."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -17,11 +17,18 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from chat import selectors
-from chat.agents import ChatValidationError, KafkaChatAgent
-from chat.infra import metrics
+from chat.infra import config, metrics
 from chat.models import Room, dm_room_name
 from chat.realtime.channels_hooks import await_outbound_first
 from chat.realtime.frame_context import handling_frame, message_create_once
+from chat.realtime.frames import (
+    ChatFrame,
+    ReadFrame,
+    ResumeFrame,
+    parse_frame,
+    parse_read_frame,
+)
+from chat.realtime.sending import checked_frame
 from chat.realtime.socket_guard import (
     CLOSE_FLOODING,
     CLOSE_INTERNAL_ERROR,
@@ -30,12 +37,9 @@ from chat.realtime.socket_guard import (
 )
 from chat.schemas import (
     MAX_DB_ID,
-    control_frame_type,
+    ChatValidationError,
     message_payload,
     notification_payload,
-    parse_chat_frame,
-    parse_read_frame,
-    parse_resume_frame,
 )
 from chat.security.origins import query_params
 from chat.security.rate_limit import message_rate_limiter
@@ -218,9 +222,9 @@ class ChatConsumer(GuardedConsumer):
                 return
             except Exception:
                 try:
-                    parse_chat_frame(
+                    parse_frame(
                         message.get("text", message.get("bytes")),
-                        max_length=KafkaChatAgent.get_instance().max_message_length,
+                        max_length=config.chat().max_message_length,
                     )
                 except ChatValidationError as exc:  # a subclass choked on a bad frame
                     await self.refuse(exc, message)
@@ -240,35 +244,19 @@ class ChatConsumer(GuardedConsumer):
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None
     ) -> None:
-        """Validate a frame through the agent, persist it, and ack the sender; or
-        take a read mark or a resume."""
-        kind = control_frame_type(text_data)
-        if kind == "resume":
-            await self._resume(parse_resume_frame(text_data).after_seq)
-            return
-        if kind == "read":
-            frame = parse_read_frame(text_data, room_required=False)
-            if frame.room not in (None, self.room_name):
-                raise ChatValidationError(
-                    "invalid_message",
-                    f"This socket reads {self.room_name!r}, not {frame.room!r}.",
-                )
-            if frame.up_to_seq > self.read_mark:  # a repeat costs nothing
-                state = await database_sync_to_async(room_mark_read)(
-                    user_id=self.user_id,
-                    room_name=self.room_name,
-                    up_to_seq=frame.up_to_seq,
-                )
-                self.read_mark = state.last_read_seq
-            return
-        agent = KafkaChatAgent.get_instance()
-        data = await agent.process_websocket_message(
-            text_data=text_data if text_data is not None else bytes_data,
-            user_id=self.user_id,
+        """Parse the frame (one union of frame types) and run its handler."""
+        frame = parse_frame(
+            text_data if text_data is not None else bytes_data,
+            max_length=config.chat().max_message_length,
         )
+        await getattr(self, self.HANDLERS[frame.type])(frame)
+
+    async def on_message(self, frame: ChatFrame) -> None:
+        """Persist the message (once per frame), and ack the sender."""
+        frame = await checked_frame(frame)
         # A DM goes to the pair's conversation, from whichever socket; on a DM
         # conversation's socket every message is to the other user.
-        receiver_id, room_name = data["receiver_id"], self.room_name
+        receiver_id, room_name = frame.receiver_id, self.room_name
         if receiver_id is not None:
             room_name = dm_room_name(self.user_id, receiver_id)
         else:
@@ -277,12 +265,12 @@ class ChatConsumer(GuardedConsumer):
             room_name=room_name,
             sender=self.scope["user"],
             receiver_id=receiver_id,
-            content=data["message"],
-            client_id=data["client_id"],
+            content=frame.message,
+            client_id=frame.client_id,
         )
         ack = {
             "type": "message.ack",
-            "client_id": data["client_id"],
+            "client_id": frame.client_id,
             "message_id": str(message.message_id),
             "seq": message.seq,
             "room": message.room.name,
@@ -290,6 +278,32 @@ class ChatConsumer(GuardedConsumer):
         if message.replayed:
             ack["duplicate"] = True
         await self.send_json(ack)
+
+    async def on_read(self, frame: ReadFrame) -> None:
+        """Move the user's read mark of this room forward."""
+        if frame.room not in (None, self.room_name):
+            raise ChatValidationError(
+                "invalid_message",
+                f"This socket reads {self.room_name!r}, not {frame.room!r}.",
+            )
+        if frame.up_to_seq > self.read_mark:  # a repeat costs nothing
+            state = await database_sync_to_async(room_mark_read)(
+                user_id=self.user_id,
+                room_name=self.room_name,
+                up_to_seq=frame.up_to_seq,
+            )
+            self.read_mark = state.last_read_seq
+
+    async def on_resume(self, frame: ResumeFrame) -> None:
+        """Send what the client missed after its last seq."""
+        await self._resume(frame.after_seq)
+
+    # Frame type → the name of its handler (docs/architecture.md: a new frame type).
+    HANDLERS: ClassVar[dict[str, str]] = {
+        "chat.message": "on_message",
+        "read": "on_read",
+        "resume": "on_resume",
+    }
 
     async def release_resources(self) -> None:
         """The connections gauge and presence (groups are left by GuardedConsumer)."""

@@ -30,9 +30,9 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from chat.agents import ChatValidationError
 from chat.infra import metrics
-from chat.schemas import client_id_of
+from chat.realtime.frames import client_id_of
+from chat.schemas import ChatValidationError
 from chat.security import connection_limits, session_end
 from chat.security.rate_limit import frame_rate_limiter, limited_log
 

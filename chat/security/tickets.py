@@ -25,9 +25,9 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
+from chat.infra.clients import redis_client
 from chat.security.origins import query_params
 from chat.security.session_end import session_ref
-from chat.services.publish_queue import redis_client
 
 logger = logging.getLogger(__name__)
 

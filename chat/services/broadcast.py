@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import os
-import threading
 from collections import defaultdict
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from contextvars import ContextVar
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from chat.infra.clients import layer_loop
 from chat.models import DM_ROOM_PREFIX
 from chat.schemas import message_payload, notification_payload
 from chat.services import presence
 
 if TYPE_CHECKING:
     from chat.models import Message
-    from chat.services import NotificationOutcome
+    from chat.services.notifications import NotificationOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -87,55 +84,6 @@ def broadcast_message(message: Message) -> None:
             _group_send(user_group(user_id), event)
 
 
-class _LayerLoop:
-    """An event loop in a daemon thread, so sync code (a Celery worker) keeps one
-    channel-layer connection for the process instead of a new loop and connection
-    per call (what async_to_sync does outside an ASGI server)."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
-        # Sends started and not finished; a caller waits for a free one.
-        self.slots = threading.BoundedSemaphore(SENDS_IN_FLIGHT)
-        threading.Thread(
-            target=self.loop.run_forever, name="channel-layer", daemon=True
-        ).start()
-
-    def start(self, coroutine: Coroutine[Any, Any, None], what: str) -> None:
-        """Run a coroutine on the loop without waiting for it (its failure is
-        logged); with SENDS_IN_FLIGHT already running, first wait for one to end, at
-        most STATUS_SEND_TIMEOUT seconds."""
-        if not self.slots.acquire(timeout=STATUS_SEND_TIMEOUT):
-            coroutine.close()
-            logger.warning("%s not sent: the channel layer is not keeping up", what)
-            return
-        future = asyncio.run_coroutine_threadsafe(
-            asyncio.wait_for(coroutine, STATUS_SEND_TIMEOUT), self.loop
-        )
-        future.add_done_callback(partial(self._ended, what=what))
-
-    def _ended(self, future: concurrent.futures.Future[None], *, what: str) -> None:
-        self.slots.release()
-        if not future.cancelled() and future.exception() is not None:
-            logger.warning("%s not sent: %s", what, future.exception())
-
-
-_layer_loop: _LayerLoop | None = None
-_layer_loop_lock = threading.Lock()
-
-
-def _process_layer_loop() -> _LayerLoop:
-    global _layer_loop
-    with _layer_loop_lock:
-        if _layer_loop is None or _layer_loop.pid != os.getpid():
-            _layer_loop = _LayerLoop()  # a forked child starts its own
-        return _layer_loop
-
-
-STATUS_SEND_TIMEOUT = 5.0
-SENDS_IN_FLIGHT = 4
-
-
 def send_events(events: Iterable[tuple[str, dict[str, Any]]]) -> None:
     """Send (group, event) pairs from sync code on the process's one channel-layer
     connection, without waiting for Redis: in order within a group, the groups side
@@ -165,7 +113,7 @@ def send_events(events: Iterable[tuple[str, dict[str, Any]]]) -> None:
         await asyncio.gather(*(send_group(g, e) for g, e in by_group.items()))
 
     count = sum(len(e) for e in by_group.values())
-    _process_layer_loop().start(send_all(), f"{count} live event(s)")
+    layer_loop().start(send_all(), f"{count} live event(s)")
 
 
 def send_statuses(messages: Iterable[Message]) -> None:

@@ -114,7 +114,7 @@ def messages_record_error(*, messages: Sequence[Message], error: str) -> None:
 def messages_record_in_doubt(*, in_doubt: Sequence[tuple[Message, Any]]) -> None:
     """Keep where Kafka acknowledged messages whose transaction's fate is unknown
     (their status stays unpublished): the next publisher of the conversation reads
-    them back there before it sends anything (tasks._settle_in_doubt)."""
+    them back there before it sends anything (chat.publishing.conversation)."""
     for message, result in in_doubt:
         message.kafka_partition = result.partition
         message.kafka_offset = result.offset

@@ -12,7 +12,7 @@ import time
 
 from django.conf import settings
 
-from chat.services.publish_queue import redis_client
+from chat.infra.clients import redis_client
 
 
 def _key(room_name: str) -> str:

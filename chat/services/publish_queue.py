@@ -12,28 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from functools import cache
 
-import redis
 from celery import current_app
 from django.conf import settings
 from redis.lock import Lock
+
+from chat.infra.clients import redis_client
 
 logger = logging.getLogger(__name__)
 
 PUBLISH_TASK = "chat.tasks.publish_chat_message"
 CELERY_QUEUE = "celery"
-
-
-@cache
-def _client(url: str) -> redis.Redis:
-    # redis-py resets its pool's connections in a forked child by itself.
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-
-
-def redis_client() -> redis.Redis:
-    """This process's connection pool to REDIS_URL."""
-    return _client(settings.REDIS_URL)
 
 
 def _scheduled_key(room_id: int) -> str:

@@ -18,8 +18,14 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chat.models import DM_ROOM_PREFIX, Notification, Room, RoomMembership
-from chat.schemas import ROOM_NAME_PATTERN, ChatValidationError
+from chat.models import (
+    DM_ROOM_PREFIX,
+    ROOM_NAME_PATTERN,
+    Notification,
+    Room,
+    RoomMembership,
+)
+from chat.schemas import ChatValidationError
 from chat.selectors import RoomReadState, read_states, room_may_manage
 from chat.services import broadcast
 

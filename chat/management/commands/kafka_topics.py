@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chat.agents.kafka_chat import parse_bootstrap_servers
+from chat.infra.config import parse_bootstrap_servers
 from chat.publishing.topics import (
     KafkaError,
     chat_topic_specs,

@@ -4,20 +4,56 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import redis
 from django.conf import settings
 from django.db import connection
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from chat.agents.kafka_chat import parse_bootstrap_servers
 from chat.infra import metrics
+from chat.infra.config import parse_bootstrap_servers
+from chat.models import Message
 from chatproj.security import operator_refusal
+
+
+class OutboxBacklogCollector:
+    """Pending and failed messages, counted in the database at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        """One gauge labelled by status."""
+        family = GaugeMetricFamily(
+            "chat_outbox_backlog",
+            "Messages not yet in Kafka, by status",
+            labels=["status"],
+        )
+        counts = dict(
+            Message.objects.filter(
+                status__in=[Message.Status.PENDING, Message.Status.FAILED]
+            )
+            .values_list("status")
+            .annotate(n=Count("id"))
+        )
+        for status in (Message.Status.PENDING, Message.Status.FAILED):
+            family.add_metric([status], counts.get(status, 0))
+        yield family
+
+
+def exposition() -> bytes:
+    """The text of a /metrics scrape: process metrics plus the outbox backlog."""
+    backlog = CollectorRegistry()
+    backlog.register(OutboxBacklogCollector())  # type: ignore[arg-type]
+    return generate_latest(
+        metrics.multiprocess_registry() or REGISTRY
+    ) + generate_latest(backlog)
+
 
 CHECK_TIMEOUT = 1.0  # seconds per dependency
 
@@ -119,4 +155,4 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if refusal is not None:
         return refusal
 
-    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
