@@ -89,6 +89,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check chat chatproj tests bench
 	$(VENV)/bin/ruff format --check chat chatproj tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) db.sqlite3 test_db.sqlite3*

@@ -133,3 +133,37 @@ def test_sync_code_sends_live_events_without_waiting_in_order_per_group(
     wait_for(
         lambda: "1 live event(s) for broken not sent: redis is down" in caplog.text
     )
+
+
+def test_the_copied_channels_methods_are_those_of_the_installed_channels():
+    """chat.realtime.channels_hooks copies AsyncConsumer.__call__ and .dispatch: when
+    an upgrade of Channels changes either, this fails until the copies are reviewed
+    and CHANNELS_SOURCES is updated."""
+    import hashlib
+    import inspect
+
+    from channels.consumer import AsyncConsumer
+
+    from chat.realtime.channels_hooks import CHANNELS_SOURCES
+
+    installed = {
+        name: hashlib.sha256(
+            inspect.getsource(getattr(AsyncConsumer, name)).encode()
+        ).hexdigest()
+        for name in CHANNELS_SOURCES
+    }
+    assert installed == CHANNELS_SOURCES
+
+
+def test_the_repository_copies_channels_internals_in_one_module():
+    """No other module of chat/ reimplements Channels' consumer loop or dispatch."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "chat"
+    copies = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "channel_layer.receive" in path.read_text()
+        or "get_handler_name" in path.read_text()
+    ]
+    assert copies == ["realtime/channels_hooks.py"]

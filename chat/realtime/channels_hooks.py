@@ -1,4 +1,11 @@
-"""Outgoing events before new client frames: how a saturated web process slows down
+"""The one place that copies Channels internals (channels 4.x, AsyncConsumer):
+`run_outbound_first` is its `__call__` with another receive loop, and
+`dispatch_without_connection_check` is its `dispatch` without the database
+connection check before every handler. CHANNELS_SOURCES pins the sha256 of the
+installed Channels' source of those two methods: a test fails when an upgrade
+changes them, so the copies are reviewed.
+
+Outgoing events before new client frames: how a saturated web process slows down
 instead of falling behind on what it owes its clients.
 
 Channels' own loop (`channels.utils.await_many_dispatch`) takes a client frame and a
@@ -14,8 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from channels.consumer import AsyncConsumer, get_handler_name
+from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
+from django.core.exceptions import ImproperlyConfigured
+
+# sha256 of inspect.getsource(AsyncConsumer.<method>) of the Channels these copy.
+CHANNELS_SOURCES = {
+    "__call__": "e52238720872dbc3f854519bc971aa7eb41553e63c8729081549ce42465ee419",
+    "dispatch": "39f34e7d4fb0f6552de4ade665b943fe78137379702af6b58c79a14c49a75520",
+}
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -45,3 +64,33 @@ async def await_outbound_first(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def run_outbound_first(
+    consumer: AsyncConsumer, scope: Any, receive: Receive, send: Any
+) -> None:
+    """AsyncConsumer.__call__ for an async consumer with a channel layer, whose loop
+    delivers what the connection owes before it takes the next frame."""
+    consumer.scope = scope
+    consumer.channel_layer = get_channel_layer(consumer.channel_layer_alias)
+    if consumer.channel_layer is None:
+        raise ImproperlyConfigured(f"{type(consumer).__name__} needs a channel layer.")
+    consumer.channel_name = await consumer.channel_layer.new_channel()
+    consumer.channel_receive = functools.partial(
+        consumer.channel_layer.receive, consumer.channel_name
+    )
+    consumer.base_send = send
+    with contextlib.suppress(StopConsumer):
+        await await_outbound_first(receive, consumer.channel_receive, consumer.dispatch)
+
+
+async def dispatch_without_connection_check(
+    consumer: AsyncConsumer, message: dict[str, Any]
+) -> None:
+    """AsyncConsumer.dispatch without `aclose_old_connections` before every handler
+    (a hop to the process's one shared ORM thread per frame and event): the
+    consumer's ORM calls check their own connections (chat.infra.db)."""
+    handler = getattr(consumer, get_handler_name(message), None)
+    if handler is None:
+        raise ValueError(f"No handler for message type {message['type']}")
+    await handler(message)

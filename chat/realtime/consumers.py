@@ -3,23 +3,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.exceptions import StopConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 
 from chat import selectors
 from chat.infra import config, metrics
 from chat.models import Room, dm_room_name
-from chat.realtime.channels_hooks import await_outbound_first
+from chat.realtime.channels_hooks import run_outbound_first
 from chat.realtime.frame_context import handling_frame, message_create_once
 from chat.realtime.frames import (
     ChatFrame,
@@ -81,19 +76,9 @@ class ChatConsumer(GuardedConsumer):
     resumed: set[int]
 
     async def run(self, scope: Any, receive: Any, send: Any) -> None:
-        """Channels' AsyncConsumer.__call__ (channels 4.x), with a loop that delivers
-        what this connection owes before it takes the next frame (chat.realtime.channels_hooks)."""
-        self.scope = scope
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        if self.channel_layer is None:
-            raise ImproperlyConfigured("ChatConsumer needs a channel layer.")
-        self.channel_name = await self.channel_layer.new_channel()
-        self.channel_receive = functools.partial(
-            self.channel_layer.receive, self.channel_name
-        )
-        self.base_send = send
-        with contextlib.suppress(StopConsumer):
-            await await_outbound_first(receive, self.channel_receive, self.dispatch)
+        """The consumer loop that delivers what this connection owes before it
+        takes the next frame (chat.realtime.channels_hooks)."""
+        await run_outbound_first(self, scope, receive, send)
 
     async def connect(self) -> None:
         """Refuse anonymous users and users over their connection cap (accepted first,

@@ -24,13 +24,13 @@ import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from chat.infra import metrics
+from chat.realtime.channels_hooks import dispatch_without_connection_check
 from chat.realtime.frames import client_id_of
 from chat.schemas import ChatValidationError
 from chat.security import connection_limits, session_end
@@ -109,15 +109,7 @@ class GuardedConsumer(AsyncJsonWebsocketConsumer):
             ) from exc
 
     async def _handle(self, message: dict[str, Any]) -> None:
-        """Channels' dispatch without its `aclose_old_connections` before every
-        handler: a hop to the process's one shared ORM thread for each frame and
-        event, six per chat message (profiled: ~10% of the web process's CPU, and a
-        queue on that thread). This consumer's ORM calls check their own connections
-        (database_sync_to_async, chat.infra.db)."""
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+        await dispatch_without_connection_check(self, message)
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
         """Accept once (a socket refused later must be accepted to see its code)."""
