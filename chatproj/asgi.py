@@ -18,8 +18,9 @@ from chatproj.process_tuning import freeze_start_up_objects, shorter_gil_turns
 
 
 def websocket_application(urlpatterns: list[Any]) -> Any:
-    """WebSocket routes behind the strict origin check (chat.security.origins), then session
-    authentication, or a ticket's (chat.security.tickets) when the URL carries one."""
+    """WebSocket routes behind the strict origin check (chat.security.origins), then
+    session authentication, or a ticket's (chat.security.tickets) when the URL carries
+    one."""
     return SiteOriginValidator(
         AuthMiddlewareStack(TicketAuthMiddleware(URLRouter(urlpatterns)))
     )

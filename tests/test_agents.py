@@ -255,7 +255,7 @@ async def test_send_chat_message_refuses_unknown_senders(chat_users, sender):
 @pytest.mark.django_db(transaction=True)
 async def test_send_chat_message_to_a_room_by_name(chat_users, stack):
     """A str receiver_id is a room: the message goes there, with no receiver."""
-    from chat.services import room_get_or_create
+    from chat.services.rooms import room_get_or_create
 
     await database_sync_to_async(room_get_or_create)(name="lobby")
     sent = await KafkaChatAgent.get_instance().send_chat_message(

@@ -5,7 +5,8 @@ from typing import Any
 from django.urls import re_path
 
 from chat.models import ROOM_NAME_PATTERN
-from chat.realtime.consumers import ChatConsumer, NotificationConsumer
+from chat.realtime.consumers import ChatConsumer
+from chat.realtime.notification_consumer import NotificationConsumer
 
 
 def room_route(prefix: str) -> str:

@@ -11,8 +11,9 @@ cleans up, it ends with the session, and it cannot flood.
 - CHAT_MAX_CONNECTIONS_PER_USER sockets per user at once (close 4429 past it);
   CHAT_FRAME_RATE frames per connection (`rate_limited` past it), and close 4429 after
   CHAT_FLOOD_CLOSE_AFTER refusals for rate in a row.
-- A `session.ended` event (chat.security.session_end) closes the socket with 4401, and every
-  CHAT_SESSION_CHECK_INTERVAL seconds the socket checks that its user may go on.
+- A `session.ended` event (chat.security.session_end) closes the socket with 4401,
+  and every CHAT_SESSION_CHECK_INTERVAL seconds the socket checks that its user may
+  go on.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from typing import Any
 from channels.routing import ProtocolTypeRouter
 from django.urls import re_path
 
-from chat.realtime.consumers import ChatConsumer, NotificationConsumer
+from chat.realtime.consumers import ChatConsumer
+from chat.realtime.notification_consumer import NotificationConsumer
 from chat.realtime.routing import room_route, websocket_urlpatterns
 
 

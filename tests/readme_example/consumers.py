@@ -1,6 +1,6 @@
 import json
 
-from chat.realtime.consumers import ChatConsumer
+from chat.consumers import ChatConsumer
 from chat.agents import KafkaChatAgent
 
 
