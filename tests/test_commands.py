@@ -318,3 +318,36 @@ def test_supervisor_config_restarts_every_procfile_process(settings):
         server = name in ("redis", "kafka")
         assert int(program["priority"]) == (10 if server else 100)
     assert config["program:web"]["command"].endswith("--note 100%'")
+
+
+def test_runstack_runs_one_run_agent_per_registered_agent(monkeypatch):
+    """`make run` starts web, worker, beat and every agent of the registry (no agent
+    without Kafka), each as `run_agent <name>`: an agent added to the registry is
+    started without any other change."""
+    from chat.agents import registry
+    from chat.management.commands.runstack import (
+        stack_commands,
+        stack_processes,
+        supervisor_config,
+    )
+
+    counter = registry.RunnableAgent(
+        "message-counter",
+        "examples.stream_agent.message_counter.MessageCounterAgent",
+        "counts messages per room",
+    )
+    monkeypatch.setitem(registry.AGENTS, counter.name, counter)
+    assert stack_processes(True) == [
+        "web",
+        "worker",
+        "beat",
+        "notifications",
+        counter.name,
+    ]
+    assert stack_processes(False) == ["web", "worker", "beat"]
+    commands = stack_commands(ROOT / "Procfile")
+    for name in registry.AGENTS:
+        assert commands[name] == f"python manage.py run_agent {name}"
+    config = supervisor_config(commands, stack_processes(True), ROOT / ".run", "8000")
+    assert "[program:message-counter]" in config
+    assert "exec python manage.py run_agent message-counter" in config

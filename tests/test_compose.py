@@ -9,6 +9,7 @@ import shlex
 from itertools import takewhile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 from urllib.parse import urlparse
 
 import environ
@@ -330,6 +331,64 @@ def test_notification_agent_is_its_own_scalable_service():
     ]  # fmt: skip
 
 
+def agent_wiring_problems(
+    agents: dict[str, Any], procfile: dict[str, str], composed: dict[str, Any]
+) -> list[str]:
+    """What is missing or extra between the agent registry, the Procfile and the
+    compose services: each agent needs `<name>: python manage.py run_agent <name>`
+    and a service of its name running that, healthy while `--check --local` passes;
+    nothing may run an agent the registry does not know."""
+    problems = []
+    for name, agent in agents.items():
+        if shlex.split(procfile.get(name, "")) != agent.command:
+            problems.append(f"Procfile: no `{name}: {shlex.join(agent.command)}`")
+        service = composed.get(name)
+        if service is None or argv(service.get("command") or []) != agent.command:
+            problems.append(f"docker-compose.yml: no service {name} running it")
+        elif service.get("healthcheck", {}).get("test") != [
+            "CMD", *agent.check_command,
+        ]:  # fmt: skip
+            problems.append(f"docker-compose.yml: {name} has no --check healthcheck")
+    for where, commands in (
+        ("Procfile", {n: shlex.split(c) for n, c in procfile.items()}),
+        (
+            "docker-compose.yml",
+            {n: argv(s.get("command") or []) for n, s in composed.items()},
+        ),
+    ):
+        for name, args in commands.items():
+            if "run_agent" in args and name not in agents:
+                problems.append(f"{where}: {name} runs an unregistered agent")
+    return problems
+
+
+def test_every_registered_agent_has_a_procfile_line_and_a_compose_service():
+    """chat/agents/registry.py is the list of agents (runstack starts them from it);
+    the Procfile and docker-compose.yml say the same, and an agent added to the
+    registry alone is reported."""
+    from chat.agents.registry import AGENTS, RunnableAgent
+    from chat.management.commands.runstack import PROCFILE_LINE, procfile_commands
+
+    procfile = procfile_commands(ROOT / "Procfile")
+    assert AGENTS
+    assert agent_wiring_problems(AGENTS, procfile, services()) == []
+    for name, agent in AGENTS.items():
+        assert PROCFILE_LINE.match(f"{name}: x") and not entry_point_problems(
+            agent.command
+        ), name
+    extra = RunnableAgent("word-count", "examples.x.WordCountAgent", "an example")
+    assert agent_wiring_problems(
+        {**AGENTS, "word-count": extra}, procfile, services()
+    ) == [
+        "Procfile: no `word-count: python manage.py run_agent word-count`",
+        "docker-compose.yml: no service word-count running it",
+    ]
+    stray = {**procfile, "stray": "python manage.py run_agent stray"}
+    assert agent_wiring_problems(AGENTS, stray, services()) == [
+        "Procfile: stray runs an unregistered agent"
+    ]
+
+
 def test_dependencies_wait_for_health_and_one_shots():
     """Django services wait for healthy servers and finished one-shots."""
     all_services = services()
@@ -471,13 +530,13 @@ def test_kafka_is_a_single_kraft_node_reachable_as_kafka_9092():
 
 def test_kafka_init_creates_the_chat_topic_and_its_dlq():
     """kafka-init creates KAFKA_CHAT_TOPIC and <topic>.dlq with N partitions, once."""
-    from chat.agents import KafkaChatAgent
+    from chat.infra.config import KafkaSettings
 
     probe = {"KAFKA_CHAT_TOPIC": "probe_topic", "KAFKA_CHAT_PARTITIONS": "9"}
     for env, partitions in (({}, None), (probe, 9)):
         init = services(**env)["kafka-init"]
         topic = django_env(**env)["KAFKA_CHAT_TOPIC"]
-        dlq = KafkaChatAgent.dlq_topic.fget(SimpleNamespace(topic=topic))
+        dlq = KafkaSettings.dlq_topic.fget(SimpleNamespace(topic=topic))
         script = " ".join(argv(init.get("entrypoint") or []) + argv(init["command"]))
         assert init["image"] == services()["kafka"]["image"]
         assert init["depends_on"]["kafka"]["condition"] == "service_healthy"

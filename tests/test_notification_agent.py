@@ -508,7 +508,7 @@ def test_database_error_commits_nothing_seeks_back_and_retries(monkeypatch):
     monkeypatch.setattr(
         "chat.services.broadcast.push_notifications", lambda outcome: None
     )
-    monkeypatch.setattr("chat.agents.notifications.close_old_connections", lambda: None)
+    monkeypatch.setattr("chat.agents.stream.close_old_connections", lambda: None)
     batch = {
         TopicPartition("t", 0): [
             fake_record(0, 5, event_bytes()),
@@ -553,7 +553,7 @@ def test_a_record_the_database_refuses_is_skipped_alone(monkeypatch):
     monkeypatch.setattr(
         "chat.services.broadcast.push_notifications", lambda outcome: None
     )
-    monkeypatch.setattr("chat.agents.notifications.close_old_connections", lambda: None)
+    monkeypatch.setattr("chat.agents.stream.close_old_connections", lambda: None)
     poison = uuid.uuid4()
 
     def record(*, events):
@@ -564,7 +564,7 @@ def test_a_record_the_database_refuses_is_skipped_alone(monkeypatch):
         return outcome
 
     monkeypatch.setattr("chat.agents.notifications.notifications_record", record)
-    outcome = agent.handle(
+    outcome = agent.process(
         [
             fake_record(0, 1, event_bytes()),
             fake_record(0, 2, event_bytes(message_id=str(poison))),
@@ -581,7 +581,7 @@ def test_counts_are_per_reason(monkeypatch):
     monkeypatch.setattr(
         "chat.services.broadcast.push_notifications", lambda outcome: None
     )
-    monkeypatch.setattr("chat.agents.notifications.close_old_connections", lambda: None)
+    monkeypatch.setattr("chat.agents.stream.close_old_connections", lambda: None)
     monkeypatch.setattr(
         "chat.agents.notifications.notifications_record",
         lambda *, events: NotificationOutcome(),
@@ -594,7 +594,7 @@ def test_counts_are_per_reason(monkeypatch):
 
     before = count()
     agent = NotificationAgent(topic="t", group_id="g")
-    agent.handle([fake_record(0, 1, b"{"), fake_record(0, 2, b"nope")])
+    agent.process([fake_record(0, 1, b"{"), fake_record(0, 2, b"nope")])
     assert count() - before == 2
     agent.close()
 
@@ -603,16 +603,16 @@ def test_a_member_left_without_partitions_joins_again(monkeypatch):
     """Assigned nothing for EMPTY_ASSIGNMENT_REJOIN seconds while the topic has
     partitions: the agent subscribes again (once per interval); assigned some, it
     leaves the group alone."""
-    from chat.agents import notifications
+    from chat.agents import stream
 
     agent = NotificationAgent(topic="t", group_id="g")
     monkeypatch.setattr(agent, "_beat", lambda **_: None)
     consumer = FakeConsumer([])
     agent._consumer = consumer  # type: ignore[assignment]
     now = [1000.0]
-    monkeypatch.setattr(notifications.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(stream.time, "monotonic", lambda: now[0])
     agent.poll_once()  # the clock starts
-    now[0] += notifications.EMPTY_ASSIGNMENT_REJOIN - 1
+    now[0] += stream.EMPTY_ASSIGNMENT_REJOIN - 1
     agent.poll_once()
     assert consumer.subscriptions == []
     now[0] += 2

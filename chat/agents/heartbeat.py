@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Any
 
-from chat.services.publish_queue import redis_client
+from chat.infra.clients import redis_client
 
 logger = logging.getLogger(__name__)
 

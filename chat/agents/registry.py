@@ -1,4 +1,11 @@
-"""Agents that run as their own process: `manage.py run_agent <name>`."""
+"""Agents that run as their own process: `manage.py run_agent <name>`.
+
+AGENTS is the one list of them. `make run` (runstack) starts one `run_agent <name>`
+per entry; the Procfile and docker-compose.yml have one line / service per entry
+(tests/test_compose.py fails when one is missing). A new agent is its class (a
+chat.agents.stream.StreamAgent whose `name` is the entry's name) plus one entry here.
+Nothing is imported until an agent is run: this module loads no Kafka client.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +27,17 @@ class RunnableAgent:
         """The agent class (an Agent with `run(stop_event)` and a `heartbeat`)."""
         module, _, attribute = self.path.rpartition(".")
         return getattr(import_module(module), attribute)
+
+    @property
+    def command(self) -> list[str]:
+        """The command line that runs it (Procfile, compose, runstack)."""
+        return ["python", "manage.py", "run_agent", self.name]
+
+    @property
+    def check_command(self) -> list[str]:
+        """The command line that exits 0 while an instance on this host consumes (a
+        container healthcheck)."""
+        return [*self.command, "--check", "--local"]
 
 
 AGENTS: dict[str, RunnableAgent] = {

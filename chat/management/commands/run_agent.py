@@ -24,7 +24,7 @@ logger = logging.getLogger("chat.agents.run")
 class Command(BaseCommand):
     """`manage.py run_agent [--list] [NAME [--check [--local]]]`."""
 
-    help = "Run a registered agent (e.g. notifications) until SIGTERM/SIGINT."
+    help = "Run a registered agent (see --list) until SIGTERM/SIGINT."
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Options."""
@@ -90,11 +90,14 @@ class Command(BaseCommand):
 
     def run_agent(self, name: str) -> None:
         """Build the agent, stop it cleanly on SIGTERM/SIGINT, serve its metrics."""
-        if name == "notifications" and not settings.KAFKA_ENABLED:
+        agent_class = AGENTS[name].load()
+        from chat.agents.stream import StreamAgent  # loads Kafka: only when running
+
+        if issubclass(agent_class, StreamAgent) and not settings.KAFKA_ENABLED:
             raise CommandError(
                 "KAFKA_ENABLED is False: there is no chat stream to consume."
             )
-        agent = AGENTS[name].load().get_instance()
+        agent = agent_class.get_instance()
         stop = threading.Event()
 
         def request_stop(signum: int, _frame: Any) -> None:

@@ -3,9 +3,10 @@
 Migrates, creates the demo users, starts an embedded Redis-compatible server and an
 embedded Kafka-compatible broker when the configured ones do not answer, then hands
 over to supervisord, which runs the Procfile's processes (web server, Celery worker,
-beat, the notification agent unless KAFKA_ENABLED is off, and the embedded servers),
-restarts any that crashes (with a log line, and a growing delay if it keeps crashing
-at start), and stops every child on Ctrl-C or SIGTERM.
+beat, the embedded servers) and one `run_agent <name>` per agent of
+chat.agents.registry.AGENTS unless KAFKA_ENABLED is off, restarts any that crashes
+(with a log line, and a growing delay if it keeps crashing at start), and stops every
+child on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chat.agents.kafka_chat import parse_bootstrap_servers
+from chat.agents.registry import AGENTS
+from chat.infra.config import parse_bootstrap_servers
 from chatproj.embedded import port_answers, redis_address
 
 # A process that lives this long counts as started; one that dies sooner is retried
@@ -48,6 +50,23 @@ def procfile_web_command(path: Path, port: int) -> list[str]:
     """The Procfile's web command (the server and its flags) listening on `port`."""
     line = procfile_commands(path)["web"]
     return shlex.split(line.replace("${CHATPROJ_WEB_PORT:-8000}", str(port)))
+
+
+def agent_commands() -> dict[str, str]:
+    """The command of each registered agent, by its name (the registry is their
+    source; the Procfile's lines for them are tested to say the same)."""
+    return {name: shlex.join(agent.command) for name, agent in AGENTS.items()}
+
+
+def stack_processes(kafka_enabled: bool) -> list[str]:
+    """The application processes `make run` starts: web, worker, beat and, when
+    Kafka is on, every registered agent (each consumes the chat stream)."""
+    return ["web", "worker", "beat", *(AGENTS if kafka_enabled else ())]
+
+
+def stack_commands(procfile: Path) -> dict[str, str]:
+    """Every process's command: the Procfile's, and the registry's for agents."""
+    return {**procfile_commands(procfile), **agent_commands()}
 
 
 def supervisor_config(
@@ -121,9 +140,7 @@ class Command(BaseCommand):
         """Prepare, then exec supervisord with the processes that are needed."""
         call_command("migrate", interactive=False, verbosity=0)
         call_command("create_demo_users")
-        processes = ["web", "worker", "beat"]
-        if settings.KAFKA_ENABLED:
-            processes.append("notifications")  # the consumer of the chat stream
+        processes = stack_processes(settings.KAFKA_ENABLED)
         run_dir = Path(settings.BASE_DIR) / ".run"
         run_dir.mkdir(exist_ok=True)
         env = dict(os.environ, CHATPROJ_WEB_PORT=str(port), PYTHONUNBUFFERED="1")
@@ -168,7 +185,7 @@ class Command(BaseCommand):
             raise CommandError(
                 "supervisor is not installed: pip install -r requirements-dev.txt"
             )
-        commands = procfile_commands(Path(settings.BASE_DIR) / "Procfile")
+        commands = stack_commands(Path(settings.BASE_DIR) / "Procfile")
         config = run_dir / f"supervisord-{port}.conf"  # one per port: runs can coexist
         config.write_text(supervisor_config(commands, processes, run_dir, str(port)))
         self.stdout.write(
