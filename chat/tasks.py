@@ -11,10 +11,9 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.signals import task_prerun
-from django.conf import settings
 
 from chat import selectors
-from chat.infra import metrics
+from chat.infra import config, metrics
 from chat.infra.db import between_units
 from chat.models import FINAL_STATUSES
 from chat.publishing import conversation
@@ -57,7 +56,7 @@ class KafkaPublishTask(Task):
     @property
     def max_retries(self) -> int:  # type: ignore[override]
         """Retries after the first attempt."""
-        return max(settings.KAFKA_RETRY_TRIES - 1, 0)
+        return max(config.kafka().retry_tries - 1, 0)
 
     @max_retries.setter
     def max_retries(self, value: int) -> None:
@@ -66,11 +65,12 @@ class KafkaPublishTask(Task):
     def retry(self, *args: Any, countdown: float | None = None, **kwargs: Any) -> Any:
         """Schedule the next attempt with the settings' countdown."""
         if countdown is None and kwargs.get("eta") is None:
+            kafka = config.kafka()
             countdown = retry_countdown(
                 self.request.retries + 1,
-                delay=settings.KAFKA_RETRY_DELAY,
-                backoff=settings.KAFKA_RETRY_BACKOFF,
-                jitter=settings.KAFKA_RETRY_JITTER,
+                delay=kafka.retry_delay,
+                backoff=kafka.retry_backoff,
+                jitter=kafka.retry_jitter,
             )
         if self.request.retries < self.max_retries:
             metrics.PUBLISH_RETRIES.inc()

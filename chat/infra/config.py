@@ -64,6 +64,13 @@ class KafkaSettings:
     consumer_config: dict[str, Any] = field(default_factory=dict)
     breaker_failures: int = 5
     breaker_reset: float = 30.0
+    topic_partitions: int = 6
+    topic_replication_factor: int = 1
+    topic_min_insync_replicas: int = 1
+    retry_tries: int = 5
+    retry_delay: float = 1.0
+    retry_backoff: float = 2.0
+    retry_jitter: float = 0.0
 
     @property
     def dlq_topic(self) -> str:
@@ -142,6 +149,13 @@ def kafka(**overrides: Any) -> KafkaSettings:
         consumer_config=settings.KAFKA_CONSUMER_OPTIONS,
         breaker_failures=settings.KAFKA_BREAKER_FAILURES,
         breaker_reset=settings.KAFKA_BREAKER_RESET,
+        topic_partitions=settings.KAFKA_TOPIC_PARTITIONS,
+        topic_replication_factor=settings.KAFKA_TOPIC_REPLICATION_FACTOR,
+        topic_min_insync_replicas=settings.KAFKA_TOPIC_MIN_INSYNC_REPLICAS,
+        retry_tries=settings.KAFKA_RETRY_TRIES,
+        retry_delay=settings.KAFKA_RETRY_DELAY,
+        retry_backoff=settings.KAFKA_RETRY_BACKOFF,
+        retry_jitter=settings.KAFKA_RETRY_JITTER,
     )
     merged = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     servers = [

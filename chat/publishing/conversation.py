@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
 from redis.exceptions import LockError
 
 from chat import selectors
+from chat.infra import config
 from chat.models import Message, Room
 from chat.publishing.errors import (
     InDoubtPublishError,
@@ -48,11 +48,11 @@ def publish_conversation(*, room_id: int, room_name: str, message_id: str) -> st
     if not lock.acquire():
         raise RetriablePublishError(
             f"Conversation {room_name} stayed locked by another publisher for "
-            f"{settings.KAFKA_SEND_TIMEOUT:g}s"
+            f"{config.kafka().send_timeout:g}s"
         )
     try:
         batch = selectors.messages_unpublished(
-            room_id=room_id, limit=settings.CHAT_PUBLISH_BATCH
+            room_id=room_id, limit=config.chat().publish_batch
         )
         outcomes = _publish_batch(room_id, room_name, batch) if batch else {}
     finally:
@@ -60,7 +60,7 @@ def publish_conversation(*, room_id: int, room_name: str, message_id: str) -> st
             lock.release()
         except LockError:
             logger.warning("Publish lock of %s expired before release", room_name)
-    if len(batch) == settings.CHAT_PUBLISH_BATCH:  # more to do: carry on in a new task
+    if len(batch) == config.chat().publish_batch:  # more to do: carry on in a new task
         publish_queue.enqueue_publish(
             room_id=room_id, message_id=str(batch[-1].message_id), force=True
         )

@@ -12,9 +12,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from chat.infra import config
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +74,14 @@ class TopicSpec:
 
 def chat_topic_specs(topic: str | None = None) -> list[TopicSpec]:
     """The chat topic and `<topic>.dlq`, as the KAFKA_TOPIC_* settings want them."""
-    name = topic or settings.KAFKA_CHAT_TOPIC
+    kafka = config.kafka()
+    name = topic or kafka.topic
     return [
         TopicSpec(
             topic_name,
-            settings.KAFKA_TOPIC_PARTITIONS,
-            settings.KAFKA_TOPIC_REPLICATION_FACTOR,
-            settings.KAFKA_TOPIC_MIN_INSYNC_REPLICAS,
+            kafka.topic_partitions,
+            kafka.topic_replication_factor,
+            kafka.topic_min_insync_replicas,
         )
         for topic_name in (name, f"{name}.dlq")
     ]

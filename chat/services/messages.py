@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chat.infra import metrics
+from chat.infra import config, metrics
 from chat.infra.db import write_turn
 from chat.models import (
     Message,
@@ -188,7 +187,7 @@ def _broadcast_all(messages: list[Message]) -> None:
 def client_ids_expire(*, now: datetime | None = None) -> int:
     """Forget idempotency keys older than CHAT_CLIENT_ID_WINDOW (the sweep calls
     this), so a client may use a key again after the window; returns how many."""
-    cutoff = (now or timezone.now()) - timedelta(seconds=settings.CHAT_CLIENT_ID_WINDOW)
+    cutoff = (now or timezone.now()) - timedelta(seconds=config.chat().client_id_window)
     expired = Message.objects.filter(client_id__isnull=False, created_at__lt=cutoff)
     # Found by a read first, then written a chunk per write turn: on SQLite an UPDATE
     # holds the database's write lock from its first row read, and this one reads the

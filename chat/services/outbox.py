@@ -11,13 +11,12 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from chat.infra import metrics
+from chat.infra import config, metrics
 from chat.infra.db import write_turn
 from chat.models import (
     FINAL_STATUSES,
@@ -37,13 +36,14 @@ logger = logging.getLogger(__name__)
 
 
 def _grace() -> timedelta:
-    return timedelta(seconds=settings.OUTBOX_GRACE_SECONDS)
+    return timedelta(seconds=config.outbox().grace_seconds)
 
 
 def outbox_backoff(*, sweep_count: int) -> timedelta:
     """Wait before the sweep re-enqueues a message again: GRACE × 2^n, capped."""
-    seconds = settings.OUTBOX_GRACE_SECONDS * 2 ** min(sweep_count, 32)
-    return timedelta(seconds=min(seconds, settings.OUTBOX_BACKOFF_MAX))
+    outbox = config.outbox()
+    seconds = outbox.grace_seconds * 2 ** min(sweep_count, 32)
+    return timedelta(seconds=min(seconds, outbox.backoff_max))
 
 
 def messages_record_published(
@@ -206,13 +206,13 @@ def outbox_sweep(
     command) enqueues every due conversation whatever waits.
     """
     now = now or timezone.now()
-    limit = settings.OUTBOX_SWEEP_BATCH if limit is None else limit
+    limit = config.outbox().sweep_batch if limit is None else limit
     depth = 0 if force else publish_queue.queue_depth()
-    if depth > settings.OUTBOX_SWEEP_MAX_QUEUE:
+    if depth > config.outbox().sweep_max_queue:
         logger.warning(
             "Outbox sweep skipped: %d tasks wait in the queue (more than %d)",
             depth,
-            settings.OUTBOX_SWEEP_MAX_QUEUE,
+            config.outbox().sweep_max_queue,
         )
         return []
     pending = messages_pending_publish(now=now, grace=_grace())

@@ -14,9 +14,9 @@ import logging
 from collections.abc import Mapping
 
 from celery import current_app
-from django.conf import settings
 from redis.lock import Lock
 
+from chat.infra import config
 from chat.infra.clients import redis_client
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def enqueue_publishes(marks: Mapping[int, str], *, force: bool = False) -> list[
             nx=not force,
             # A lost task's mark must not outlive the grace after which the sweep
             # re-enqueues its messages.
-            px=max(1, int(settings.OUTBOX_GRACE_SECONDS * 1000)),
+            px=max(1, int(config.outbox().grace_seconds * 1000)),
         )
     sent = []
     for (room_id, message_id), scheduled in zip(
@@ -90,13 +90,12 @@ def publish_scheduled(*, room_id: int) -> bool:
 
 def conversation_lock(*, room_id: int) -> Lock:
     """The lock that lets one worker at a time publish a conversation."""
+    chat = config.chat()
     return redis_client().lock(
         f"chat:publish:lock:{room_id}",
-        timeout=settings.CHAT_PUBLISH_LOCK_TIMEOUT,
+        timeout=chat.publish_lock_timeout,
         sleep=0.005,
-        blocking_timeout=min(
-            settings.KAFKA_SEND_TIMEOUT, settings.CHAT_PUBLISH_LOCK_TIMEOUT
-        ),
+        blocking_timeout=min(config.kafka().send_timeout, chat.publish_lock_timeout),
     )
 
 
