@@ -20,8 +20,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client import REGISTRY
 
 from chat.agents.heartbeat import live_instances
+from chat.agents.records import Outcome
 from chat.agents.registry import AGENTS
-from chat.agents.stream import Outcome, StreamAgent
+from chat.agents.stream import StreamAgent
 from chat.schemas import ChatEvent
 from examples.stream_agent.message_counter import MessageCounterAgent
 

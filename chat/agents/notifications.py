@@ -27,14 +27,10 @@ import logging
 import time
 from collections.abc import Sequence
 
-from chat.agents.stream import (
-    BadRecord,
-    RecordRef,
-    StreamAgent,
-    StreamMetrics,
-    decode_event,
-)
+from chat.agents.records import BadRecord, RecordRef, decode_event
+from chat.agents.stream import StreamAgent
 from chat.infra import metrics
+from chat.infra.metrics import StreamMetrics
 from chat.schemas import ChatEvent
 from chat.services import broadcast
 from chat.services.notifications import NotificationOutcome, notifications_record

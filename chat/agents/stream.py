@@ -14,29 +14,7 @@ Its settings are `<settings_prefix>_GROUP`, `_OFFSET_RESET`, `_POLL_TIMEOUT`,
 `settings_prefix`); one it does not find in Django's settings takes the default below
 (the group: `default_group`, else `chat-<name>`). Constructor keywords override them.
 
-What the base owns (docs/agents.md says it for agent authors):
-
-- One KafkaConsumer per process and agent, in the agent's consumer group, subscribed to
-  KAFKA_CHAT_TOPIC, built on first use; a consumer never crosses a fork.
-- The loop (`run(stop)`): poll a batch, decode each record (`decode`, BadRecord for a
-  record that is not a chat event), drop events this process handled recently (same
-  message_id: reason `duplicate`), call `handle` with the rest, then commit
-  `offset + 1` of the last record of each partition. Offsets are committed only after
-  `handle` returned: at least once in; an agent whose effects are idempotent per
-  message_id is exactly once in effect.
-- `handle` raising one of `retry_on` (the database is unavailable): nothing is
-  committed, each partition seeks back to the batch's start, the loop backs off
-  (`backoff`, capped by `<prefix>_RETRY_MAX`) and polls the same records again.
-  `handle` raising anything else: the batch is handled again one event at a time, and
-  an event that still fails is skipped (`rejected_why`), so one poison event never
-  blocks its partition.
-- Skipped records are logged once with topic/partition/offset and counted by reason
-  (`stream_metrics.skipped`); lag per assigned partition (`stream_metrics.lag`); a
-  heartbeat in Redis after every poll (chat.agents.heartbeat, read by
-  `run_agent <name> --check`).
-- Partitions assigned and revoked (a rebalance listener that only logs and updates
-  gauges: it runs on the client's IO loop), and a rejoin when the member is left with
-  no partition while the topic has some (`_rejoin_if_left_out`).
+What the base owns, for agent authors: docs/agents.md.
 
 The kafka-python 3.x facts this relies on:
 
@@ -57,19 +35,15 @@ The kafka-python 3.x facts this relies on:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, ClassVar
 from uuid import UUID
 
-import kafka.errors
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import (
@@ -80,16 +54,26 @@ from django.db import (
     close_old_connections,
 )
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
-from prometheus_client import Counter, Gauge
-from pydantic import ValidationError
 
 from chat.agents.base import Agent
 from chat.agents.heartbeat import Heartbeat
+from chat.agents.records import (
+    BadRecord,
+    Outcome,
+    RecordRef,
+    decode_event,
+    merge_outcomes,
+)
+from chat.agents.stream_consumer import RebalanceListener, build_consumer
 from chat.infra import config
-from chat.publishing.topics import admin_options, chat_topic_specs, topics_ensure
-from chat.schemas import EVENT_SCHEMA_VERSION, MAX_DB_ID, ChatEvent
+from chat.infra.metrics import (
+    AGENT_COMMIT_ERRORS,
+    AGENT_CONSUMER_LAG,
+    AGENT_RECORDS_SKIPPED,
+    StreamMetrics,
+)
+from chat.schemas import ChatEvent
 
 logger = logging.getLogger(__name__)
 
@@ -104,159 +88,11 @@ EMPTY_ASSIGNMENT_REJOIN = 15.0
 # First delay of the retry backoff, doubled on each failure in a row.
 BACKOFF_FIRST = 0.5
 
-# The series of agents that bring none of their own (`stream_metrics`), per agent.
-AGENT_RECORDS_SKIPPED = Counter(
-    "chat_agent_records_skipped",
-    "Records of the chat topic a stream agent skipped, by agent and reason",
-    labelnames=["agent", "reason"],
-)
-AGENT_COMMIT_ERRORS = Counter(
-    "chat_agent_commit_errors",
-    "Offset commits of a stream agent not confirmed (timeout, rebalance); the "
-    "records are re-read",
-    labelnames=["agent"],
-)
-AGENT_CONSUMER_LAG = Gauge(
-    "chat_agent_consumer_lag",
-    "Records of the chat topic a stream agent has not handled yet, per assigned "
-    "partition",
-    labelnames=["agent", "partition"],
-    multiprocess_mode="livemax",
-)
-
 
 def backoff(failures: int, cap: float) -> float:
     """Seconds to wait after `failures` failures in a row (1, 2, ...): BACKOFF_FIRST
     doubled each time, at most `cap`."""
     return min(cap, BACKOFF_FIRST * 2 ** (failures - 1))
-
-
-@dataclass(frozen=True)
-class RecordRef:
-    """Where a record is: what every log line about it names."""
-
-    topic: str
-    partition: int
-    offset: int
-
-    def __str__(self) -> str:
-        return f"{self.topic}[{self.partition}]@{self.offset}"
-
-
-class BadRecord(Exception):
-    """A record that is not a chat event this agent can handle; `reason` labels the
-    skipped-records counter (a short fixed word), `detail` goes to the log."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def decode_event(value: bytes | None) -> ChatEvent:
-    """The ChatEvent of a record's value, or BadRecord saying why not."""
-    if value is None:
-        raise BadRecord("empty", "the record has no value")
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRecord("not_utf8", str(exc)) from None
-    try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise BadRecord("not_json", str(exc)[:200]) from None
-    if not isinstance(raw, dict):
-        raise BadRecord("invalid_event", f"a JSON {type(raw).__name__}, not an object")
-    version = raw.get("schema_version")
-    if type(version) is not int or version != EVENT_SCHEMA_VERSION:
-        raise BadRecord(
-            "wrong_schema_version",
-            f"schema_version {version!r}, expected {EVENT_SCHEMA_VERSION}",
-        )
-    try:
-        event = ChatEvent.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}"
-            for e in exc.errors()[:5]
-        )
-        raise BadRecord("invalid_event", problems) from None
-    for name in ("seq", "sender_id", "receiver_id"):
-        number = getattr(event, name)
-        if number is not None and not 0 < number <= MAX_DB_ID:
-            raise BadRecord("invalid_event", f"{name} {number} is out of range")
-    return event
-
-
-@dataclass
-class Outcome:
-    """What `handle` did with a batch: the events whose effects are stored, and those
-    it skipped, as (ref, why). An agent may return its own dataclass instead
-    (`outcome_type`) with these two fields; every field of it must be a list (the
-    base concatenates them when it handles a batch in parts)."""
-
-    accepted: list[ChatEvent] = field(default_factory=list)
-    skipped: list[tuple[RecordRef, str]] = field(default_factory=list)
-
-
-def merge_outcomes(empty: Any, parts: Iterable[Any]) -> Any:
-    """`empty` with every list field extended by the same field of each part."""
-    for part in parts:
-        for spec in dataclasses.fields(empty):
-            getattr(empty, spec.name).extend(getattr(part, spec.name))
-    return empty
-
-
-@dataclass(frozen=True)
-class StreamMetrics:
-    """The series the base writes: skipped records (label `reason`), unconfirmed
-    commits, and lag (label `partition`). `bound` are the values of labels the
-    series have before those (the agent's name, for the shared AGENT_* series)."""
-
-    skipped: Counter
-    commit_errors: Counter
-    lag: Gauge
-    bound: tuple[str, ...] = ()
-
-    def count_skipped(self, reason: str) -> None:
-        """One more record skipped for `reason`."""
-        self.skipped.labels(*self.bound, reason).inc()
-
-    def count_commit_error(self) -> None:
-        """One more commit not confirmed."""
-        series = self.commit_errors
-        (series.labels(*self.bound) if self.bound else series).inc()
-
-    def set_lag(self, partition: int, lag: int) -> None:
-        """The lag of one partition."""
-        self.lag.labels(*self.bound, str(partition)).set(lag)
-
-
-class _RebalanceListener(ConsumerRebalanceListener):
-    """Runs on the client's IO loop: log and update gauges only, never block."""
-
-    def __init__(self, agent: StreamAgent) -> None:
-        self.agent = agent
-
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        partitions = sorted(p.partition for p in revoked)
-        for partition in partitions:
-            self.agent.series.set_lag(partition, 0)
-            self.agent.next_offset.pop(partition, None)
-        self.agent.assigned -= set(partitions)
-        if partitions:
-            logger.info("Partitions revoked: %s", partitions)
-
-    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self.agent.assigned = {p.partition for p in assigned}
-        # positions come from the committed offsets, not from what this process handled
-        self.agent.next_offset.clear()
-        logger.info(
-            "Partitions assigned: %s of %s (group %s)",
-            sorted(self.agent.assigned),
-            self.agent.topic,
-            self.agent.group_id,
-        )
 
 
 def _given(value: Any, default: Any) -> Any:
@@ -427,58 +263,7 @@ class StreamAgent(Agent):
         return self._consumer
 
     def _build_consumer(self) -> KafkaConsumer:
-        if settings.KAFKA_CREATE_TOPICS:
-            # A group that subscribes to a topic not created yet is assigned nothing
-            # until its next metadata refresh (minutes): create it first.
-            topics_ensure(
-                bootstrap_servers=self.bootstrap_servers,
-                specs=chat_topic_specs(self.topic),
-                timeout=self.timeout,
-                client_options=admin_options(self.consumer_config),
-            )
-        timeout_ms = int(self.timeout * 1000)
-        config: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "client_id": f"{self.client_id}-{self.name}-{self.pid}",
-            "group_id": self.group_id,
-            "enable_auto_commit": False,
-            "auto_offset_reset": self.offset_reset,
-            "max_poll_records": self.max_records,
-            # A member that died is replaced within 10 s (the default is 45 s).
-            "session_timeout_ms": 10_000,
-            "heartbeat_interval_ms": 3_000,
-            # A fetch waits at most this for records: with Tansu a long poll is not
-            # woken by new records, so the default (500 ms) would be added to the
-            # delay of every event.
-            "fetch_max_wait_ms": 100,
-            # A topic or partitions that appear after the group formed (a topic made
-            # moments ago, metadata still spreading between brokers) are assigned
-            # within seconds, not at the default 5-minute metadata refresh.
-            "metadata_max_age_ms": 5_000,
-            # Only committed publish transactions: a batch that was sent again after
-            # a failure is seen once.
-            "isolation_level": "read_committed",
-            "bootstrap_timeout_ms": timeout_ms,
-            "request_timeout_ms": max(timeout_ms, 30_000),
-            "reconnect_backoff_max_ms": 1000,
-            **self.consumer_config,
-        }
-        try:
-            consumer = KafkaConsumer(**config)
-        except (kafka.errors.KafkaConfigurationError, ValueError, TypeError) as exc:
-            raise ImproperlyConfigured(f"KAFKA_CONSUMER_OPTIONS: {exc}") from exc
-        consumer.subscribe([self.topic], listener=_RebalanceListener(self))
-        logger.info(
-            "Kafka consumer created in pid %d (client_id %s, group %s, topic %s, "
-            "servers %s, new group starts at %s)",
-            self.pid,
-            config["client_id"],
-            self.group_id,
-            self.topic,
-            ",".join(self.bootstrap_servers),
-            self.offset_reset,
-        )
-        return consumer
+        return build_consumer(self)
 
     def flush(self) -> None:
         """Nothing is buffered: offsets are committed after every batch."""
@@ -691,7 +476,7 @@ class StreamAgent(Agent):
             self.group_id,
         )
         consumer.unsubscribe()
-        consumer.subscribe([self.topic], listener=_RebalanceListener(self))
+        consumer.subscribe([self.topic], listener=RebalanceListener(self))
 
     def _update_lag(self, consumer: KafkaConsumer, handled: dict[int, int]) -> None:
         """Lag per assigned partition: highwater (from the last fetch) minus the next

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -113,3 +114,50 @@ NOTIFICATION_FRESHNESS = Histogram(
     "From the message's created_at to its notification stored",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+
+
+# --- Stream agents (chat.agents.stream) ------------------------------------------
+# The series of agents that bring none of their own (`stream_metrics`), per agent.
+AGENT_RECORDS_SKIPPED = Counter(
+    "chat_agent_records_skipped",
+    "Records of the chat topic a stream agent skipped, by agent and reason",
+    labelnames=["agent", "reason"],
+)
+AGENT_COMMIT_ERRORS = Counter(
+    "chat_agent_commit_errors",
+    "Offset commits of a stream agent not confirmed (timeout, rebalance); the "
+    "records are re-read",
+    labelnames=["agent"],
+)
+AGENT_CONSUMER_LAG = Gauge(
+    "chat_agent_consumer_lag",
+    "Records of the chat topic a stream agent has not handled yet, per assigned "
+    "partition",
+    labelnames=["agent", "partition"],
+    multiprocess_mode="livemax",
+)
+
+
+@dataclass(frozen=True)
+class StreamMetrics:
+    """The series the base writes: skipped records (label `reason`), unconfirmed
+    commits, and lag (label `partition`). `bound` are the values of labels the
+    series have before those (the agent's name, for the shared AGENT_* series)."""
+
+    skipped: Counter
+    commit_errors: Counter
+    lag: Gauge
+    bound: tuple[str, ...] = ()
+
+    def count_skipped(self, reason: str) -> None:
+        """One more record skipped for `reason`."""
+        self.skipped.labels(*self.bound, reason).inc()
+
+    def count_commit_error(self) -> None:
+        """One more commit not confirmed."""
+        series = self.commit_errors
+        (series.labels(*self.bound) if self.bound else series).inc()
+
+    def set_lag(self, partition: int, lag: int) -> None:
+        """The lag of one partition."""
+        self.lag.labels(*self.bound, str(partition)).set(lag)

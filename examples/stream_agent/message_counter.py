@@ -7,7 +7,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from chat.agents.stream import Outcome, RecordRef, StreamAgent
+from chat.agents.records import Outcome, RecordRef
+from chat.agents.stream import StreamAgent
 from chat.schemas import ChatEvent
 
 logger = logging.getLogger(__name__)
