@@ -44,6 +44,8 @@ class KafkaChatAgent(Agent):
     def chat_producer(self) -> ChatProducer:
         """The producer this agent publishes with: the process's one, or its own
         when built with Kafka overrides."""
+        if self.closed:
+            raise RuntimeError("KafkaChatAgent is closed; call get_instance() again.")
         if self._chat_producer is None or self._chat_producer.closed:
             from chat.publishing.producer import ChatProducer
 
