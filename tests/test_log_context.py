@@ -33,7 +33,7 @@ def test_worker_logs_json_lines_with_message_id(start_worker, chat_users):
     ]
     assert any(r["logger"].startswith("celery.") for r in records)  # not hijacked
     ours = [r for r in records if r["message_id"] == str(message.message_id)]
-    assert {r["logger"] for r in ours} >= {"chat.tasks"}
+    assert {r["logger"] for r in ours} >= {"chat.publishing.conversation"}
     assert all({"time", "level", "process"} <= set(r) for r in records)
 
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 
 from celery import current_app
+from kombu.exceptions import ChannelError
 from redis.lock import Lock
 
 from chat.infra import config
@@ -100,7 +101,13 @@ def conversation_lock(*, room_id: int) -> Lock:
 
 
 def queue_depth() -> int:
-    """Tasks waiting in the Celery queue (on the broker)."""
+    """Tasks waiting in the Celery queue on the broker (kombu's public, passive
+    queue_declare: every priority level of the queue; 0 when it does not exist)."""
     with current_app.connection_for_read() as connection:
-        client = connection.default_channel.client
-        return int(client.llen(CELERY_QUEUE))
+        try:
+            declared = connection.default_channel.queue_declare(
+                CELERY_QUEUE, passive=True
+            )
+        except ChannelError:  # never declared, or emptied and removed: none wait
+            return 0
+        return int(declared.message_count)
