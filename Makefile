@@ -46,13 +46,13 @@ chromium:
 
 # Rewrites README's pictures (docs/screenshots/) from the browser tests.
 screenshots: $(STAMP) $(DOTENV) chromium
-	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_ui.py
+	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/e2e/test_ui.py
 
 # Re-measures the fault-injection scenarios (embedded Tansu, and a real three-node
 # Apache Kafka) and rewrites docs/RELIABILITY.md.
 reliability: $(STAMP) $(DOTENV)
 	$(PY) -m chatproj.kafka_cluster fetch
-	CHAT_TEST_KAFKA=1 $(PY) -m pytest tests/test_reliability.py tests/test_kafka_faults.py \
+	CHAT_TEST_KAFKA=1 $(PY) -m pytest tests/e2e/test_reliability.py tests/e2e/test_kafka_faults.py \
 	  --reliability-report docs/RELIABILITY.md
 
 # Throughput benchmark (docs/PERFORMANCE.md): starts its own stack on free ports and
@@ -76,14 +76,15 @@ kafka: $(STAMP)
 
 # The real-Apache-Kafka tier (in .ci/run): the integration tests against one real
 # node (CHAT_TEST_BROKER=kafka), then the fault tests on three nodes (RF 3, min ISR 2).
-KAFKA_INTEGRATION_TESTS := tests/test_tasks.py tests/test_agents.py \
-	tests/test_notification_agent.py tests/test_e2e.py tests/test_kafka_topics.py \
-	tests/test_kafka_cluster.py tests/test_dead_letter_kafka.py tests/test_bench_kafka.py \
-	tests/test_transactions_kafka.py
+KAFKA_INTEGRATION_TESTS := tests/integration/test_tasks.py \
+	tests/integration/test_agents.py tests/integration/test_notification_agent.py \
+	tests/integration/test_kafka_topics.py tests/integration/test_dead_letter_kafka.py \
+	tests/integration/test_transactions_kafka.py tests/e2e/test_e2e.py \
+	tests/deploy/test_kafka_cluster.py tests/deploy/test_bench_kafka.py
 test-kafka: $(STAMP) $(DOTENV)
 	$(PY) -m chatproj.kafka_cluster fetch
 	CHAT_TEST_KAFKA=1 CHAT_TEST_BROKER=kafka $(PY) -m pytest $(KAFKA_INTEGRATION_TESTS) $(PYTEST_ARGS)
-	CHAT_TEST_KAFKA=1 $(PY) -m pytest tests/test_kafka_faults.py $(PYTEST_ARGS)
+	CHAT_TEST_KAFKA=1 $(PY) -m pytest tests/e2e/test_kafka_faults.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chat chatproj tests bench

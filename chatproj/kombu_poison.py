@@ -35,7 +35,7 @@ from kombu.utils.json import loads
 logger = logging.getLogger(__name__)
 
 # kombu releases whose BRPOP path was read (5.5.4, 5.6.2 and 5.7.0: the same code) and
-# that tests/test_kombu_poison.py runs on. Outside them: the stock transport, a warning.
+# that tests/integration/test_kombu_poison.py runs on. Outside them: the stock transport, a warning.
 VERIFIED_KOMBU = ((5, 5), (5, 7))
 TRANSPORT = "chatproj.kombu_poison:Transport"
 # The dead-letter list is capped so a flood of poison cannot fill the broker's memory.
@@ -152,7 +152,7 @@ def install() -> bool:
             "kombu %s is outside the releases the poison-safe transport was "
             "checked against (%s to %s): using kombu's own Redis transport, so an "
             "undecodable queue entry stops the worker. Run "
-            "tests/test_kombu_poison.py and widen VERIFIED_KOMBU in %s.",
+            "tests/integration/test_kombu_poison.py and widen VERIFIED_KOMBU in %s.",
             kombu.__version__, VERIFIED_KOMBU[0], VERIFIED_KOMBU[1], __name__,
         )  # fmt: skip
         return False

@@ -2,7 +2,7 @@
 
 AGENTS is the one list of them. `make run` (runstack) starts one `run_agent <name>`
 per entry; the Procfile and docker-compose.yml have one line / service per entry
-(tests/test_compose.py fails when one is missing). A new agent is its class (a
+(tests/deploy/test_compose.py fails when one is missing). A new agent is its class (a
 chat.agents.stream.StreamAgent whose `name` is the entry's name) plus one entry here.
 Nothing is imported until an agent is run: this module loads no Kafka client.
 """

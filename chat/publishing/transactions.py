@@ -100,7 +100,7 @@ class TransactionalBatches:
         """Commit the open transaction: True once committed, False when no answer
         came within KAFKA_SEND_TIMEOUT (in doubt). Raises what the commit met
         (it was aborted). kafka-python's commit_transaction() waits without a
-        bound; this is its body with one (tests/test_publish_errors pins it)."""
+        bound; this is its body with one (tests/unit/test_publish_errors.py pins it)."""
         result = producer._transaction_manager.begin_commit()
         producer._sender.wakeup()
         return bool(result.wait(timeout_ms=int(self.send_timeout * 1000)))
