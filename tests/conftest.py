@@ -8,6 +8,7 @@ if it starts a server or connects to Redis anyway.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -380,13 +381,22 @@ def start_web(process_env, log_dir):
         server.stop()
 
 
+@functools.cache
+def password_hash(password: str) -> str:
+    """The stored form of a test password, hashed once per run (the hasher's cost,
+    ~0.5 s a user, is paid by logins, not by every test's users)."""
+    from django.contrib.auth.hashers import make_password
+
+    return make_password(password)
+
+
 @pytest.fixture
 def chat_users(transactional_db: None) -> dict[str, ChatUser]:
     """alice, bob and carol, each with a logged-in session cookie."""
     users = {}
     for name in ("alice", "bob", "carol"):
-        user = get_user_model().objects.create_user(
-            username=name, password="pw-" + name
+        user = get_user_model().objects.create(
+            username=name, password=password_hash("pw-" + name)
         )
         client = Client()
         client.force_login(user)
