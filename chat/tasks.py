@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 @task_prerun.connect
 def _drop_unusable_connections(**_: Any) -> None:
     """Before a task, close a database connection Django would not reuse (an error
-    since the last commit, past CONN_MAX_AGE): Celery's fix-up no longer closes it
+    since the last commit, past CONN_MAX_AGE): Celery's fix-up does not close it
     after every task (CELERY_DB_REUSE_MAX). And forget the DEBUG query log."""
     between_units()
 

@@ -35,7 +35,8 @@ from kombu.utils.json import loads
 logger = logging.getLogger(__name__)
 
 # kombu releases whose BRPOP path was read (5.5.4, 5.6.2 and 5.7.0: the same code) and
-# that tests/integration/test_kombu_poison.py runs on. Outside them: the stock transport, a warning.
+# that tests/integration/test_kombu_poison.py runs on. Outside them: the stock
+# transport, and a warning.
 VERIFIED_KOMBU = ((5, 5), (5, 7))
 TRANSPORT = "chatproj.kombu_poison:Transport"
 # The dead-letter list is capped so a flood of poison cannot fill the broker's memory.
@@ -79,7 +80,7 @@ class Channel(kombu_redis.Channel):
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
         """One command client per channel. kombu builds a new redis-py client object
         for every command (a publish, an ack, a task event), and building its table
-        of reply parsers was ~20% of a worker main process's CPU (py-spy, 120 msgs/s).
+        of reply parsers is costly (docs/PERFORMANCE.md).
         The client shares kombu's connection pool either way, so reusing it changes
         no connection; a new pool (after fork) gets a new client."""
         if client:

@@ -1,7 +1,8 @@
 """Django settings for chatproj, read from the environment (django-environ).
 
-Every value has a default that works on a developer machine; production overrides them
-through environment variables of the same name (see .env.example and the README).
+Every value has a default that works on a developer machine; production overrides
+them through environment variables of the same name (see .env.example and
+docs/operations.md).
 """
 
 import os
@@ -257,7 +258,7 @@ CHAT_CLIENT_ID_WINDOW = env.int("CHAT_CLIENT_ID_WINDOW", default=86400)
 # (a connection refreshes every third of it; a crashed process's entries expire).
 PRESENCE_TTL = env.float("PRESENCE_TTL", default=60.0)
 
-# --- WebSocket security (README "Security model") ------------------------------------
+# --- WebSocket security (docs/security.md) --------------------------------------
 # Where CHAT_RATE_LIMIT is counted: an async `limits` storage URI. Empty: the shared
 # Redis of REDIS_URL (async+redis://...), so the limit holds across web replicas;
 # "async+memory://" counts per process. If the storage does not answer, each process
@@ -319,8 +320,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = env.int(
 )
 CELERY_WORKER_SEND_TASK_EVENTS = True
 # Celery's Django fix-up closes the database connection before and after every task
-# unless told to reuse it: a new connection per task (profiled: 8% of a worker
-# child's CPU on SQLite; on Postgres a backend started per task). Reuse it, and let
+# unless told to reuse it: a new connection per task (on Postgres a backend started
+# per task; docs/PERFORMANCE.md has the cost). Reuse it, and let
 # chat.tasks close it before a task only when Django would (an error, CONN_MAX_AGE).
 CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_TASK_SEND_SENT_EVENT = True

@@ -155,7 +155,7 @@ def celery_problems(args: list[str]) -> list[str]:
 
 
 # What the Procfile, compose and the image give uvicorn: no lifespan (Channels has no
-# handler), frames up to 1 MiB (the README's 1009), a minute for a keepalive pong (a
+# handler), frames up to 1 MiB (docs/protocol.md's 1009), a minute for a keepalive pong (a
 # backpressured client's pong waits behind its own frames), addresses not taken from
 # headers.
 UVICORN_SETTINGS = {

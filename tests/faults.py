@@ -317,7 +317,7 @@ def render_report(rows: list[dict[str, Any]], *, failed: int) -> str:
         "Settings in these runs: `KAFKA_SEND_TIMEOUT=2`, `KAFKA_RETRY_TRIES=3`, "
         "`KAFKA_RETRY_DELAY=1`, `KAFKA_RETRY_BACKOFF=2`, `KAFKA_BREAKER_FAILURES=3`, "
         "`KAFKA_BREAKER_RESET=2`, `OUTBOX_GRACE_SECONDS=5`, `OUTBOX_BACKOFF_MAX=8`, "
-        "`OUTBOX_SWEEP_INTERVAL=1` (production defaults are longer: see the README); "
+        "`OUTBOX_SWEEP_INTERVAL=1` (production defaults are longer: see docs/operations.md); "
         "on Apache Kafka `KAFKA_SEND_TIMEOUT=5`, topics of 3 partitions with "
         "replication factor 3 and `min.insync.replicas=2`, brokers fenced 3 s after "
         "their last heartbeat and producer ids expiring after 8 s idle "

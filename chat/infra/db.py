@@ -2,8 +2,8 @@
 
 Channels' `database_sync_to_async` closes old connections before and after every
 call, and each close arms Django's health check, so the next statement is preceded by
-`SELECT 1` on Postgres. For the hottest call (a message's insert) that was a round
-trip and ~9% of the web process's CPU. Here a connection is closed only when Django
+`SELECT 1` on Postgres: a round trip before the hottest call (a message's insert).
+Here a connection is closed only when Django
 would close it for a reason (an error since the last commit, past CONN_MAX_AGE,
 autocommit left off); a connection that broke makes its statement fail and is
 replaced on the next call. Celery workers use the same check before each task

@@ -1,9 +1,8 @@
 """Group commit for the sockets of one server process.
 
-Each chat frame's message used to be its own transaction in its own thread. On SQLite
-those threads queued for the database's one write lock, and every hand-over cost a
-wake-up and a GIL hand-over per statement; at ~400 msgs/s the process spent more time
-handing over than writing. Here a process writes one batch at a time: the messages
+A process writes one batch at a time, not one transaction per frame in its own
+thread (on SQLite such threads queue for the database's one write lock, and each
+hand-over costs a wake-up and a GIL hand-over per statement). The messages
 that arrive while a batch is written form the next one (messages_create: one
 transaction, one UPDATE for all its rooms' seqs, one INSERT; on Postgres one
 statement that is its own transaction). With little load a batch is one message and

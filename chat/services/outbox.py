@@ -78,8 +78,8 @@ def messages_record_published(
 
 
 def _record_offsets(partition: int, rows: list[tuple[Message, Any]], now: Any) -> None:
-    # Plain SQL: Django's bulk_update compiles a CASE per field per row, which cost
-    # more than the Kafka publication itself (8 ms for one message, profiled).
+    # Plain SQL: Django's bulk_update compiles a CASE per field per row, which costs
+    # more than the Kafka publication itself (docs/PERFORMANCE.md).
     table = Message._meta.db_table
     cases = " ".join("WHEN %s THEN %s" for _ in rows)
     ids = ", ".join("%s" for _ in rows)

@@ -27,7 +27,7 @@ from ..support import ROOT, ManagedProcess, wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 ARTIFACTS = ROOT / "test-artifacts"
 PUBLISH_TASK = "chat.tasks.publish_chat_message"
-# Flower's tasks page hides args, retries and exception unless asked (README, "Finding retried and failed publishes in Flower").
+# Flower's tasks page hides args, retries and exception unless asked (docs/operations.md, "Finding retried and failed publishes in Flower").
 TASKS_COLUMNS = "name,state,retries,exception,args,received,uuid,worker"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
