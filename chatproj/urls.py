@@ -5,10 +5,10 @@ from django.contrib.auth import urls as auth_urls
 from django.urls import URLPattern, URLResolver, include, path
 
 from chat.security import tickets
+from chat.security.site import only_with_mail
 from chat.web import health
-from chatproj.security import only_with_mail
 
-# Password reset sends mail: served only when mail is delivered (chatproj.security).
+# Password reset sends mail: served only when mail is delivered (chat.security.site).
 PASSWORD_RESET_VIEWS = {
     "password_reset",
     "password_reset_done",

@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from chat.infra import metrics
 from chat.infra.config import parse_bootstrap_servers
 from chat.models import Message
-from chatproj.security import operator_refusal
+from chat.security.site import operator_refusal
 
 
 class OutboxBacklogCollector:
@@ -112,7 +112,7 @@ def healthz(request: HttpRequest) -> HttpResponse:
 @require_GET
 def readyz(request: HttpRequest) -> HttpResponse:
     """Readiness: database, Redis and Kafka all answer within ~1 s each (else 503).
-    Which check failed, and why, only for operators (chatproj.security)."""
+    Which check failed, and why, only for operators (chat.security.site)."""
     results: dict[str, dict[str, object]] = {}
     with ThreadPoolExecutor(max_workers=len(CHECKS)) as pool:
         started = time.monotonic()

@@ -21,8 +21,8 @@ from django.core.management import call_command
 from django.db.models import F
 from django.test import Client, RequestFactory
 
+from chat.security.site import operator_refusal
 from chat.services.rooms import room_create_private, room_invite
-from chatproj.security import operator_refusal
 
 from ..support import ROOT
 
