@@ -56,6 +56,22 @@ def unique_topic() -> str:
     return f"chat-test-{uuid.uuid4().hex[:12]}"
 
 
+def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:
+    """The group's committed offsets, 0 where none (a consumer of the group that
+    never joins it)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, request_timeout_ms=5000,
+        enable_auto_commit=False,
+    )  # fmt: skip
+    try:
+        return {
+            p: consumer.committed(TopicPartition(topic, p), timeout_ms=5000) or 0
+            for p in consumer.partitions_for_topic(topic) or ()
+        }
+    finally:
+        consumer.close(autocommit=False)
+
+
 def read_topic(
     bootstrap: str,
     topic: str,

@@ -19,7 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import OperationalError, connection
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.partitioner.default import murmur2
 from prometheus_client import REGISTRY
@@ -35,7 +35,7 @@ from chat.services.notifications import NotificationOutcome
 from chat.services.rooms import membership_join
 from chatproj.embedded import free_port
 
-from ..support import ROOT, unique_group, unique_topic, wait_for
+from ..support import ROOT, committed_offsets, unique_group, unique_topic, wait_for
 
 
 def rows() -> list[tuple[str, str, str, int]]:
@@ -69,22 +69,6 @@ def published_offsets() -> dict[int, int]:
     ):
         ends[partition] = max(ends.get(partition, 0), offset + 1)
     return ends
-
-
-def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:
-    """The group's committed offsets, 0 where none (a consumer of the group that
-    never joins it)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, request_timeout_ms=5000,
-        enable_auto_commit=False,
-    )  # fmt: skip
-    try:
-        return {
-            p: consumer.committed(TopicPartition(topic, p), timeout_ms=5000) or 0
-            for p in consumer.partitions_for_topic(topic) or ()
-        }
-    finally:
-        consumer.close(autocommit=False)
 
 
 def wait_all_committed(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import OperationalError
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client import REGISTRY
 
@@ -26,7 +26,14 @@ from chat.agents.stream import StreamAgent
 from chat.schemas import ChatEvent
 from examples.stream_agent.message_counter import MessageCounterAgent
 
-from ..support import AGENT_ENV, ROOT, unique_group, unique_topic, wait_for
+from ..support import (
+    AGENT_ENV,
+    ROOT,
+    committed_offsets,
+    unique_group,
+    unique_topic,
+    wait_for,
+)
 
 EXAMPLE = ROOT / "examples" / "stream_agent" / "message_counter.py"
 DOCS = ROOT / "docs" / "agents.md"
@@ -36,21 +43,6 @@ def skipped(agent: str, reason: str) -> float:
     """This process's count of records `agent` skipped for `reason`."""
     labels = {"agent": agent, "reason": reason}
     return REGISTRY.get_sample_value("chat_agent_records_skipped_total", labels) or 0.0
-
-
-def committed(bootstrap: str, topic: str, group: str) -> dict[int, int]:
-    """The group's committed offset per partition, 0 where none."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-        request_timeout_ms=5000,
-    )  # fmt: skip
-    try:
-        return {
-            p: consumer.committed(TopicPartition(topic, p), timeout_ms=5000) or 0
-            for p in consumer.partitions_for_topic(topic) or ()
-        }
-    finally:
-        consumer.close(autocommit=False)
 
 
 def chat_event(room: str, n: int) -> ChatEvent:
@@ -117,7 +109,7 @@ def test_the_example_counts_published_events_commits_after_handling_and_skips_ba
     try:
         assert agent.waiting.wait(30), "no batch reached handle after the retry"
         assert agent.calls == 2  # the failed batch was polled again
-        assert not any(committed(kafka_bootstrap, topic, group).values())
+        assert not any(committed_offsets(kafka_bootstrap, topic, group).values())
         assert agent.per_room == {}
         agent.gate.set()
 
@@ -126,7 +118,7 @@ def test_the_example_counts_published_events_commits_after_handling_and_skips_ba
         )
         wait_for(
             lambda: {
-                p: o for p, o in committed(kafka_bootstrap, topic, group).items() if o
+                p: o for p, o in committed_offsets(kafka_bootstrap, topic, group).items() if o
             } == ends,
             30, interval=0.2, what=f"offsets {ends} committed",
         )  # fmt: skip
