@@ -30,7 +30,7 @@ REQUIRED_DJANGO_SERVICES = {
     "worker",
     "beat",
     "flower",
-    "notifications",
+    "agents",
 }
 # What a Django service may change in the shared definition.
 MAY_DIFFER = {"command", "ports", "healthcheck", "expose"}

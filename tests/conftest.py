@@ -452,16 +452,23 @@ def start_agent(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., Agent]]:
-    """Start `run_agent notifications` on a topic and group; env overrides by keyword."""
+    """Start `run_agent notifications` (or `run_agent <args>`) on a topic and group;
+    env overrides by keyword."""
     agents: list[Agent] = []
 
-    def start(topic: str, group: str | None = None, **env: str) -> Agent:
+    def start(
+        topic: str,
+        group: str | None = None,
+        *,
+        args: tuple[str, ...] = ("notifications",),
+        **env: str,
+    ) -> Agent:
         name = f"agent-{request.node.name[:50]}-{len(agents)}"
         metrics_dir = tmp_path / f"prometheus-{len(agents)}"
         metrics_dir.mkdir()
         agent = Agent(
             name,
-            [sys.executable, "manage.py", "run_agent", "notifications"],
+            [sys.executable, "manage.py", "run_agent", *args],
             {
                 **process_env,
                 **AGENT_ENV,

@@ -1,8 +1,8 @@
 """Agents that run as their own process: `manage.py run_agent <name>`.
 
 AGENTS is the one list of them. `make run` (runstack) starts one `run_agent <name>`
-per entry; the Procfile and docker-compose.yml have one line / service per entry
-(tests/deploy/test_compose.py fails when one is missing). A new agent is its class (a
+per entry; the Procfile's and docker-compose.yml's `agents` run `run_agent --all`,
+which starts one child per entry. A new agent is its class (a
 chat.agents.stream.StreamAgent whose `name` is the entry's name) plus one entry here.
 Nothing is imported until an agent is run: this module loads no Kafka client.
 """
@@ -39,6 +39,10 @@ class RunnableAgent:
         container healthcheck)."""
         return [*self.command, "--check", "--local"]
 
+
+# What the Procfile and compose run: every registered agent, and its healthcheck.
+ALL_AGENTS_COMMAND = ["python", "manage.py", "run_agent", "--all"]
+ALL_AGENTS_CHECK = [*ALL_AGENTS_COMMAND, "--check", "--local"]
 
 AGENTS: dict[str, RunnableAgent] = {
     agent.name: agent

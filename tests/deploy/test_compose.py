@@ -313,12 +313,12 @@ def test_worker_can_be_scaled():
     assert "5" in argv(services(CELERY_CONCURRENCY="5")["worker"]["command"])
 
 
-def test_notification_agent_is_its_own_scalable_service():
-    """notifications runs the agent with the anchor's restart policy, can be scaled,
-    serves metrics internally and is healthy while its --check passes."""
-    service = services()["notifications"]
+def test_the_agents_are_their_own_scalable_service():
+    """agents runs every registered agent with the anchor's restart policy, can be
+    scaled, serves metrics internally and is healthy while its --check passes."""
+    service = services()["agents"]
     assert argv(service["command"]) == [
-        "python", "manage.py", "run_agent", "notifications",
+        "python", "manage.py", "run_agent", "--all",
     ]  # fmt: skip
     assert service["restart"] == compose()[ANCHOR]["restart"] == "unless-stopped"
     assert "container_name" not in service and "ports" not in service
@@ -327,28 +327,27 @@ def test_notification_agent_is_its_own_scalable_service():
     check = service["healthcheck"]["test"]
     assert check[0] == "CMD" and not entry_point_problems(check[1:])
     assert check[1:] == [
-        "python", "manage.py", "run_agent", "notifications", "--check", "--local",
+        "python", "manage.py", "run_agent", "--all", "--check", "--local",
     ]  # fmt: skip
 
 
 def agent_wiring_problems(
     agents: dict[str, Any], procfile: dict[str, str], composed: dict[str, Any]
 ) -> list[str]:
-    """What is missing or extra between the agent registry, the Procfile and the
-    compose services: each agent needs `<name>: python manage.py run_agent <name>`
-    and a service of its name running that, healthy while `--check --local` passes;
-    nothing may run an agent the registry does not know."""
+    """What keeps the Procfile and compose from running every registered agent:
+    each needs `agents: python manage.py run_agent --all` (a service of that name,
+    healthy while `--all --check --local` passes); any other line or service that
+    runs one agent must name a registered one."""
+    from chat.agents.registry import ALL_AGENTS_CHECK, ALL_AGENTS_COMMAND
+
     problems = []
-    for name, agent in agents.items():
-        if shlex.split(procfile.get(name, "")) != agent.command:
-            problems.append(f"Procfile: no `{name}: {shlex.join(agent.command)}`")
-        service = composed.get(name)
-        if service is None or argv(service.get("command") or []) != agent.command:
-            problems.append(f"docker-compose.yml: no service {name} running it")
-        elif service.get("healthcheck", {}).get("test") != [
-            "CMD", *agent.check_command,
-        ]:  # fmt: skip
-            problems.append(f"docker-compose.yml: {name} has no --check healthcheck")
+    if shlex.split(procfile.get("agents", "")) != ALL_AGENTS_COMMAND:
+        problems.append(f"Procfile: no `agents: {shlex.join(ALL_AGENTS_COMMAND)}`")
+    service = composed.get("agents")
+    if service is None or argv(service.get("command") or []) != ALL_AGENTS_COMMAND:
+        problems.append("docker-compose.yml: no service agents running them")
+    elif service.get("healthcheck", {}).get("test") != ["CMD", *ALL_AGENTS_CHECK]:
+        problems.append("docker-compose.yml: agents has no --all --check healthcheck")
     for where, commands in (
         ("Procfile", {n: shlex.split(c) for n, c in procfile.items()}),
         (
@@ -357,35 +356,40 @@ def agent_wiring_problems(
         ),
     ):
         for name, args in commands.items():
-            if "run_agent" in args and name not in agents:
+            if "run_agent" not in args or "--all" in args:
+                continue
+            named = args[args.index("run_agent") + 1 :][:1]
+            if not named or named[0] not in agents:
                 problems.append(f"{where}: {name} runs an unregistered agent")
     return problems
 
 
-def test_every_registered_agent_has_a_procfile_line_and_a_compose_service():
-    """chat/agents/registry.py is the list of agents (runstack starts them from it);
-    the Procfile and docker-compose.yml say the same, and an agent added to the
-    registry alone is reported."""
-    from chat.agents.registry import AGENTS, RunnableAgent
+def test_the_procfile_and_compose_run_every_registered_agent():
+    """chat/agents/registry.py is the list of agents: runstack starts each, and the
+    Procfile's and compose's `agents` run them all (`run_agent --all`), so an agent
+    added to the registry alone is run everywhere; a line for an unknown agent, or a
+    missing `agents`, is reported."""
+    from chat.agents.registry import AGENTS, ALL_AGENTS_COMMAND, RunnableAgent
     from chat.management.commands.runstack import PROCFILE_LINE, procfile_commands
 
     procfile = procfile_commands(ROOT / "Procfile")
     assert AGENTS
     assert agent_wiring_problems(AGENTS, procfile, services()) == []
-    for name, agent in AGENTS.items():
-        assert PROCFILE_LINE.match(f"{name}: x") and not entry_point_problems(
-            agent.command
-        ), name
+    assert PROCFILE_LINE.match("agents: x") and not entry_point_problems(
+        ALL_AGENTS_COMMAND
+    )
     extra = RunnableAgent("word-count", "examples.x.WordCountAgent", "an example")
-    assert agent_wiring_problems(
-        {**AGENTS, "word-count": extra}, procfile, services()
-    ) == [
-        "Procfile: no `word-count: python manage.py run_agent word-count`",
-        "docker-compose.yml: no service word-count running it",
-    ]
+    assert (
+        agent_wiring_problems({**AGENTS, "word-count": extra}, procfile, services())
+        == []
+    )
     stray = {**procfile, "stray": "python manage.py run_agent stray"}
     assert agent_wiring_problems(AGENTS, stray, services()) == [
         "Procfile: stray runs an unregistered agent"
+    ]
+    without = {n: c for n, c in procfile.items() if n != "agents"}
+    assert agent_wiring_problems(AGENTS, without, services()) == [
+        f"Procfile: no `agents: {shlex.join(ALL_AGENTS_COMMAND)}`"
     ]
 
 
@@ -438,7 +442,7 @@ def test_every_long_running_service_restarts():
     }
     assert one_shots == {"migrate", "kafka-init"}
     long_running = set(all_services) - one_shots
-    assert {"web", "worker", "beat", "notifications", "flower", "redis"} < long_running
+    assert {"web", "worker", "beat", "agents", "flower", "redis"} < long_running
     for name in long_running:
         policy = all_services[name].get("restart")
         assert policy in ("always", "unless-stopped", "on-failure"), (name, policy)

@@ -305,7 +305,7 @@ def test_supervisor_config_restarts_every_procfile_process(settings):
     from chat.management.commands.runstack import procfile_commands, supervisor_config
 
     commands = procfile_commands(ROOT / "Procfile")
-    assert {"web", "worker", "beat", "notifications", "redis", "kafka"} <= set(commands)
+    assert {"web", "worker", "beat", "agents", "redis", "kafka"} <= set(commands)
     commands["web"] += " --note 100%"
     config = configparser.ConfigParser(interpolation=configparser.BasicInterpolation())
     config.read_string(

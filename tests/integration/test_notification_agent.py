@@ -5,6 +5,7 @@ Redis-compatible server and database, events produced by the real pipeline
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import psutil
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
@@ -35,7 +37,14 @@ from chat.services.notifications import NotificationOutcome
 from chat.services.rooms import membership_join
 from chatproj.embedded import free_port
 
-from ..support import ROOT, committed_offsets, unique_group, unique_topic, wait_for
+from ..support import (
+    ROOT,
+    Agent,
+    committed_offsets,
+    unique_group,
+    unique_topic,
+    wait_for,
+)
 
 
 def rows() -> list[tuple[str, str, str, int]]:
@@ -164,6 +173,47 @@ def test_dm_and_mentions_notify_only_their_users_once_even_replayed(
     assert replay.terminate() == 0
     check = manage("run_agent", "notifications", "--check", env=process_env)
     assert check.returncode == 1 and "no instance is consuming" in check.stderr
+
+
+def test_run_agent_all_runs_every_registered_agent_and_stops_with_them(
+    start_worker, start_agent, kafka_bootstrap, process_env
+):
+    """`run_agent --all` (the Procfile's and compose's `agents`) runs each registered
+    agent in a child: `--all --check` passes once each consumes; SIGTERM stops them
+    all (exit 0); a child that dies takes the parent down with a failing code, for
+    the supervisor to restart them."""
+    from chat.agents.heartbeat import live_instances
+    from chat.agents.registry import AGENTS
+
+    worker = start_worker()
+    parent = start_agent(worker.topic, unique_group(), args=("--all",))
+
+    def consuming(of: Agent | None = None) -> list[dict]:
+        """The heartbeats of the children of `of` (the current parent)."""
+        try:
+            children = {c.pid for c in psutil.Process((of or parent).pid).children()}
+        except psutil.NoSuchProcess:
+            return []
+        return [
+            i for n in AGENTS for i in live_instances(n) if i.get("pid") in children
+        ]
+
+    wait_for(lambda: len(consuming()) == len(AGENTS), 60, what="every agent consuming")
+    check = manage("run_agent", "--all", "--check", env=process_env)
+    assert check.returncode == 0, check.stderr
+    children = [i["pid"] for i in consuming()]
+    assert parent.terminate() == 0
+    assert not any(psutil.pid_exists(pid) for pid in children)
+    assert manage("run_agent", "--all", "--check", env=process_env).returncode == 1
+
+    again = start_agent(worker.topic, unique_group(), args=("--all",))
+    wait_for(
+        lambda: len(consuming(again)) == len(AGENTS), 60, what="every agent consuming"
+    )
+    os.kill(int(consuming(again)[0]["pid"]), signal.SIGKILL)
+    wait_for(lambda: again.process.poll() is not None, 30, what="the parent stopped")
+    assert again.process.returncode != 0
+    assert "stopping the others" in again.log()
 
 
 def test_poison_records_are_skipped_counted_and_do_not_stop_good_ones(

@@ -1,5 +1,7 @@
 """`manage.py run_agent <name>`: run a registered agent in this process until SIGTERM
-or SIGINT; `--list` names them; `--check` tells whether one is consuming (heartbeat)."""
+or SIGINT; `--all` runs every registered agent, each in a child process (the
+Procfile's and compose's `agents`); `--list` names them; `--check` tells whether one
+(or, with `--all`, each) is consuming (heartbeat)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -29,6 +33,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         """Options."""
         parser.add_argument("name", nargs="?", help="the agent to run (see --list)")
+        parser.add_argument(
+            "--all",
+            action="store_true",
+            help="every registered agent, each in a child process; stops (and "
+            "stops the others) when one of them ends",
+        )
         parser.add_argument(
             "--list", action="store_true", help="list the agents and exit"
         )
@@ -53,6 +63,17 @@ class Command(BaseCommand):
             return
         name = options["name"]
         names = ", ".join(sorted(AGENTS))
+        if options["all"]:
+            if name:
+                raise CommandError("Name an agent or use --all, not both.")
+            if options["check"]:
+                for each in AGENTS:
+                    self.check_agent(each, local=options["local"])
+                return
+            if options["local"]:
+                raise CommandError("--local only goes with --check.")
+            self.run_all()
+            return
         if not name:
             raise CommandError(f"Name the agent to run ({names}), or use --list.")
         if name not in AGENTS:
@@ -87,6 +108,48 @@ class Command(BaseCommand):
             where = f" on {host}" if host else ""
             self.stderr.write(f"{name}: no instance is consuming{where}.")
             raise SystemExit(1)
+
+    def run_all(self) -> None:
+        """One `run_agent <name>` child per registered agent; SIGTERM/SIGINT are
+        passed on to them. When one ends on its own, the others are stopped and this
+        exits with its code, for the supervisor (compose, honcho) to restart all."""
+        env = {k: v for k, v in os.environ.items() if k != "AGENT_METRICS_PORT"}
+        children = {
+            name: subprocess.Popen(
+                [sys.executable, "manage.py", "run_agent", name],
+                cwd=settings.BASE_DIR,
+                env=env,
+            )
+            for name in AGENTS
+        }
+        stopping = threading.Event()
+
+        def pass_on(signum: int, _frame: Any) -> None:
+            stopping.set()
+            for child in children.values():
+                if child.poll() is None:
+                    child.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, pass_on)
+        signal.signal(signal.SIGINT, pass_on)
+        serve_metrics()  # the children's too: they share PROMETHEUS_MULTIPROC_DIR
+        logger.info("Agents %s running in pids %s", ", ".join(children),
+                    [c.pid for c in children.values()])  # fmt: skip
+        code = 0
+        while children:
+            for name, child in list(children.items()):
+                returned = child.poll()
+                if returned is None:
+                    continue
+                del children[name]
+                if not stopping.is_set():
+                    logger.error("Agent %s ended (exit %s): stopping the others",
+                                 name, returned)  # fmt: skip
+                    code = returned or 1
+                    pass_on(signal.SIGTERM, None)
+            time.sleep(0.2)
+        if code:
+            raise SystemExit(code)
 
     def run_agent(self, name: str) -> None:
         """Build the agent, stop it cleanly on SIGTERM/SIGINT, serve its metrics."""

@@ -53,8 +53,8 @@ def procfile_web_command(path: Path, port: int) -> list[str]:
 
 
 def agent_commands() -> dict[str, str]:
-    """The command of each registered agent, by its name (the registry is their
-    source; the Procfile's lines for them are tested to say the same)."""
+    """The command of each registered agent, by its name: `make run` supervises
+    each on its own (the Procfile's `agents` runs them all in one)."""
     return {name: shlex.join(agent.command) for name, agent in AGENTS.items()}
 
 
