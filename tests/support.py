@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,6 +55,17 @@ def wait_for(
 def unique_topic() -> str:
     """A fresh topic name, so each test reads only its own events."""
     return f"chat-test-{uuid.uuid4().hex[:12]}"
+
+
+def sample_event(**changes: Any) -> Any:
+    """A chat event (ChatEvent) as the worker would build it."""
+    from chat.schemas import ChatEvent
+
+    data = dict(
+        message_id=uuid.uuid4(), room="lobby", seq=7, sender_id=3, receiver_id=None,
+        content="hi", created_at=datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC),
+    )  # fmt: skip
+    return ChatEvent(**{**data, **changes})
 
 
 def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:

@@ -69,7 +69,7 @@ def parse_frame(
     if kind not in FRAME_TYPES:
         raise ChatValidationError(
             "invalid_message",
-            f"Field 'type': {kind!r} is not one of {', '.join(FRAME_TYPES)}.",
+            f"Field 'type': should be one of {', '.join(FRAME_TYPES)}.",
             client_id,
         )
     try:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ..deploy.test_bench import run_tiny_bench
+from .test_bench import run_tiny_bench
 
 
 @pytest.mark.servers  # the benchmark starts its own stack (no fixture says so)

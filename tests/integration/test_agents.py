@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
-from datetime import UTC, datetime
 
 import pytest
 from channels.db import database_sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 
 from chat.agents import (
-    ChatEvent,
     ChatValidationError,
     KafkaChatAgent,
     PublishResult,
@@ -21,7 +18,7 @@ from chat.agents import (
 )
 from chat.models import Message
 
-from ..support import event_of, read_topic, unique_topic, wait_for
+from ..support import event_of, read_topic, sample_event, unique_topic, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -30,15 +27,6 @@ def fresh_agent():
     KafkaChatAgent.shutdown_instance()
     yield
     KafkaChatAgent.shutdown_instance()
-
-
-def sample_event(**changes) -> ChatEvent:
-    """A chat event as the worker would build it."""
-    data = dict(
-        message_id=uuid.uuid4(), room="lobby", seq=7, sender_id=3, receiver_id=None,
-        content="hi", created_at=datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC),
-    )  # fmt: skip
-    return ChatEvent(**{**data, **changes})
 
 
 def test_get_instance_is_one_object_per_process_until_closed():

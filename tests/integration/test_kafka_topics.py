@@ -42,7 +42,7 @@ def test_the_producer_creates_its_topics_before_the_first_send(
     kafka_bootstrap, settings
 ):
     """A producer process creates its topic with the settings' partitions."""
-    from ..integration.test_agents import sample_event
+    from ..support import sample_event
 
     settings.KAFKA_TOPIC_PARTITIONS = 5
     topic = unique_topic()

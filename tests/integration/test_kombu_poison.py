@@ -15,8 +15,8 @@ from celery import Celery
 from chat.models import Message
 from chatproj import kombu_poison
 
-from ..integration.test_tasks import make_message
 from ..support import wait_for
+from .test_tasks import make_message
 
 
 def envelope(body: str, **properties: Any) -> bytes:

@@ -13,8 +13,7 @@ from chat.services.messages import message_create
 from chat.services.outbox import messages_record_in_doubt
 from chatproj.kafka_cluster import KafkaCluster
 
-from ..integration.test_agents import sample_event
-from ..support import read_topic, unique_topic
+from ..support import read_topic, sample_event, unique_topic
 
 
 def _producer(bootstrap: str, transactional_id: str) -> KafkaProducer:

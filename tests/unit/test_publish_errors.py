@@ -170,7 +170,7 @@ def test_a_stalled_producer_is_rebuilt_after_two_silent_batches(settings):
     the next attempt builds a new one."""
     from chat.publishing.producer import ChatProducer
 
-    from ..integration.test_agents import sample_event
+    from ..support import sample_event
 
     settings.KAFKA_CREATE_TOPICS = False
     settings.KAFKA_TRANSACTIONS = False
@@ -192,7 +192,7 @@ def test_a_transaction_abandoned_after_a_failure_discards_the_producer(settings)
     that transaction when it initialises."""
     from chat.publishing.producer import ChatProducer
 
-    from ..integration.test_agents import sample_event
+    from ..support import sample_event
 
     settings.KAFKA_CREATE_TOPICS = False
     settings.KAFKA_TRANSACTIONS = True
