@@ -43,10 +43,10 @@ class ProcessSingleton:
     def get_instance(cls, **overrides: Any) -> Self:
         """The process-wide instance, built on first call (with these overrides)."""
         instance = cls._instances.get(cls)
-        if instance is None or instance.closed or instance.pid != os.getpid():
+        if not _live(instance):
             with cls._registry_lock:
                 instance = cls._instances.get(cls)
-                if instance is None or instance.closed or instance.pid != os.getpid():
+                if not _live(instance):
                     instance = cls(**overrides)
                     cls._instances[cls] = instance
                     logger.info(
@@ -58,7 +58,7 @@ class ProcessSingleton:
     def current_instance(cls) -> Self | None:
         """The instance of this process if one was built, without building one."""
         instance = cls._instances.get(cls)
-        if instance is None or instance.closed or instance.pid != os.getpid():
+        if not _live(instance):
             return None
         return instance  # type: ignore[return-value]
 
@@ -79,6 +79,11 @@ class ProcessSingleton:
         with self._registry_lock:
             if self._instances.get(type(self)) is self:
                 del self._instances[type(self)]
+
+
+def _live(instance: ProcessSingleton | None) -> bool:
+    """Built by this process and not closed since."""
+    return instance is not None and not instance.closed and instance.pid == os.getpid()
 
 
 def close_all() -> None:
