@@ -8,166 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 from playwright.async_api import expect
 
-from chat.models import Message, Room
-from chat.services.rooms import membership_join, room_get_or_create
-from chatproj.embedded import free_port, port_answers
+from chat.models import Message
+from chat.services.rooms import membership_join
 
-from ..support import ROOT, ManagedProcess, WSClient, wait_for, web_server_args
+from ..support import ROOT, WSClient
+from .browser import (
+    ACKED,
+    CONNECTED,
+    DESKTOP,
+    contents,
+    message,
+    screenshot,
+    send,
+    store,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-# README's pictures are rewritten with UPDATE_SCREENSHOTS=1 (make screenshots);
-# ordinary runs keep theirs under test-artifacts/, so a test run changes no tracked file.
-SCREENSHOTS = (
-    ROOT / "docs" / "screenshots"
-    if os.environ.get("UPDATE_SCREENSHOTS")
-    else ROOT / "test-artifacts" / "screenshots"
-)
-CONNECTED = "#conn-state[data-state=open]"
-ACKED = ":is([data-state=sent], [data-state=delivered])"  # stored (maybe published)
-DESKTOP = {"width": 1280, "height": 800}
-
-
-def chromium_path() -> str | None:
-    """Debian's Chromium, which the tests drive (no browser download)."""
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture
-async def browser():
-    """A headless Chromium (required in CI, skipped elsewhere when absent)."""
-    path = chromium_path()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is missing: apt-get install chromium")
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        instance = await p.chromium.launch(
-            executable_path=path,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        yield instance
-        await instance.close()
-
-
-class Pages:
-    """Browser pages of the test, with what they saw: CSP violations and every
-    WebSocket frame each page received."""
-
-    def __init__(self, browser: Any) -> None:
-        self.browser = browser
-        self.csp_violations: list[str] = []
-        self.frames: dict[str, list[str]] = {}
-
-    async def open(
-        self, server: str, username: str, path: str, password: str | None = None, **ctx
-    ) -> Any:
-        """Log in through the form and open `path`; return the page once connected."""
-        context = await self.browser.new_context(**{"viewport": DESKTOP, **ctx})
-        page = await context.new_page()
-        seen = self.frames.setdefault(username, [])
-        page.on(
-            "console",
-            lambda m: (
-                "Content Security Policy" in m.text
-                and self.csp_violations.append(m.text)
-            ),
-        )
-        page.on(
-            "websocket",
-            lambda ws: ws.on("framereceived", lambda f: seen.append(str(f))),
-        )
-        await page.goto(f"http://{server}/accounts/login/?next={path}")
-        await page.fill("#id_username", username)
-        await page.fill("#id_password", password or "pw-" + username)
-        await page.click("form.stacked button[type=submit]")
-        await page.wait_for_url(f"**{path}")
-        if path.startswith("/chat/"):
-            await page.wait_for_selector(CONNECTED)
-        return page
-
-
-@pytest.fixture
-def pages(browser) -> Pages:
-    """Logged-in pages of the test's users."""
-    return Pages(browser)
-
-
-def message(text: str) -> str:
-    """Selector of the message whose content is exactly `text`."""
-    return f"#log li.msg:has(.content:text-is({text!r}))"
-
-
-async def contents(page: Any) -> list[str]:
-    """The messages the page shows, top to bottom."""
-    return await page.locator("#log li.msg .content").all_text_contents()
-
-
-async def send(page: Any, text: str) -> None:
-    """Type a message and press Enter."""
-    await page.fill("#message", text)
-    await page.press("#message", "Enter")
-
-
-async def screenshot(page: Any, name: str) -> None:
-    """Save a picture of the product for README."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
-
-
-def store(room: str, sender_id: int, texts: list[str]) -> list[int]:
-    """Messages stored straight in the database, as if sent while nobody watched: no
-    broadcast reaches any page (the seqs they take are returned)."""
-    room_obj = room_get_or_create(name=room)
-    seqs = []
-    for content in texts:
-        seq = Room.objects.get(pk=room_obj.pk).next_seq
-        Room.objects.filter(pk=room_obj.pk).update(next_seq=seq + 1)
-        Message.objects.create(
-            room=room_obj, seq=seq, sender_id=sender_id, content=content
-        )
-        seqs.append(seq)
-    return seqs
-
-
-@pytest.fixture
-def restartable_web(
-    process_env: dict[str, str], log_dir: Path
-) -> Iterator[Callable[[], ManagedProcess]]:
-    """A dedicated web server that a test stops and starts again on the same port."""
-    port = free_port()
-    server = ManagedProcess(
-        f"web-ui-{port}", web_server_args(port), process_env, log_dir
-    )
-    server.address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
-
-    def start() -> ManagedProcess:
-        server.start()
-        wait_for(lambda: port_answers("127.0.0.1", port), 30, what="web listening")
-        return server
-
-    yield start
-    server.stop()
-
-
-async def wait_until(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """wait_for on a worker thread (conditions that use the ORM)."""
-    return await database_sync_to_async(wait_for)(condition, timeout, 0.1)
-
 
 # --- conversations ---------------------------------------------------------------------
 
