@@ -1,12 +1,12 @@
 """Run the whole stack for development: `make run` calls this.
 
-Migrates, creates the demo users, starts an embedded Redis-compatible server and an
-embedded Kafka-compatible broker when the configured ones do not answer, then hands
-over to supervisord, which runs the Procfile's processes (web server, Celery worker,
-beat, the embedded servers) and one `run_agent <name>` per agent of
-chat.agents.registry.AGENTS unless KAFKA_ENABLED is off, restarts any that crashes
-(with a log line, and a growing delay if it keeps crashing at start), and stops every
-child on Ctrl-C or SIGTERM.
+Migrates, starts an embedded Redis-compatible server and an embedded Kafka-compatible
+broker when the configured ones do not answer, then hands over to supervisord, which
+runs the Procfile's processes (web server, Celery worker, beat, the embedded servers)
+and one `run_agent <name>` per agent of chat.agents.registry.AGENTS unless
+KAFKA_ENABLED is off, restarts any that crashes (with a log line, and a growing delay
+if it keeps crashing at start), and stops every child on Ctrl-C or SIGTERM. The demo
+users are created by a one-shot child once Redis answers.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ START_RETRIES = 10
 # Embedded servers start first and stop last.
 SERVER_PRIORITY, APP_PRIORITY = 10, 100
 PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
+# Runs once, when Redis answers: creating a user sends live events through it.
+DEMO_USERS_COMMAND = "python manage.py create_demo_users --wait-for-redis 60"
+ONE_SHOT = frozenset({"demo-users"})
 
 
 def procfile_commands(path: Path) -> dict[str, str]:
@@ -65,15 +68,21 @@ def stack_processes(kafka_enabled: bool) -> list[str]:
 
 
 def stack_commands(procfile: Path) -> dict[str, str]:
-    """Every process's command: the Procfile's, and the registry's for agents."""
-    return {**procfile_commands(procfile), **agent_commands()}
+    """Every process's command: the Procfile's, the registry's for agents, and the
+    one-shot demo users."""
+    return {
+        **procfile_commands(procfile),
+        **agent_commands(),
+        "demo-users": DEMO_USERS_COMMAND,
+    }
 
 
 def supervisor_config(
     commands: dict[str, str], processes: list[str], run_dir: Path, tag: str
 ) -> str:
     """supervisord configuration that runs `processes` in the foreground and restarts
-    each that exits; its log and every process's output go to this terminal."""
+    each that exits (but the ONE_SHOT ones, run once); its log and every process's
+    output go to this terminal."""
     base = Path(settings.BASE_DIR)
     sections = [
         "[supervisord]",
@@ -96,14 +105,15 @@ def supervisor_config(
     for name in processes:
         command = commands[name].replace("%", "%%")  # supervisord interpolates %(...)s
         server = name in ("redis", "kafka")
+        once = name in ONE_SHOT
         sections += [
             "",
             f"[program:{name}]",
             f"command = /bin/sh -c {shlex.quote('exec ' + command)}",
             f"directory = {base}",
             f"priority = {SERVER_PRIORITY if server else APP_PRIORITY}",
-            "autorestart = true",
-            f"startsecs = {START_SECONDS}",
+            f"autorestart = {'false' if once else 'true'}",
+            f"startsecs = {0 if once else START_SECONDS}",
             f"startretries = {START_RETRIES}",
             # A worker's prefork children are in its process group: stopped with it.
             "stopasgroup = true",
@@ -128,7 +138,7 @@ def append_only_output() -> None:
 class Command(BaseCommand):
     """`manage.py runstack [--port 8000]`."""
 
-    help = "Migrate, create demo users, start missing servers, run web + worker."
+    help = "Migrate, start missing servers, run web + worker, create demo users."
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Options."""
@@ -139,8 +149,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, port: int, **options: Any) -> None:
         """Prepare, then exec supervisord with the processes that are needed."""
         call_command("migrate", interactive=False, verbosity=0)
-        call_command("create_demo_users")
-        processes = stack_processes(settings.KAFKA_ENABLED)
+        processes = [*stack_processes(settings.KAFKA_ENABLED), "demo-users"]
         run_dir = Path(settings.BASE_DIR) / ".run"
         run_dir.mkdir(exist_ok=True)
         env = dict(os.environ, CHATPROJ_WEB_PORT=str(port), PYTHONUNBUFFERED="1")
