@@ -79,7 +79,8 @@ kafka: $(STAMP)
 KAFKA_INTEGRATION_TESTS := tests/integration/test_tasks.py \
 	tests/integration/test_agents.py tests/integration/test_notification_agent.py \
 	tests/integration/test_kafka_topics.py tests/integration/test_dead_letter_kafka.py \
-	tests/integration/test_transactions_kafka.py tests/e2e/test_e2e.py \
+	tests/integration/test_transactions_kafka.py tests/integration/test_readme_tail.py \
+	tests/e2e/test_e2e.py \
 	tests/deploy/test_kafka_cluster.py tests/deploy/test_bench_kafka.py
 test-kafka: $(STAMP) $(DOTENV)
 	$(PY) -m chatproj.kafka_cluster fetch

@@ -84,8 +84,8 @@ class NotificationAgent(StreamAgent):
             metrics.NOTIFICATION_FRESHNESS.observe(
                 max(0.0, moment - event.created_at.timestamp())
             )
-        if outcome.created:
-            logger.info(
+        if outcome.created:  # per batch: DEBUG (chat_notifications_created counts them)
+            logger.debug(
                 "%d notification(s) from %d event(s)",
                 len(outcome.created),
                 len(outcome.accepted),

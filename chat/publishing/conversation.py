@@ -119,8 +119,8 @@ def _publish_batch(
             published.append((message, result))
             outcome[key] = Message.Status.PUBLISHED
     messages_record_published(published=published)
-    if published:
-        logger.info(
+    if published:  # per batch: DEBUG (metrics and Flower count them at any level)
+        logger.debug(
             "Published %d message(s) of %s, seq %d-%d, to %s[%d]",
             len(published),
             room_name,
