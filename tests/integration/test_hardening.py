@@ -1,0 +1,138 @@
+"""Abuse and hardening (issue 22, points 10-16): canonical DM names, reads that
+write no membership; server-free with Django's test client, then sockets through a
+real uvicorn (servers)."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from chat.models import Room, RoomMembership, dm_room_name
+from chat.services.rooms import (
+    RoomError,
+    membership_join,
+    room_get_or_create,
+    room_mark_read,
+)
+
+from ..security_support import close_code
+from ..support import WSClient
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def browser(name: str) -> Client:
+    """A logged-in test client."""
+    client = Client()
+    client.force_login(get_user_model().objects.get(username=name))
+    return client
+
+
+# --- DM names: only dm-<low>-<high> ---------------------------------------------------
+
+
+def non_canonical(low: int, high: int) -> list[str]:
+    """Names that spell the pair (low, high) other than dm_room_name's."""
+    return [
+        f"dm-{high}-{low}",
+        f"dm-0{low}-{high}",
+        f"dm-{low}-00{high}",
+        f"dm-{low}-{high}-",
+        f"dm--{low}-{high}",
+        "dm-0-0",
+        f"dm-{low}-{'9' * 40}",
+    ]
+
+
+def test_only_the_canonical_dm_name_opens_a_conversation(
+    chat_users, in_memory_channel_layer
+):
+    """dm-3-1, dm-01-3, dm-1-003 and friends are no room: the page is a 404, the
+    services refuse them, and nothing is created or joined."""
+    alice, carol = chat_users["alice"].id, chat_users["carol"].id
+    low, high = sorted((alice, carol))
+    for name in non_canonical(low, high):
+        response = browser("alice").get(f"/chat/{name}/")
+        assert response.status_code == 404, name
+        assert b"dm-&lt;lower user id&gt;-&lt;higher user id&gt;" in response.content
+        with pytest.raises(RoomError) as refused:
+            membership_join(user_id=alice, room_name=name)
+        assert refused.value.code == "unknown_room"
+        with pytest.raises(RoomError):
+            room_get_or_create(name=name)
+    assert not Room.objects.exists() and not RoomMembership.objects.exists()
+    canonical = dm_room_name(alice, carol)
+    assert browser("alice").get(f"/chat/{canonical}/").status_code == 200
+    assert set(
+        RoomMembership.objects.filter(room__name=canonical).values_list(
+            "user_id", flat=True
+        )
+    ) == {alice, carol}
+
+
+def test_only_its_two_users_create_a_dm_conversation(
+    chat_users, in_memory_channel_layer
+):
+    """A third user opening alice and bob's conversation (or one with a user who
+    does not exist) creates nothing: no room, no entry in alice's sidebar."""
+    alice, bob = chat_users["alice"].id, chat_users["bob"].id
+    assert browser("carol").get(f"/chat/{dm_room_name(alice, bob)}/").status_code == 403
+    missing = f"dm-{alice}-{alice + bob + 1000}"
+    assert browser("alice").get(f"/chat/{missing}/").status_code == 404
+    assert not Room.objects.exists()
+    assert dm_room_name(alice, bob) not in browser("alice").get("/").content.decode()
+
+
+async def test_a_socket_to_a_non_canonical_dm_name_is_closed_4403(
+    asgi_server, chat_users
+):
+    """Through uvicorn: the socket is closed with 4403 before any frame, and no
+    room or membership is written."""
+    alice, carol = chat_users["alice"], chat_users["carol"]
+    low, high = sorted((alice.id, carol.id))
+    for name in (f"dm-{high}-{low}", f"dm-0{low}-{high}", f"dm-{low}-00{high}"):
+        client = await WSClient.connect(asgi_server, name, alice.cookie)
+        assert await close_code(client, 10) == 4403
+        assert client.unread == []
+    assert not await database_sync_to_async(Room.objects.exists)()
+
+
+# --- reads write no membership --------------------------------------------------------
+
+
+def test_a_read_of_a_public_room_never_opened_joins_nothing(
+    chat_users, in_memory_channel_layer
+):
+    """POST /chat/<room>/read/ by a non-member of a public room: 404 `not_member`
+    and no membership; after opening the room, reads work."""
+    alice, bob = chat_users["alice"].id, chat_users["bob"].id
+    membership_join(user_id=alice, room_name="lobby")
+    response = browser("bob").post("/chat/lobby/read/", {"up_to_seq": 0})
+    assert response.status_code == 404, response.content
+    assert response.json()["error"] == "not_member"
+    with pytest.raises(RoomError):
+        room_mark_read(user_id=bob, room_name="lobby", up_to_seq=0)
+    assert not RoomMembership.objects.filter(user_id=bob).exists()
+    membership_join(user_id=bob, room_name="lobby")
+    assert browser("bob").post("/chat/lobby/read/", {"up_to_seq": 0}).status_code == 200
+
+
+async def test_a_read_frame_on_the_notification_socket_joins_nothing(
+    asgi_server, chat_users
+):
+    """A `read` frame for a public room the user never opened gets a `not_member`
+    error frame, the socket stays open, and no membership is written."""
+    alice, bob = chat_users["alice"], chat_users["bob"]
+    await database_sync_to_async(membership_join)(user_id=alice.id, room_name="lobby")
+    client = await WSClient.connect(asgi_server, "notifications", bob.cookie, path="ws")
+    await client.expect("unread")
+    await client.send({"type": "read", "room": "lobby", "up_to_seq": 0})
+    error = await client.expect("error")
+    assert error["code"] == "not_member"
+    await client.send({"type": "read", "room": "lobby", "up_to_seq": "garbage"})
+    assert (await client.expect("error"))["code"] == "invalid_message"
+    exists = RoomMembership.objects.filter(user_id=bob.id).exists
+    assert not await database_sync_to_async(exists)()
+    await client.close()
