@@ -17,7 +17,7 @@ from chat.services.rooms import (
     room_mark_read,
 )
 
-from ..security_support import close_code
+from ..security_support import close_code, still_open
 from ..support import WSClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -136,3 +136,80 @@ async def test_a_read_frame_on_the_notification_socket_joins_nothing(
     exists = RoomMembership.objects.filter(user_id=bob.id).exists
     assert not await database_sync_to_async(exists)()
     await client.close()
+
+
+# --- credential changes from any process close sockets at once ------------------------
+
+WITHIN = 2.0  # seconds after the changing process exits: the requirement
+
+# (what changes, the manage.py arguments, what goes to its stdin)
+OUTSIDE_CHANGES = {
+    "set_password": (
+        ["shell", "-c", (
+            "from django.contrib.auth import get_user_model; "
+            "u = get_user_model().objects.get(username='alice'); "
+            "u.set_password('a-new-long-pass-phrase'); u.save()"
+        )],
+        "",
+    ),
+    "deactivate": (
+        ["shell", "-c", (
+            "from django.contrib.auth import get_user_model; "
+            "u = get_user_model().objects.get(username='alice'); "
+            "u.is_active = False; u.save()"
+        )],
+        "",
+    ),
+    "changepassword": (
+        ["changepassword", "alice"],
+        "a-new-long-pass-phrase\na-new-long-pass-phrase\n",
+    ),
+}  # fmt: skip
+
+
+def run_manage(process_env: dict[str, str], args: list[str], stdin: str) -> None:
+    """A short `manage.py` process against the test database; it must succeed.
+    No controlling terminal, so getpass reads the piped stdin."""
+    import subprocess
+    import sys
+
+    from ..support import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        input=stdin,
+        env=process_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("change", sorted(OUTSIDE_CHANGES))
+async def test_a_credential_change_in_a_short_process_closes_sockets_at_once(
+    asgi_server, process_env, chat_users, change
+):
+    """A password set or a deactivation from `manage.py shell`, or `manage.py
+    changepassword`, closes the user's chat and notification sockets with 4401
+    within 2 s of the process's exit (not at the next periodic check); bob's stay."""
+    import time
+
+    alice, bob = chat_users["alice"], chat_users["bob"]
+    chat = await WSClient.connect(asgi_server, "lobby", alice.cookie)
+    notes = await WSClient.connect(asgi_server, "notifications", alice.cookie, "ws")
+    bobs = await WSClient.connect(asgi_server, "lobby", bob.cookie)
+    await chat.expect("history")
+    await notes.expect("unread")
+    await bobs.expect("history")
+    args, stdin = OUTSIDE_CHANGES[change]
+    await database_sync_to_async(run_manage, thread_sensitive=False)(
+        process_env, args, stdin
+    )
+    exited = time.monotonic()
+    assert await close_code(chat, WITHIN) == 4401
+    assert await close_code(notes, WITHIN) == 4401
+    assert time.monotonic() - exited < WITHIN
+    await still_open(bobs, "bob-still-here")
