@@ -18,7 +18,7 @@ from chat.services.rooms import (
 )
 
 from ..security_support import close_code, still_open
-from ..support import WSClient
+from ..support import WSClient, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -213,3 +213,48 @@ async def test_a_credential_change_in_a_short_process_closes_sockets_at_once(
     assert await close_code(notes, WITHIN) == 4401
     assert time.monotonic() - exited < WITHIN
     await still_open(bobs, "bob-still-here")
+
+
+# --- tickets stay out of the server's log ---------------------------------------------
+
+
+async def test_a_ticket_never_reaches_the_servers_log(asgi_server, chat_users, log_dir):
+    """uvicorn logs a socket's path with its query: the ticket's value is replaced
+    by `[redacted]` there (other parameters stay), for good and bad tickets alike."""
+    import urllib.parse
+    import uuid
+
+    from websockets.asyncio.client import connect
+
+    from chat.security.tickets import ticket_issue
+
+    alice = await database_sync_to_async(get_user_model().objects.get)(
+        pk=chat_users["alice"].id
+    )
+    room = f"tixlog{uuid.uuid4().hex[:8]}"
+    good = await database_sync_to_async(ticket_issue)(user=alice, session_key=None)
+    bad = good[:-6] + "AAAAAA"
+    for ticket in (good, bad):
+        query = urllib.parse.urlencode({"after_seq": 0, "ticket": ticket})
+        client = WSClient(
+            await connect(
+                f"ws://{asgi_server}/ws/chat/{room}/?{query}", open_timeout=10
+            )
+        )
+        await client.expect("history") if ticket is good else None
+        await client.close()
+    log_path = log_dir / "web.log"
+
+    def logged() -> str:
+        text = log_path.read_text(errors="replace")
+        return text if text.count(room) >= 2 else ""
+
+    text = await database_sync_to_async(wait_for, thread_sensitive=False)(
+        logged, 10, what="the sockets' log lines"
+    )
+    lines = [line for line in text.splitlines() if f"/ws/chat/{room}/" in line]
+    assert len(lines) == 2, lines
+    assert all("?after_seq=0&ticket=[redacted]" in line for line in lines), lines
+    for ticket in (good, bad):
+        for part in ticket.split(":"):
+            assert part not in text

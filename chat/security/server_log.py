@@ -1,0 +1,64 @@
+"""What the ASGI server writes to its log of a request: never a ticket.
+
+uvicorn logs each socket's path with its query string (`"WebSocket
+/ws/chat/lobby/?ticket=..." [accepted]`) and each HTTP request's in its access log. A
+ticket opens a socket for WS_TICKET_TTL seconds, so its value is a credential: a
+filter on uvicorn's loggers replaces it with `[redacted]` before any handler formats
+the record, whatever the query's other parameters or how its key is percent-encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import unquote_plus
+
+SECRET_PARAMETERS = frozenset({"ticket"})
+REDACTED = "[redacted]"
+# uvicorn's loggers that carry request paths (access log, and sockets' lines).
+SERVER_LOGGERS = ("uvicorn.access", "uvicorn.error")
+
+_QUERY = re.compile(r"\?([^\s\"']*)")
+
+
+def redact_query(text: str) -> str:
+    """`text` with the value of every secret query parameter replaced."""
+    if "?" not in text:
+        return text
+
+    def redact(match: re.Match[str]) -> str:
+        pairs = []
+        for pair in match.group(1).split("&"):
+            key, sep, _ = pair.partition("=")
+            if unquote_plus(key) in SECRET_PARAMETERS:
+                pair = f"{key}={REDACTED}"
+            pairs.append(pair)
+        return "?" + "&".join(pairs)
+
+    return _QUERY.sub(redact, text)
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites a record's message and string arguments with redact_query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the record in place; never drop it."""
+        if isinstance(record.msg, str):
+            record.msg = redact_query(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_query(arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
+_filter = RedactSecrets()
+
+
+def install_redaction() -> None:
+    """Put the filter on the ASGI server's loggers (idempotent)."""
+    for name in SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if _filter not in logger.filters:
+            logger.addFilter(_filter)
