@@ -29,7 +29,7 @@ def redact_query(text: str) -> str:
     def redact(match: re.Match[str]) -> str:
         pairs = []
         for pair in match.group(1).split("&"):
-            key, sep, _ = pair.partition("=")
+            key = pair.partition("=")[0]
             if unquote_plus(key) in SECRET_PARAMETERS:
                 pair = f"{key}={REDACTED}"
             pairs.append(pair)
