@@ -258,3 +258,115 @@ async def test_a_ticket_never_reaches_the_servers_log(asgi_server, chat_users, l
     for ticket in (good, bad):
         for part in ticket.split(":"):
             assert part not in text
+
+
+# --- sign-up: passwords, look-alike usernames, per address ----------------------------
+
+
+def sign_up(username: str, password: str, address: str = "127.0.0.1"):
+    """POST the sign-up form from `address`; the response."""
+    return Client(REMOTE_ADDR=address).post(
+        "/accounts/signup/",
+        {"username": username, "password1": password, "password2": password},
+    )
+
+
+def test_sign_up_refuses_weak_passwords(db, in_memory_channel_layer):
+    """Django's four validators: common, numeric, too short, like the username."""
+    for username, password, says in [
+        ("dora", "password", "too common"),
+        ("dora", "12345678", "entirely numeric"),
+        ("dora", "a-b-c", "too short"),
+        ("dorabella", "dorabella", "too similar to the username"),
+    ]:
+        response = sign_up(username, password)
+        assert response.status_code == 400, password
+        assert says in response.content.decode(), password
+    assert not get_user_model().objects.exists()
+    assert sign_up("dora", "a-long-pass-phrase").status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("username", "code"),
+    [
+        ("\u0430lice", "mixes letters of different scripts"),  # Cyrillic а, Latin lice
+        ("alic\u0435", "mixes letters of different scripts"),  # Latin alic, Cyrillic е
+        ("aIice", "looks like an existing"),  # capital i for l
+        ("a1ice", "looks like an existing"),  # digit one for l
+        ("\u0441\u043e\u0441\u043e", "looks like an existing"),  # Cyrillic сосо
+        ("\uff41\uff4c\uff49\uff43\uff45", "already exists"),  # fullwidth: NFKC alice
+        ("ALICE", "already exists"),  # Django's own case check
+    ],
+)
+def test_sign_up_refuses_look_alike_usernames(db, username, code):
+    """Mixed scripts and skeletons (TR39) of existing names are refused with a
+    message saying why; the people search never shows a look-alike."""
+    for existing in ("alice", "coco"):
+        get_user_model().objects.create(username=existing)
+    response = sign_up(username, "a-long-pass-phrase")
+    assert response.status_code == 400
+    assert code in response.content.decode().replace("&#x27;", "'")
+    assert get_user_model().objects.count() == 2
+
+
+def test_sign_up_accepts_names_of_one_script_and_shows_the_rule(
+    db, in_memory_channel_layer
+):
+    """One script per name, any script; the form's help text states the rule."""
+    from chat.security.usernames import RULE
+
+    get_user_model().objects.create(username="alice")
+    assert RULE in Client().get("/accounts/signup/").content.decode()
+    for name in ("\u0414\u043c\u0438\u0442\u0440\u0438\u0439", "bob_99", "al.ice2"):
+        assert sign_up(name, "a-long-pass-phrase").status_code == 302, name
+
+
+def test_sign_up_is_throttled_per_address(db, in_memory_channel_layer, settings):
+    """SIGNUP_RATE_PER_ADDRESS accounts from one address, then 429 in plain words
+    with nothing created; another address still signs up. On by default."""
+    assert settings.SIGNUP_RATE_PER_ADDRESS
+    settings.SIGNUP_RATE_PER_ADDRESS = "3/hour"
+    for n in range(3):
+        assert sign_up(f"user{n}", "a-long-pass-phrase", "10.0.0.1").status_code == 302
+    refused = sign_up("user3", "a-long-pass-phrase", "10.0.0.1")
+    assert refused.status_code == 429
+    assert (
+        "Too many accounts were created from your address" in refused.content.decode()
+    )
+    assert not get_user_model().objects.filter(username="user3").exists()
+    assert sign_up("user3", "a-long-pass-phrase", "10.0.0.2").status_code == 302
+
+
+# --- password spraying: failed logins per address, across usernames ------------------
+
+
+def test_one_password_across_many_usernames_is_throttled_per_address(
+    db, settings, caplog
+):
+    """25 usernames, one wrong password each, from one address (no lockout per
+    username): from the 21st on the login form answers 429, even for a right
+    password, logged once; another address still logs in. Default limits."""
+    from django.contrib.auth.hashers import make_password
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    for n in range(25):
+        get_user_model().objects.create(
+            username=f"u{n}", password=make_password(f"right-{n}")
+        )
+    limit = int(settings.LOGIN_FAILURES_PER_ADDRESS.split("/")[0])
+    assert limit == 20
+
+    def log_in(username: str, password: str, address: str = "10.1.1.1"):
+        client = Client(REMOTE_ADDR=address)
+        response = client.post(
+            "/accounts/login/", {"username": username, "password": password}
+        )
+        return response.status_code, "_auth_user_id" in client.session
+
+    statuses = [log_in(f"u{n}", "Summer2026!")[0] for n in range(25)]
+    assert statuses == [200] * limit + [429] * (25 - limit)
+    status, logged_in = log_in("u0", "right-0")
+    assert status == 429 and not logged_in
+    assert log_in("u0", "right-0", address="10.1.1.2") == (302, True)
+    throttled = [r for r in caplog.records if "Throttled: failed logins" in r.message]
+    assert len(throttled) == 1
