@@ -370,3 +370,59 @@ def test_one_password_across_many_usernames_is_throttled_per_address(
     assert log_in("u0", "right-0", address="10.1.1.2") == (302, True)
     throttled = [r for r in caplog.records if "Throttled: failed logins" in r.message]
     assert len(throttled) == 1
+
+
+# --- connection churn: connects per user per window -----------------------------------
+
+
+async def test_connects_per_user_are_limited_and_logged_once_per_window(
+    start_web, log_dir, chat_users
+):
+    """Past CHAT_CONNECT_RATE connects (chat and notification sockets together) a
+    user's socket is closed with 4429 and a reason saying why, before any frame;
+    the server writes one line per admitted socket, none per refused one, and one
+    line for the window; another user connects as usual."""
+    import time
+
+    from websockets.exceptions import ConnectionClosed
+
+    from ..security_support import server_log
+
+    base = await database_sync_to_async(start_web, thread_sensitive=False)(
+        CHAT_CONNECT_RATE="10/minute"
+    )
+    server = base.removeprefix("http://")
+    alice, bob = chat_users["alice"], chat_users["bob"]
+    admitted, refused = 0, []
+    started = time.monotonic()
+    for n in range(40):
+        path, room = ("ws", "notifications") if n % 2 else ("ws/chat", "churn")
+        client = await WSClient.connect(server, room, alice.cookie, path=path)
+        try:
+            first = await client.expect(lambda f: True, timeout=10)
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None
+            refused.append((closed.rcvd.code, closed.rcvd.reason))
+            continue
+        assert first["type"] in ("history", "unread")
+        admitted += 1
+        await client.close()
+    elapsed = time.monotonic() - started
+    assert admitted == 10, (admitted, refused)
+    assert {code for code, _ in refused} == {4429}
+    assert "Too many connects: at most 10 per 1 minute" in refused[0][1]
+    bobs = await WSClient.connect(server, "churn", bob.cookie)
+    await bobs.expect("history")
+    await bobs.close()
+
+    def logged() -> str:
+        text = server_log(log_dir, base)
+        return text if text.count("/ws/chat/churn/") >= 6 else ""
+
+    text = await database_sync_to_async(wait_for, thread_sensitive=False)(
+        logged, 10, what="bob's socket in the log"
+    )
+    assert text.count("Throttled: socket connects of user") == 1, text[-3000:]
+    assert text.count('"WebSocket /ws/') == 11  # alice's 10 admitted and bob's
+    assert "connection open" not in text
+    print(f"40 connects in {elapsed:.2f} s: {admitted} admitted, {len(refused)} 4429")

@@ -39,3 +39,28 @@ def test_the_filter_rewrites_uvicorns_record_arguments():
     assert record.getMessage() == (
         '127.0.0.1:5 - "WebSocket /ws/chat/a/?ticket=[redacted]" 403'
     )
+
+
+def test_the_filter_drops_bare_socket_lines_and_quiet_sockets():
+    """websockets' `connection open` goes; a socket marked quiet (in its own
+    context, as its consumer's task) logs nothing; others still log."""
+    import contextvars
+
+    from chat.security.server_log import quiet_socket
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(
+            "uvicorn.error", logging.INFO, __file__, 1, msg, args, None
+        )
+
+    accepted = ('%s - "WebSocket %s" [accepted]', "127.0.0.1:5", "/ws/chat/a/")
+    assert not RedactSecrets().filter(record("connection open"))
+    assert not RedactSecrets().filter(record("connection closed"))
+    assert RedactSecrets().filter(record(*accepted))
+
+    def refused_socket() -> bool:
+        quiet_socket()
+        return RedactSecrets().filter(record(*accepted))
+
+    assert contextvars.copy_context().run(refused_socket) is False
+    assert RedactSecrets().filter(record(*accepted))  # other sockets unaffected
