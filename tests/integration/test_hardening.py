@@ -300,7 +300,8 @@ def test_sign_up_refuses_weak_passwords(db, in_memory_channel_layer):
 )
 def test_sign_up_refuses_look_alike_usernames(db, username, code):
     """Mixed scripts and skeletons (TR39) of existing names are refused with a
-    message saying why; the people search never shows a look-alike."""
+    message saying why, and nothing is created (so no look-alike in the people
+    search)."""
     for existing in ("alice", "coco"):
         get_user_model().objects.create(username=existing)
     response = sign_up(username, "a-long-pass-phrase")
