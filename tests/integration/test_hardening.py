@@ -427,3 +427,33 @@ async def test_connects_per_user_are_limited_and_logged_once_per_window(
     assert text.count('"WebSocket /ws/') == 11  # alice's 10 admitted and bob's
     assert "connection open" not in text
     print(f"40 connects in {elapsed:.2f} s: {admitted} admitted, {len(refused)} 4429")
+
+
+async def test_sign_up_throttle_holds_across_web_processes(start_web, chat_users):
+    """Two uvicorn processes count one address's sign-ups together (shared Redis):
+    past SIGNUP_RATE_PER_ADDRESS either answers 429 in plain words."""
+    from ..security_support import post_form
+
+    def start() -> str:
+        return start_web(SIGNUP_RATE_PER_ADDRESS="2/hour")
+
+    first = await database_sync_to_async(start, thread_sensitive=False)()
+    second = await database_sync_to_async(start, thread_sensitive=False)()
+
+    def sign_up_at(base: str, username: str) -> tuple[int, object]:
+        password = "a-long-pass-phrase"
+        return post_form(
+            base, "/accounts/signup/", cookie=None,
+            data={"username": username, "password1": password, "password2": password},
+        )  # fmt: skip
+
+    post = database_sync_to_async(sign_up_at, thread_sensitive=False)
+    assert (await post(first, "dora"))[0] == 302
+    assert (await post(second, "erin"))[0] == 302
+    status, body = await post(first, "fred")
+    assert status == 429 and "Too many accounts were created" in str(body)
+    assert (await post(second, "gina"))[0] == 429
+    names = get_user_model().objects.values_list("username", flat=True)
+    assert set(await database_sync_to_async(list)(names)) == {
+        "alice", "bob", "carol", "dora", "erin"
+    }  # fmt: skip
