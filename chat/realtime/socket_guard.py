@@ -10,7 +10,8 @@ cleans up, it ends with the session, and it cannot flood.
   connection count).
 - CHAT_CONNECT_RATE connects per user per window (close 4429 past it, logged once
   per window, nothing in the server's log per attempt);
-  CHAT_MAX_CONNECTIONS_PER_USER sockets per user at once (close 4429 past it);
+  CHAT_MAX_CONNECTIONS_PER_USER sockets per user at once (close 4429 past it,
+  logged once per PRESENCE_TTL);
   CHAT_FRAME_RATE frames per connection (`rate_limited` past it), and close 4429 after
   CHAT_FLOOD_CLOSE_AFTER refusals for rate in a row.
 - A `session.ended` event (chat.security.session_end) closes the socket with 4401,
@@ -46,6 +47,8 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FLOODING = 4429
 CLOSE_INTERNAL_ERROR = 1011
 GROUP_LEAVE_TIMEOUT = 5.0
+
+_cap_logged = throttles.OncePerWindow()  # users refused for the connection cap
 
 
 class SocketCrashed(Exception):
@@ -168,12 +171,20 @@ class GuardedConsumer(AsyncJsonWebsocketConsumer):
         self.connection_counted = True
         cap = settings.CHAT_MAX_CONNECTIONS_PER_USER
         if cap and count > cap:
-            logger.info(
-                "User %s has %d sockets open; refusing one more",
-                self.user_id,
-                count - 1,
+            if _cap_logged.first(str(self.user_id), settings.PRESENCE_TTL):
+                logger.warning(
+                    "User %s has %d sockets open; refusing more (at most %d), "
+                    "logged once per %g s",
+                    self.user_id,
+                    count - 1,
+                    cap,
+                    settings.PRESENCE_TTL,
+                )
+            quiet_socket()
+            await self.close_with(
+                CLOSE_FLOODING,
+                f"Too many open sockets: at most {cap} per user; close one first.",
             )
-            await self.close_with(CLOSE_FLOODING)
             return False
         return True
 

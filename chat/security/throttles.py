@@ -40,13 +40,30 @@ _fallback = strategies.MovingWindowRateLimiter(MemoryStorage())
 _fallback_logged = [0.0]
 
 
+class OncePerWindow:
+    """Says whether to log about a key: once per key per window (per process)."""
+
+    def __init__(self) -> None:
+        self.logged: dict[str, float] = {}
+
+    def first(self, key: str, window: float) -> bool:
+        """True if nothing was logged about `key` in the last `window` seconds."""
+        now = time.monotonic()
+        if now - self.logged.get(key, -window - 1) <= window:
+            return False
+        if len(self.logged) > 10_000:  # forget keys whose window is over
+            self.logged = {k: t for k, t in self.logged.items() if now - t <= window}
+        self.logged[key] = now
+        return True
+
+
 @dataclass
 class Throttle:
     """One limit: `setting` names a rate like '10/hour' (empty: no limit)."""
 
     setting: str
     what: str  # in words, for the log: "sign-ups from address %s"
-    logged: dict[str, float] = field(default_factory=dict)
+    logged: OncePerWindow = field(default_factory=OncePerWindow)
 
     @property
     def item(self) -> RateLimitItem | None:
@@ -94,13 +111,9 @@ class Throttle:
         return str(self.item) if self.item else "no limit"
 
     def _log_once(self, key: str) -> None:
-        now = time.monotonic()
         window = self.window()
-        if now - self.logged.get(key, -window - 1) <= window:
+        if not self.logged.first(key, window):
             return
-        if len(self.logged) > 10_000:  # forget keys whose window is over
-            self.logged = {k: t for k, t in self.logged.items() if now - t <= window}
-        self.logged[key] = now
         logger.warning(
             "Throttled: %s (%s); further refusals in the next %d s are not logged",
             self.what % key,

@@ -457,3 +457,37 @@ async def test_sign_up_throttle_holds_across_web_processes(start_web, chat_users
     assert set(await database_sync_to_async(list)(names)) == {
         "alice", "bob", "carol", "dora", "erin"
     }  # fmt: skip
+
+
+async def test_a_user_over_the_connection_cap_is_logged_once(
+    start_web, log_dir, chat_users
+):
+    """Past CHAT_MAX_CONNECTIONS_PER_USER open sockets, each more is closed with
+    4429 and a reason; the refusals write one log line, none from the server."""
+    from websockets.exceptions import ConnectionClosed
+
+    from ..security_support import server_log
+
+    base = await database_sync_to_async(start_web, thread_sensitive=False)(
+        CHAT_MAX_CONNECTIONS_PER_USER="2"
+    )
+    server = base.removeprefix("http://")
+    alice = chat_users["alice"]
+    kept = [await WSClient.connect(server, "capped", alice.cookie) for _ in range(2)]
+    for client in kept:
+        await client.expect("history")
+    reasons = []
+    for _ in range(6):
+        client = await WSClient.connect(server, "capped", alice.cookie)
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.expect("history", timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
+        reasons.append(closed.value.rcvd.reason)
+    assert set(reasons) == {
+        "Too many open sockets: at most 2 per user; close one first."
+    }
+    for client in kept:
+        await client.close()
+    text = server_log(log_dir, base)
+    assert text.count(f"User {alice.id} has 2 sockets open; refusing more") == 1
+    assert text.count('"WebSocket /ws/chat/capped/') == 2
