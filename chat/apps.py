@@ -12,7 +12,8 @@ class ChatConfig(AppConfig):
     def ready(self) -> None:
         """Connect worker lifecycle signals; check settings read lazily elsewhere."""
         from chat.infra import worker_hooks  # noqa: F401
-        from chat.security import session_end  # noqa: F401
+        from chat.security import login_throttle, session_end, throttles  # noqa: F401
         from chat.security.rate_limit import check_settings
 
         check_settings()  # a bad CHAT_RATE_LIMIT (or frame rate, storage) fails now
+        throttles.check_settings()  # and a bad sign-up, login or connect rate

@@ -13,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 
 from chat.realtime.routing import websocket_urlpatterns
 from chat.security.origins import SiteOriginValidator
+from chat.security.server_log import install_redaction
 from chat.security.tickets import TicketAuthMiddleware
 from chatproj.process_tuning import freeze_start_up_objects, shorter_gil_turns
 
@@ -25,6 +26,8 @@ def websocket_application(urlpatterns: list[Any]) -> Any:
         AuthMiddlewareStack(TicketAuthMiddleware(URLRouter(urlpatterns)))
     )
 
+
+install_redaction()  # no ticket in the ASGI server's log lines
 
 application = ProtocolTypeRouter(
     {

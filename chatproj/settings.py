@@ -119,8 +119,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Django's four validators, applied by the sign-up form and changepassword: at least
+# 8 characters, not like the username, not one of 20,000 common passwords, not only
+# digits.
 AUTH_PASSWORD_VALIDATORS = [
+    {
+        "NAME": "django.contrib.auth.password_validation."
+        "UserAttributeSimilarityValidator"
+    },
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
 LANGUAGE_CODE = "en-us"
@@ -276,6 +285,9 @@ CHAT_MAX_CONNECTIONS_PER_USER = env.int("CHAT_MAX_CONNECTIONS_PER_USER", default
 # still sign in (logout, password changes and deactivation close sockets at once
 # through signals; this catches sessions flushed or expired otherwise). 0: never.
 CHAT_SESSION_CHECK_INTERVAL = env.float("CHAT_SESSION_CHECK_INTERVAL", default=60.0)
+# Sockets (chat and notifications) one user may open per window, e.g. "60/minute"
+# (empty: no limit); one more is closed with 4429. Counted like CHAT_RATE_LIMIT.
+CHAT_CONNECT_RATE = env("CHAT_CONNECT_RATE", default="60/minute")
 # Exact origins (scheme://host:port) allowed to open a socket besides the site's own
 # (Origin equal to http(s)://<Host>, Host in ALLOWED_HOSTS) and CSRF_TRUSTED_ORIGINS.
 WS_ALLOWED_ORIGINS = env.list("WS_ALLOWED_ORIGINS", default=[])
@@ -413,6 +425,12 @@ AXES_COOLOFF_TIME = timedelta(minutes=env.float("LOGIN_COOLOFF_MINUTES", default
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
+# Failed logins from one address, whatever the usernames (password spraying), per
+# window; past it the login form answers 429 for that address (empty: no limit). A
+# success does not reset it. Sign-ups (accounts created) from one address per window;
+# past it the sign-up form answers 429. Counted like CHAT_RATE_LIMIT.
+LOGIN_FAILURES_PER_ADDRESS = env("LOGIN_FAILURES_PER_ADDRESS", default="20/15minutes")
+SIGNUP_RATE_PER_ADDRESS = env("SIGNUP_RATE_PER_ADDRESS", default="10/hour")
 AXES_VERBOSE = False  # one WARNING per lockout from axes is enough
 
 # /metrics and /readyz's detail: with METRICS_TOKEN set, only requests carrying

@@ -5,21 +5,37 @@ from django.contrib.auth import urls as auth_urls
 from django.urls import URLPattern, URLResolver, include, path
 
 from chat.security import tickets
+from chat.security.login_throttle import throttle_login
 from chat.security.site import only_with_mail
 from chat.web import health
 
-# Password reset sends mail: served only when mail is delivered (chat.security.site).
+# Password reset sends mail: served only when mail is delivered (chat.security.site);
+# failed logins are throttled per address too (chat.security.login_throttle).
 PASSWORD_RESET_VIEWS = {
     "password_reset",
     "password_reset_done",
     "password_reset_confirm",
     "password_reset_complete",
 }
+
+
+def _guarded(pattern: URLPattern | URLResolver) -> URLPattern | URLResolver:
+    """Password reset only with mail; login throttled per address."""
+    if not isinstance(pattern, URLPattern):
+        return pattern
+    if pattern.name in PASSWORD_RESET_VIEWS:
+        return path(
+            str(pattern.pattern), only_with_mail(pattern.callback), name=pattern.name
+        )
+    if pattern.name == "login":
+        return path(
+            str(pattern.pattern), throttle_login(pattern.callback), name="login"
+        )
+    return pattern
+
+
 account_urls: list[URLPattern | URLResolver] = [
-    path(str(p.pattern), only_with_mail(p.callback), name=p.name)
-    if isinstance(p, URLPattern) and p.name in PASSWORD_RESET_VIEWS
-    else p
-    for p in auth_urls.urlpatterns
+    _guarded(p) for p in auth_urls.urlpatterns
 ]
 
 urlpatterns = [

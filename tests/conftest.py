@@ -239,6 +239,7 @@ def process_env(
         "CHAT_RATE_LIMIT": "1000/second",
         "CHAT_FRAME_RATE": "1000/second",
         "CHAT_MAX_CONNECTIONS_PER_USER": "100",
+        "CHAT_CONNECT_RATE": "1000/second",
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -337,6 +338,21 @@ def server_free_guard(
     yield
     # Code that swallows errors (robust on_commit callbacks) must not hide a touch.
     assert not touched, hint % ", ".join(touched)
+
+
+@pytest.fixture(autouse=True)
+def fresh_throttles(request: pytest.FixtureRequest, settings: Any) -> None:
+    """Throttles (chat.security.throttles: sign-ups, failed logins per address,
+    connects) count from zero in every test; a server-free test counts in memory."""
+    from chat.security.throttles import throttles_reset
+
+    if not request.node.get_closest_marker("servers"):
+        settings.CHAT_RATE_LIMIT_STORAGE = "async+memory://"
+    elif "stack" in request.fixturenames:
+        request.getfixturevalue("stack")  # the test's Redis, where servers count
+    else:
+        return
+    throttles_reset()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

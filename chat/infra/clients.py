@@ -171,6 +171,20 @@ class LayerLoop(ProcessSingleton):
         )
         future.add_done_callback(partial(self._ended, what=what))
 
+    def run(
+        self, coroutine: Coroutine[Any, Any, None], what: str, timeout: float
+    ) -> None:
+        """Run a coroutine on the loop and wait for it, at most `timeout` seconds (its
+        failure is logged): for a send that must leave before a short process exits."""
+        future = asyncio.run_coroutine_threadsafe(
+            asyncio.wait_for(coroutine, timeout), self.loop
+        )
+        try:
+            future.result(timeout + 1)
+        except Exception as exc:
+            future.cancel()
+            logger.warning("%s not sent: %r", what, exc)
+
     def _ended(self, future: concurrent.futures.Future[None], *, what: str) -> None:
         self.slots.release()
         if not future.cancelled() and future.exception() is not None:

@@ -41,7 +41,7 @@ from chat.services.broadcast import (
     user_group,
 )
 from chat.services.rooms import (
-    RoomAccessDenied,
+    RoomError,
     dm_other,
     membership_join,
     room_mark_read,
@@ -49,7 +49,7 @@ from chat.services.rooms import (
 
 logger = logging.getLogger(__name__)
 
-CLOSE_FORBIDDEN = 4403  # not a member of this private room (or no longer one)
+CLOSE_FORBIDDEN = 4403  # not a member of this private room (or no longer one), no room
 
 __all__ = [
     "CLOSE_FLOODING",
@@ -87,7 +87,7 @@ class ChatConsumer(GuardedConsumer):
             await database_sync_to_async(membership_join)(
                 user_id=self.user_id, room_name=self.room_name
             )
-        except RoomAccessDenied:
+        except RoomError:  # a private room's outsider, or a non-canonical dm- name
             await self.accept()
             await self.close(code=CLOSE_FORBIDDEN)
             return

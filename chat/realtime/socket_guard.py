@@ -8,7 +8,10 @@ cleans up, it ends with the session, and it cannot flood.
   around the consumer (a task cancelled or a crash escaping), the groups are left and
   the subclass releases what it holds (the connections gauge, presence, the per-user
   connection count).
-- CHAT_MAX_CONNECTIONS_PER_USER sockets per user at once (close 4429 past it);
+- CHAT_CONNECT_RATE connects per user per window (close 4429 past it, logged once
+  per window, nothing in the server's log per attempt);
+  CHAT_MAX_CONNECTIONS_PER_USER sockets per user at once (close 4429 past it,
+  logged once per PRESENCE_TTL);
   CHAT_FRAME_RATE frames per connection (`rate_limited` past it), and close 4429 after
   CHAT_FLOOD_CLOSE_AFTER refusals for rate in a row.
 - A `session.ended` event (chat.security.session_end) closes the socket with 4401,
@@ -34,8 +37,9 @@ from chat.infra import metrics
 from chat.realtime.channels_hooks import dispatch_without_connection_check
 from chat.realtime.frames import client_id_of
 from chat.schemas import ChatValidationError
-from chat.security import connection_limits, session_end
+from chat.security import connection_limits, session_end, throttles
 from chat.security.rate_limit import frame_rate_limiter, limited_log
+from chat.security.server_log import quiet_socket
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FLOODING = 4429
 CLOSE_INTERNAL_ERROR = 1011
 GROUP_LEAVE_TIMEOUT = 5.0
+
+_cap_logged = throttles.OncePerWindow()  # users refused for the connection cap
 
 
 class SocketCrashed(Exception):
@@ -118,14 +124,15 @@ class GuardedConsumer(AsyncJsonWebsocketConsumer):
             self.accepted = True
             await super().accept(subprotocol, headers)
 
-    async def close_with(self, code: int) -> None:
-        """Close this socket with `code` (once), accepting it first if need be."""
+    async def close_with(self, code: int, reason: str | None = None) -> None:
+        """Close this socket with `code` and `reason` (once), accepting it first if
+        need be."""
         if self.closing:
             return
         self.closing = True
         metrics.SOCKETS_CLOSED.labels(code=str(code)).inc()
         await self.accept()
-        await self.close(code=code)
+        await self.close(code=code, reason=reason)
 
     def _who(self) -> str:
         user_id = getattr(self, "user_id", None)
@@ -134,13 +141,23 @@ class GuardedConsumer(AsyncJsonWebsocketConsumer):
     # --- Connect: who, how many ----------------------------------------------------
 
     async def admit_user(self) -> bool:
-        """Refuse anonymous users (4401) and users over the connection cap (4429);
-        remember what the session check compares."""
+        """Refuse anonymous users (4401), users past their connects per window or
+        over the connection cap (4429); remember what the session check compares."""
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close_with(CLOSE_UNAUTHENTICATED)
             return False
         self.user_id = user.pk
+        if not await sync_to_async(throttles.connects.hit, thread_sensitive=False)(
+            str(self.user_id)
+        ):
+            quiet_socket()  # the throttle logged it once for the window
+            await self.close_with(
+                CLOSE_FLOODING,
+                f"Too many connects: at most {throttles.connects.describe()} per "
+                "user; wait before reconnecting.",
+            )
+            return False
         self.auth_hash = user.get_session_auth_hash()
         if self.scope.get("chat_auth") == "ticket":
             self.session_ref = self.scope.get("chat_session_ref")
@@ -154,12 +171,20 @@ class GuardedConsumer(AsyncJsonWebsocketConsumer):
         self.connection_counted = True
         cap = settings.CHAT_MAX_CONNECTIONS_PER_USER
         if cap and count > cap:
-            logger.info(
-                "User %s has %d sockets open; refusing one more",
-                self.user_id,
-                count - 1,
+            if _cap_logged.first(str(self.user_id), settings.PRESENCE_TTL):
+                logger.warning(
+                    "User %s has %d sockets open; refusing more (at most %d), "
+                    "logged once per %g s",
+                    self.user_id,
+                    count - 1,
+                    cap,
+                    settings.PRESENCE_TTL,
+                )
+            quiet_socket()
+            await self.close_with(
+                CLOSE_FLOODING,
+                f"Too many open sockets: at most {cap} per user; close one first.",
             )
-            await self.close_with(CLOSE_FLOODING)
             return False
         return True
 

@@ -1,7 +1,8 @@
 """Sockets end with the session: logout, a password change, a deactivated user.
 
-Django's signals say when a session ends; on commit, a `session.ended` event goes to
-the user's personal groups (chat and notifications), and every socket it concerns
+Django's signals say when a session ends, in whichever process ends it (web, worker,
+`manage.py`); on commit, a `session.ended` event goes to the user's personal groups
+(chat and notifications), sent before the commit returns, and every socket it concerns
 closes with 4401. Logout ends the sockets of that session (a ticket socket belongs to
 the session that asked for its ticket); a password change or `is_active=False` ends
 all of the user's sockets, as Django ends all of their sessions. Sessions that end
@@ -43,12 +44,23 @@ def session_ref(session_key: str | None) -> str | None:
     return salted_hmac("chat.session-ref", session_key).hexdigest()[:32]
 
 
+# How long the commit waits for Redis to take a session.ended event.
+SEND_WAIT = 2.0
+
+
 def end_sockets(*, user_id: int, session: str | None = None) -> None:
-    """After the commit, close the user's sockets (of one session, or all: None)."""
+    """After the commit, close the user's sockets (of one session, or all: None).
+
+    The event is sent before the commit returns (waiting for Redis at most SEND_WAIT
+    seconds), not in the background: a short process (`manage.py changepassword`,
+    `manage.py shell`) may exit right after its save, and its sockets must still
+    close at once, not at their next periodic check."""
     event = {"type": SESSION_ENDED, "session": session}
 
     def send() -> None:
-        send_events((group, event) for group in _personal_groups(user_id))
+        send_events(
+            ((group, event) for group in _personal_groups(user_id)), wait=SEND_WAIT
+        )
 
     transaction.on_commit(send, robust=True)
 

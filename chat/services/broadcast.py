@@ -84,11 +84,14 @@ def broadcast_message(message: Message) -> None:
             _group_send(user_group(user_id), event)
 
 
-def send_events(events: Iterable[tuple[str, dict[str, Any]]]) -> None:
+def send_events(
+    events: Iterable[tuple[str, dict[str, Any]]], *, wait: float | None = None
+) -> None:
     """Send (group, event) pairs from sync code on the process's one channel-layer
-    connection, without waiting for Redis: in order within a group, the groups side
-    by side. At most once: if Redis does not take them, the history and the next
-    connect carry the same facts."""
+    connection, in order within a group, the groups side by side: without waiting
+    for Redis, or with `wait`, until Redis took them (at most `wait` seconds), so
+    that they leave before a short process (`manage.py`) exits. At most once: if Redis
+    does not take them, the history and the next connect carry the same facts."""
     by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for group, event in events:
         by_group[group].append(event)
@@ -113,7 +116,10 @@ def send_events(events: Iterable[tuple[str, dict[str, Any]]]) -> None:
         await asyncio.gather(*(send_group(g, e) for g, e in by_group.items()))
 
     count = sum(len(e) for e in by_group.values())
-    layer_loop().start(send_all(), f"{count} live event(s)")
+    if wait is None:
+        layer_loop().start(send_all(), f"{count} live event(s)")
+    else:
+        layer_loop().run(send_all(), f"{count} live event(s)", wait)
 
 
 def send_statuses(messages: Iterable[Message]) -> None:

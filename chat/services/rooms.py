@@ -3,8 +3,10 @@ private rooms' invitations and removals.
 
 A public room is open to every user. A private room is open to its members only; its
 owner (the creator) and staff invite and remove members. A DM conversation
-(`dm-<low>-<high>`) is private by name, and its members are the two users it names:
-nobody invites anyone into it or removes anyone from it.
+(`dm-<low>-<high>`, the canonical name only: ids without leading zeros, the lower
+first) is private by name, and its members are the two users it names: only they open
+it, and nobody invites anyone into it or removes anyone from it. Any other name
+starting with `dm-` is no room at all.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from chat.services import broadcast
 
 logger = logging.getLogger(__name__)
 
-DM_ROOM = re.compile(r"^dm-(\d+)-(\d+)$")
+# Ids as dm_room_name writes them: no sign, no leading zero, at most 19 digits.
+DM_ROOM = re.compile(r"^dm-([1-9][0-9]{0,18})-([1-9][0-9]{0,18})$")
 
 # Sent to a removed member's connections: the chat socket of that room closes (4403),
 # the notification socket stops following the room.
@@ -67,9 +70,24 @@ class RoomNotFound(RoomError):
 
 
 def dm_pair(room_name: str) -> tuple[int, int] | None:
-    """The two user ids a DM conversation's name holds, or None for another room."""
+    """The two user ids a DM conversation's canonical name holds (`dm-<low>-<high>`),
+    or None for another room or a non-canonical `dm-` name."""
     pair = DM_ROOM.match(room_name)
-    return (int(pair.group(1)), int(pair.group(2))) if pair else None
+    if pair is None:
+        return None
+    low, high = int(pair.group(1)), int(pair.group(2))
+    return (low, high) if low <= high else None
+
+
+def _refuse_bad_dm_name(room_name: str) -> None:
+    # `dm-3-1`, `dm-01-3`: one pair, one conversation, one name (dm_room_name's).
+    if room_name.startswith(DM_ROOM_PREFIX) and dm_pair(room_name) is None:
+        raise RoomNotFound(
+            "unknown_room",
+            f"{room_name!r} is not a direct conversation: those are named "
+            "dm-<lower user id>-<higher user id>, e.g. dm-1-3; open one from "
+            "/dm/<username>/.",
+        )
 
 
 def dm_other(room_name: str, user_id: int) -> int | None:
@@ -221,8 +239,10 @@ def room_remove_member(*, room_name: str, username: str, by_user_id: int) -> Non
 
 
 def room_get_or_create(*, name: str) -> Room:
-    """The room of this name, created on first use (a DM conversation `dm-<a>-<b>`
-    with its two users as members)."""
+    """The room of this name, created on first use (a DM conversation
+    `dm-<low>-<high>` with its two users as members). RoomNotFound for a
+    non-canonical `dm-` name, or a DM conversation of a user who does not exist."""
+    _refuse_bad_dm_name(name)
     with transaction.atomic():
         room, created = Room.objects.get_or_create(name=name)
         if created:
@@ -230,6 +250,12 @@ def room_get_or_create(*, name: str) -> Room:
             pair = dm_pair(name)
             if pair:
                 users = list(get_user_model().objects.filter(pk__in=pair))
+                if len(users) != len(set(pair)):
+                    raise RoomNotFound(
+                        "unknown_room",
+                        f"There is no direct conversation {name!r}: a user it "
+                        "names does not exist.",
+                    )
                 RoomMembership.objects.bulk_create(
                     [RoomMembership(user=user, room=room) for user in users],
                     ignore_conflicts=True,
@@ -255,8 +281,13 @@ def membership_join(*, user_id: int, room_name: str) -> bool:
     the history they are shown is not unread). True if they were not one yet; their
     open /ws/notifications/ connections then follow the room too.
 
-    A private room is not joined this way: RoomAccessDenied unless already a member.
+    A private room is not joined this way: RoomAccessDenied unless already a member;
+    a DM conversation is opened (and created) by its two users only.
     """
+    _refuse_bad_dm_name(room_name)
+    pair = dm_pair(room_name)
+    if pair is not None and user_id not in pair:
+        raise RoomAccessDenied(room_name)
     room = room_get_or_create(name=room_name)
     room_require_member(user_id=user_id, room=room)
     _, created = RoomMembership.objects.get_or_create(
@@ -273,15 +304,22 @@ def room_mark_read(*, user_id: int, room_name: str, up_to_seq: int) -> RoomReadS
     move their read mark forward (never back), mark that room's notifications read,
     and push the new count to all of the user's notification connections.
 
-    Raises Room.DoesNotExist for an unknown room, RoomAccessDenied for a private
-    room the user is not a member of.
+    Reading writes no membership: RoomNotFound (`not_member`) for a public room the
+    user has not opened. Raises Room.DoesNotExist for an unknown room,
+    RoomAccessDenied for a private room the user is not a member of.
     """
     now = timezone.now()
     with transaction.atomic():
         room = Room.objects.get(name=room_name)
         room_require_member(user_id=user_id, room=room)
         target = max(0, min(up_to_seq, room.next_seq - 1))
-        membership, _ = RoomMembership.objects.get_or_create(user_id=user_id, room=room)
+        membership = RoomMembership.objects.filter(user_id=user_id, room=room).first()
+        if membership is None:
+            raise RoomNotFound(
+                "not_member",
+                f"You are not a member of {room_name!r}: open the room first; only "
+                "its members have read marks.",
+            )
         if target > membership.last_read_seq:
             RoomMembership.objects.filter(
                 pk=membership.pk, last_read_seq__lt=target

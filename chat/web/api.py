@@ -15,7 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chat import selectors
 from chat.models import Room
 from chat.schemas import MAX_DB_ID, message_payload
-from chat.services.rooms import RoomAccessDenied, room_mark_read, room_require_member
+from chat.services.rooms import (
+    RoomAccessDenied,
+    RoomError,
+    room_mark_read,
+    room_require_member,
+)
 
 MAX_PAGE = 100
 MAX_SEARCH_RESULTS = 20
@@ -71,8 +76,8 @@ def room_read(request: HttpRequest, room: str) -> JsonResponse:
         )
     except Room.DoesNotExist:
         return _error(404, "unknown_room", f"There is no room named {room!r}.")
-    except RoomAccessDenied as exc:
-        return _error(403, exc.code, exc.detail)
+    except RoomError as exc:  # a private room's outsider, or not a member yet
+        return _error(exc.status, exc.code, exc.detail)
     return JsonResponse(state._asdict())
 
 

@@ -260,6 +260,7 @@ def test_read_endpoint_answers_garbage_with_a_clear_error(
 ):
     """POST /chat/<room>/read/: 400 with a code for bad input, never a 500."""
     bob = get_user_model().objects.get(username="bob")
+    membership_join(user_id=bob.pk, room_name="lobby")  # a read joins nothing
     post("lobby", chat_users["alice"].id, "hi")
     client = Client()
     client.force_login(bob)

@@ -165,10 +165,14 @@ def test_opening_joins_a_public_room_but_not_a_private_one(team):
 def test_dm_conversations_are_private_to_their_two_users(
     chat_users, in_memory_channel_layer
 ):
-    """A dm-<a>-<b> room, however created (even by a third user's visit), has only
-    its two users; a third one is refused; one of the pair without a row gets it."""
+    """A dm-<a>-<b> room has only its two users; a third one is refused (and
+    creates nothing); one of the pair without a row gets it."""
     alice, bob, carol = (chat_users[n].id for n in ("alice", "bob", "carol"))
     name = dm_room_name(alice, bob)
+    with pytest.raises(RoomAccessDenied):
+        membership_join(user_id=carol, room_name=name)
+    assert not Room.objects.filter(name=name).exists()
+    membership_join(user_id=alice, room_name=name)
     with pytest.raises(RoomAccessDenied):
         membership_join(user_id=carol, room_name=name)
     room = Room.objects.get(name=name)
