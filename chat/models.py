@@ -12,6 +12,10 @@ from django.db import models
 # What a room name may be: in URLs, frames and the database.
 ROOM_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 DM_ROOM_PREFIX = "dm-"
+# A room's topic: one line of plain text, shown under its name.
+ROOM_TOPIC_MAX_LENGTH = 200
+# The public room every installation starts with (migration 0007_rooms_topic_lobby).
+LOBBY = "lobby"
 
 
 def dm_room_name(user_a: int, user_b: int) -> str:
@@ -25,7 +29,8 @@ class Room(models.Model):
 
     A public room is open to every user (opening it joins it). A private one is
     open to its members only; its creator (role owner) and staff invite and remove
-    them. DM conversations (`dm-...`) are private by name.
+    them. DM conversations (`dm-...`) are private by name. A room other than a DM
+    conversation exists only once someone created it (chat.services.room_lifecycle).
     """
 
     name = models.CharField(
@@ -41,6 +46,7 @@ class Room(models.Model):
         blank=True,
         related_name="+",
     )
+    topic = models.CharField(max_length=ROOM_TOPIC_MAX_LENGTH, blank=True, default="")
 
     def __str__(self) -> str:
         return self.name

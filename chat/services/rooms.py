@@ -238,6 +238,19 @@ def room_get_or_create(*, name: str) -> Room:
     return room
 
 
+def room_to_enter(*, name: str) -> Room:
+    """The room of this name. A DM conversation is created on first use; any other
+    room exists only once created (RoomNotFound `unknown_room` until then)."""
+    if dm_pair(name) is not None:
+        return room_get_or_create(name=name)
+    room = Room.objects.filter(name=name).first()
+    if room is None:
+        raise RoomNotFound(
+            "unknown_room", f"There is no room #{name}: create it first."
+        )
+    return room
+
+
 def _announce_joined(user_ids: Iterable[int], room_name: str) -> None:
     # the users' open /ws/notifications/ connections follow the room from now on
     events = [
@@ -256,8 +269,9 @@ def membership_join(*, user_id: int, room_name: str) -> bool:
     open /ws/notifications/ connections then follow the room too.
 
     A private room is not joined this way: RoomAccessDenied unless already a member.
+    A room that was never created is not either: RoomNotFound `unknown_room`.
     """
-    room = room_get_or_create(name=room_name)
+    room = room_to_enter(name=room_name)
     room_require_member(user_id=user_id, room=room)
     _, created = RoomMembership.objects.get_or_create(
         user_id=user_id, room=room, defaults={"last_read_seq": room.next_seq - 1}
