@@ -226,7 +226,7 @@ class WSClient:
         from channels.db import database_sync_to_async
         from websockets.asyncio.client import connect
 
-        if create_room and cookie and path == "ws/chat":
+        if create_room and cookie and path.startswith("ws/"):  # not notifications
             await database_sync_to_async(room_ensure)(room)
 
         headers = {"Cookie": f"sessionid={cookie}"} if cookie else {}

@@ -9,7 +9,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from chat import selectors
-from chat.models import DM_ROOM_PREFIX, Message, RoomMembership
+from chat.models import DM_ROOM_PREFIX, Message, Room, RoomMembership
 from chat.services.notifications import mentioned_usernames
 
 
@@ -22,7 +22,7 @@ def _unreached(*, message: Message) -> dict[str, Any] | None:
     )
     if not outside:
         return None
-    room = message.room
+    room = Room.objects.get(pk=message.room_id)  # the writer's copy has only its name
     if room.is_private:
         may_add = selectors.room_may_manage(user=message.sender, room=room)
     else:

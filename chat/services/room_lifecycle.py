@@ -29,8 +29,8 @@ from chat.services.rooms import (
     RoomAccessDenied,
     RoomError,
     RoomNotFound,
-    room_create_private,
     room_invite,
+    room_name_check,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,16 +44,27 @@ def room_create(
 ) -> Room:
     """Create a room with its creator as owner; RoomError `invalid_name`,
     `name_taken` or `invalid_topic` if it cannot be."""
+    room_name_check(name)
     clean_topic = topic_clean(topic)
-    with transaction.atomic():
-        # room_create_private checks the name and makes the owner's membership
-        room = room_create_private(name=name, created_by_id=created_by_id)
-        room.is_private = is_private
-        room.topic = clean_topic
-        room.save(update_fields=["is_private", "topic"])
-        membership = RoomMembership.objects.get(room=room, user_id=created_by_id)
-    logger.info("Room %s created (private=%s)", name, is_private)
-    _announce(membership.user_id, {"type": "membership.joined", "room": name})
+    try:
+        with transaction.atomic():
+            room = Room.objects.create(
+                name=name,
+                is_private=is_private,
+                topic=clean_topic,
+                created_by_id=created_by_id,
+            )
+            RoomMembership.objects.create(
+                user_id=created_by_id, room=room, role=RoomMembership.Role.OWNER
+            )
+    except IntegrityError:
+        raise RoomError(
+            "name_taken", f"A room named {name!r} already exists: pick another name."
+        ) from None
+    logger.info(
+        "Room %s created by user %s (private=%s)", name, created_by_id, is_private
+    )
+    _announce(created_by_id, {"type": "membership.joined", "room": name})
     return room
 
 

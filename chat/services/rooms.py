@@ -131,8 +131,8 @@ def _user_named(username: str) -> Any:
     return user
 
 
-def room_create_private(*, name: str, created_by_id: int) -> Room:
-    """Create a private room with its creator as owner (its only member)."""
+def room_name_check(name: object) -> None:
+    """RoomError `invalid_name` unless `name` may name a new room (not a DM's)."""
     if not isinstance(name, str) or not re.fullmatch(ROOM_NAME_PATTERN, name):
         raise RoomError(
             "invalid_name", "A room name is 1-64 letters, digits, '-', '_' or '.'."
@@ -143,6 +143,11 @@ def room_create_private(*, name: str, created_by_id: int) -> Room:
             f"Names starting with {DM_ROOM_PREFIX!r} are reserved for direct "
             "conversations.",
         )
+
+
+def room_create_private(*, name: str, created_by_id: int) -> Room:
+    """Create a private room with its creator as owner (its only member)."""
+    room_name_check(name)
     try:
         with transaction.atomic():
             room = Room.objects.create(
