@@ -42,17 +42,6 @@ def rooms_of_user(*, user_id: int) -> QuerySet[Room]:
     return Room.objects.filter(memberships__user_id=user_id).order_by("name")
 
 
-def rooms_to_join(*, user_id: int, limit: int = 50) -> QuerySet[Room]:
-    """Public rooms this user could join (not a member yet; private rooms and DM
-    conversations are never listed to non-members)."""
-    return (
-        Room.objects.filter(is_private=False)
-        .exclude(memberships__user_id=user_id)
-        .exclude(name__startswith=DM_ROOM_PREFIX)
-        .order_by("name")[:limit]
-    )
-
-
 def room_get(*, name: str) -> Room | None:
     """The room of this name, or None."""
     return Room.objects.filter(name=name).first()
