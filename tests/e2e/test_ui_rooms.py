@@ -11,7 +11,7 @@ from playwright.async_api import expect
 from chat.models import Room, RoomMembership
 from chat.services.room_lifecycle import room_create
 
-from .browser import CONNECTED, send, wait_until
+from .browser import CONNECTED, screenshot, send, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,6 +48,7 @@ async def test_a_mistyped_room_is_offered_not_created_then_listed(
     await alice.fill("#room-filter input[name=q]", "typos")
     await alice.get_by_role("button", name="Filter").click()
     await expect(alice.locator("#public-rooms tbody tr")).to_have_count(1)
+    await screenshot(alice, "rooms-directory")
 
     await alice.fill("#new-room-name", "plans")
     await alice.check("input[name=visibility][value=private]")
@@ -98,6 +99,8 @@ async def test_a_topic_change_shows_live(asgi_server, chat_users, pages):
     await alice.get_by_role("button", name="Save topic").click()
     await expect(bob.locator("#room-topic")).to_have_text("chess on Friday")
     await expect(alice.locator("#room-topic")).to_have_text("chess on Friday")
+    await expect(bob.locator("#topic-edit summary")).to_have_text("Edit topic")
+    await screenshot(bob, "room-topic")
 
 
 async def test_a_mention_of_someone_not_in_the_room_offers_to_invite(
@@ -114,6 +117,7 @@ async def test_a_mention_of_someone_not_in_the_room_offers_to_invite(
     await expect(notice).to_contain_text(
         "carol is not in this room and was not notified"
     )
+    await screenshot(alice, "mention-unreached")
     await notice.get_by_role("button", name="Invite carol").click()
     await wait_until(lambda: member("carol", "games"))
     await alice.wait_for_selector(CONNECTED)  # back on the room

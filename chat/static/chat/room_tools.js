@@ -12,6 +12,8 @@
     shown.hidden = !frame.topic;
     const field = document.querySelector("#topic-edit input[name=topic]");
     if (field && document.activeElement !== field) field.value = frame.topic;
+    const summary = document.querySelector("#topic-edit summary");
+    if (summary) summary.textContent = frame.topic ? "Edit topic" : "Add a topic";
   }
 
   // A POST form to /chat/<room>/members/ for one user, with the page's CSRF token.
