@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import re
-import unicodedata
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from chat.models import DM_ROOM_PREFIX, ROOM_TOPIC_MAX_LENGTH, Room, RoomMembership
+from chat.schemas import BIDI_CONTROLS, CONTROL_CHARACTERS
 from chat.selectors import room_may_manage
 from chat.services import broadcast
 from chat.services.rooms import (
@@ -69,21 +69,27 @@ def room_create(
 
 
 def topic_clean(topic: object) -> str:
-    """A topic as stored: one line, spaces collapsed; RoomError `invalid_topic` if it
-    is not text, is longer than ROOM_TOPIC_MAX_LENGTH or holds control characters."""
+    """A topic as stored: one line, runs of spaces collapsed; RoomError
+    `invalid_topic` if it is not text, is longer than ROOM_TOPIC_MAX_LENGTH, or holds
+    a character the content rules refuse (controls, bidi overrides, lone surrogates)."""
     if not isinstance(topic, str):
         raise RoomError("invalid_topic", "A topic is text.")
-    if any(
-        unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn") and ch not in "\t\n\r"
-        for ch in topic
-    ):
-        raise RoomError("invalid_topic", "A topic cannot hold control characters.")
     clean = re.sub(r"\s+", " ", topic).strip()
     if len(clean) > ROOM_TOPIC_MAX_LENGTH:
         raise RoomError(
             "invalid_topic",
             f"A topic is at most {ROOM_TOPIC_MAX_LENGTH} characters; this one has "
             f"{len(clean)}.",
+        )
+    if (
+        CONTROL_CHARACTERS.search(clean)
+        or BIDI_CONTROLS.search(clean)
+        or any("\ud800" <= ch <= "\udfff" for ch in clean)
+    ):
+        raise RoomError(
+            "invalid_topic",
+            "A topic cannot hold control characters, bidi overrides or lone "
+            "surrogates.",
         )
     return clean
 

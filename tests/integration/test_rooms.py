@@ -206,7 +206,8 @@ def test_topic_rules(chat_users, in_memory_channel_layer):
     with pytest.raises(RoomAccessDenied):
         room_set_topic(room_name="team", topic="mine now", by_user_id=bob)
     room_set_topic(room_name="team", topic="the plan", by_user_id=alice)
-    for garbage in (None, 5, ["x"], "x" * (ROOM_TOPIC_MAX_LENGTH + 1), "a\x00b"):
+    too_long = "x" * (ROOM_TOPIC_MAX_LENGTH + 1)
+    for garbage in (None, 5, ["x"], too_long, "a\x00b", "\ud800", "a\u2066b"):
         with pytest.raises(RoomError) as refused:
             room_set_topic(room_name="games", topic=garbage, by_user_id=bob)
         assert refused.value.code == "invalid_topic"
@@ -219,6 +220,15 @@ def test_topic_rules(chat_users, in_memory_channel_layer):
     assert answer.status_code == 302 and Room.objects.get(name="games").topic == ""
     refused = browser("carol").post("/chat/team/topic/", {"topic": "x"})
     assert refused.status_code == 403
+    for garbage in ("x" * 100_000, "\x00", "a\u202eb"):
+        page = browser("bob").post("/chat/games/topic/", {"topic": garbage})
+        assert page.status_code == 400 and 'data-code="invalid_topic"' in (
+            page.content.decode()
+        )
+    assert (
+        browser("bob").post("/chat/nowhere/topic/", {"topic": "x"}).status_code == 404
+    )
+    assert Room.objects.get(name="games").topic == ""
 
 
 # --- the directory --------------------------------------------------------------------
