@@ -62,7 +62,11 @@ def room_missing(request: HttpRequest, name: str) -> HttpResponse:
     return render(
         request,
         "chat/room_missing.html",
-        {"name": name, "topic_max": ROOM_TOPIC_MAX_LENGTH},
+        {
+            "name": name,
+            "topic_max": ROOM_TOPIC_MAX_LENGTH,
+            "may_create": not name.startswith(DM_ROOM_PREFIX),  # reserved for DMs
+        },
         status=404,
     )
 

@@ -78,6 +78,10 @@ def test_a_missing_room_page_creates_nothing_and_offers_to_create_it(
     assert 'href="/"' in html
     assert not Room.objects.filter(name="lobyy").exists()
     assert not RoomMembership.objects.filter(room__name="lobyy").exists()
+    reserved = alice.get("/chat/dm-x/")  # not a DM's name, and reserved: no form
+    assert (
+        reserved.status_code == 404 and "/rooms/new/" not in reserved.content.decode()
+    )
 
 
 def test_the_new_room_form_creates_public_and_private_rooms(
