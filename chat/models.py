@@ -143,8 +143,9 @@ UNPUBLISHED_STATUSES = (Message.Status.PENDING, Message.Status.FAILED)
 class RoomMembership(models.Model):
     """A user belongs to a room they created (as owner), to a public room once they
     open it, send to it or a member adds them, to a private one once invited, to a DM
-    conversation as one of its two users, until they leave (or are removed). `last_read_seq` is how far they have read: every unread count
-    derives from it, so nothing is written per member per message."""
+    conversation as one of its two users, until they leave (or are removed).
+    `last_read_seq` is how far they have read: every unread count derives from it,
+    so nothing is written per member per message."""
 
     class Role(models.TextChoices):
         MEMBER = "member"
