@@ -25,7 +25,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     console = Console(stderr=True)
-    from .stack import Stack, StackError, create_users, make_run_dir
+    from .stack import (
+        Stack,
+        StackError,
+        bench_rooms,
+        create_rooms,
+        create_users,
+        make_run_dir,
+    )
 
     run_dir = make_run_dir(config)
     console.print(f"[bold]chatproj bench[/]: run directory {run_dir} (database, logs)")
@@ -34,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.prepare()
         users = create_users(config.clients)
+        create_rooms(bench_rooms(config))
         stack.start_app()
         console.print(
             f"stack up: web {', '.join(stack.web)}, Redis {stack.redis_url}, "

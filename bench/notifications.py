@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import POSTGRES_DEFAULT, RESULTS_DIR, BenchConfig
-from .stack import Stack, StackError, create_users, make_run_dir
+from .stack import Stack, StackError, create_rooms, create_users, make_run_dir
 
 SENDERS = 5
 TARGET = "bench-mentioned"
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.prepare()
         users = create_users(SENDERS)
+        create_rooms([ROOM])
         from django.contrib.auth import get_user_model
 
         from chat.services.rooms import membership_join

@@ -25,7 +25,7 @@ from .config import BenchConfig
 from .cpu import CpuMonitor, cpu_delta
 from .ledger import KafkaReader, Ledger, reread
 from .load import BenchClient, Sample, Sampler, closed_loop, open_loop
-from .stack import BenchUser, Stack, vacuum_database
+from .stack import BenchUser, Stack, bench_rooms, vacuum_database
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Runner:
         self.config, self.stack, self.users = config, stack, users
         self.cookie_name = settings.SESSION_COOKIE_NAME
         self.ledger = Ledger(config.clients)
-        self.rooms = [f"bench-{i % config.rooms + 1}" for i in range(config.clients)]
+        self.rooms = bench_rooms(config)
         self.steps: list[Step] = []
         self.saturation: dict[str, Any] | None = None
         self.warnings: list[str] = []

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
@@ -434,6 +434,23 @@ def create_users(count: int) -> list[BenchUser]:
     close_old_connections()
     connections.close_all()  # nothing of ours holds the database during the run
     return users
+
+
+def bench_rooms(config: BenchConfig) -> list[str]:
+    """The room each client talks in, by client index: `bench-1` … `bench-<rooms>`."""
+    return [f"bench-{i % config.rooms + 1}" for i in range(config.clients)]
+
+
+def create_rooms(names: Iterable[str]) -> None:
+    """The public rooms the clients open (the server opens only rooms someone
+    created)."""
+    from django.db import connections
+
+    from chat.models import Room
+
+    for name in set(names):
+        Room.objects.get_or_create(name=name)
+    connections.close_all()  # nothing of ours holds the database during the run
 
 
 def make_run_dir(config: BenchConfig) -> Path:

@@ -12,6 +12,10 @@ from django.db import models
 # What a room name may be: in URLs, frames and the database.
 ROOM_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 DM_ROOM_PREFIX = "dm-"
+# A room's topic: one line of plain text, shown under its name.
+ROOM_TOPIC_MAX_LENGTH = 200
+# The public room every installation starts with (migration 0007_rooms_topic_lobby).
+LOBBY = "lobby"
 
 
 def dm_room_name(user_a: int, user_b: int) -> str:
@@ -25,7 +29,8 @@ class Room(models.Model):
 
     A public room is open to every user (opening it joins it). A private one is
     open to its members only; its creator (role owner) and staff invite and remove
-    them. DM conversations (`dm-...`) are private by name.
+    them. DM conversations (`dm-...`) are private by name. A room other than a DM
+    conversation exists only once someone created it (chat.services.room_lifecycle).
     """
 
     name = models.CharField(
@@ -41,6 +46,7 @@ class Room(models.Model):
         blank=True,
         related_name="+",
     )
+    topic = models.CharField(max_length=ROOM_TOPIC_MAX_LENGTH, blank=True, default="")
 
     def __str__(self) -> str:
         return self.name
@@ -135,10 +141,11 @@ UNPUBLISHED_STATUSES = (Message.Status.PENDING, Message.Status.FAILED)
 
 
 class RoomMembership(models.Model):
-    """A user belongs to a public room once they open it or send to it, to a private
-    one once invited (its creator: as owner), to a DM conversation as one of its two
-    users. `last_read_seq` is how far they have read: every unread count
-    derives from it, so nothing is written per member per message."""
+    """A user belongs to a room they created (as owner), to a public room once they
+    open it, send to it or a member adds them, to a private one once invited, to a DM
+    conversation as one of its two users, until they leave (or are removed).
+    `last_read_seq` is how far they have read: every unread count derives from it,
+    so nothing is written per member per message."""
 
     class Role(models.TextChoices):
         MEMBER = "member"

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from chat.models import (
@@ -40,17 +40,6 @@ def room_exists(*, name: str) -> bool:
 def rooms_of_user(*, user_id: int) -> QuerySet[Room]:
     """The rooms this user belongs to, by name."""
     return Room.objects.filter(memberships__user_id=user_id).order_by("name")
-
-
-def rooms_to_join(*, user_id: int, limit: int = 50) -> QuerySet[Room]:
-    """Public rooms this user could join (not a member yet; private rooms and DM
-    conversations are never listed to non-members)."""
-    return (
-        Room.objects.filter(is_private=False)
-        .exclude(memberships__user_id=user_id)
-        .exclude(name__startswith=DM_ROOM_PREFIX)
-        .order_by("name")[:limit]
-    )
 
 
 def room_get(*, name: str) -> Room | None:
@@ -292,4 +281,51 @@ def messages_dead() -> QuerySet[Message]:
         Message.objects.filter(status=Message.Status.DEAD)
         .select_related("room", "sender")
         .order_by("created_at")
+    )
+
+
+# --- the room directory and mentions (chat.web.room_views, chat.realtime.mentions) ---
+
+
+def public_rooms(*, user_id: int, text: str = "") -> QuerySet[Room]:
+    """Public rooms (DM conversations never), busiest first then by name, each with
+    `member_count` and `joined` (whether this user is a member); `text` filters on
+    name or topic."""
+    rooms = (
+        Room.objects.filter(is_private=False)
+        .exclude(name__startswith=DM_ROOM_PREFIX)
+        .annotate(
+            member_count=Count("memberships"),
+            joined=Exists(
+                RoomMembership.objects.filter(room=OuterRef("pk"), user_id=user_id)
+            ),
+        )
+    )
+    if text:
+        rooms = rooms.filter(Q(name__icontains=text) | Q(topic__icontains=text))
+    return rooms.order_by("-member_count", "name")
+
+
+def rooms_joined(*, user_id: int) -> QuerySet[Room]:
+    """The rooms this user belongs to (DM conversations aside), with `member_count`,
+    by name."""
+    return (
+        Room.objects.filter(
+            pk__in=RoomMembership.objects.filter(user_id=user_id).values("room_id")
+        )
+        .exclude(name__startswith=DM_ROOM_PREFIX)
+        .annotate(member_count=Count("memberships"))
+        .order_by("name")
+    )
+
+
+def usernames_outside_room(*, room_name: str, usernames: Iterable[str]) -> list[str]:
+    """Which of these usernames name active users who are not members of the room,
+    by name (one query)."""
+    return list(
+        get_user_model()
+        .objects.filter(username__in=list(usernames), is_active=True)
+        .exclude(memberships__room__name=room_name)
+        .order_by("username")
+        .values_list("username", flat=True)
     )

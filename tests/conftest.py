@@ -24,6 +24,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 
+from chat.models import LOBBY, Room
 from chatproj import netns
 from chatproj.embedded import (
     EmbeddedServer,
@@ -408,7 +409,9 @@ def password_hash(password: str) -> str:
 
 @pytest.fixture
 def chat_users(transactional_db: None) -> dict[str, ChatUser]:
-    """alice, bob and carol, each with a logged-in session cookie."""
+    """alice, bob and carol, each with a logged-in session cookie, and the lobby (as
+    `make run` sets them up; a transactional test's flush removed the migration's)."""
+    Room.objects.get_or_create(name=LOBBY)
     users = {}
     for name in ("alice", "bob", "carol"):
         user = get_user_model().objects.create(

@@ -194,6 +194,16 @@ def celery_worker_args(
     ]  # fmt: skip
 
 
+def room_ensure(name: str) -> None:
+    """The public room `name` exists (created as its creator would, without members):
+    the server opens only rooms someone created, and tests open rooms by name. A DM
+    conversation's name is left alone (the server creates those for their users)."""
+    from chat.models import DM_ROOM_PREFIX, Room
+
+    if not name.startswith(DM_ROOM_PREFIX):
+        Room.objects.get_or_create(name=name)
+
+
 class WSClient:
     """A real WebSocket client (websockets library) speaking the chat protocol."""
 
@@ -209,9 +219,15 @@ class WSClient:
         cookie: str | None,
         path: str = "ws/chat",
         query: str = "",
+        create_room: bool = True,
     ) -> WSClient:
-        """Open /<path>/<room>/[?query] with the session cookie of a logged-in user."""
+        """Open /<path>/<room>/[?query] with the session cookie of a logged-in user;
+        a chat room is created first (room_ensure) unless create_room is False."""
+        from channels.db import database_sync_to_async
         from websockets.asyncio.client import connect
+
+        if create_room and cookie and path.startswith("ws/"):  # not notifications
+            await database_sync_to_async(room_ensure)(room)
 
         headers = {"Cookie": f"sessionid={cookie}"} if cookie else {}
         connection = await connect(

@@ -21,6 +21,7 @@ from chat.realtime.frames import (
     ResumeFrame,
     parse_frame,
 )
+from chat.realtime.mentions import unreached_mentions
 from chat.realtime.sending import checked_frame
 from chat.realtime.socket_guard import (
     CLOSE_FLOODING,
@@ -42,6 +43,7 @@ from chat.services.broadcast import (
 )
 from chat.services.rooms import (
     RoomError,
+    RoomNotFound,
     dm_other,
     membership_join,
     room_mark_read,
@@ -49,12 +51,14 @@ from chat.services.rooms import (
 
 logger = logging.getLogger(__name__)
 
-CLOSE_FORBIDDEN = 4403  # not a member of this private room (or no longer one), no room
+CLOSE_FORBIDDEN = 4403  # not a member of this private room (or no longer one)
+CLOSE_NO_ROOM = 4404  # no room of this name (never created, or a non-canonical dm-)
 
 __all__ = [
     "CLOSE_FLOODING",
     "CLOSE_FORBIDDEN",
     "CLOSE_INTERNAL_ERROR",
+    "CLOSE_NO_ROOM",
     "CLOSE_UNAUTHENTICATED",
     "ChatConsumer",
 ]
@@ -80,14 +84,18 @@ class ChatConsumer(GuardedConsumer):
         if not await self.admit_user():
             return
         self.room_name = self.scope["url_route"]["kwargs"]["room"]
-        # Opening a room makes the user a member (and the room exists from its first
-        # visitor on, so the agent API can address it); a private room is refused to
-        # non-members, before they join any group or see any history.
+        # Opening a room makes the user a member; a room nobody created, and a
+        # private room to a non-member, are refused before the socket joins any group
+        # or sees any history.
         try:
             await database_sync_to_async(membership_join)(
                 user_id=self.user_id, room_name=self.room_name
             )
-        except RoomError:  # a private room's outsider, or a non-canonical dm- name
+        except RoomNotFound:  # never created, or a non-canonical dm- name
+            await self.accept()
+            await self.close(code=CLOSE_NO_ROOM)
+            return
+        except RoomError:  # a private room's outsider, or a DM of two other users
             await self.accept()
             await self.close(code=CLOSE_FORBIDDEN)
             return
@@ -257,6 +265,9 @@ class ChatConsumer(GuardedConsumer):
         if message.replayed:
             ack["duplicate"] = True
         await self.send_json(ack)
+        unreached = await unreached_mentions(message)
+        if unreached is not None:
+            await self.send_json(unreached)
 
     async def on_read(self, frame: ReadFrame) -> None:
         """Move the user's read mark of this room forward."""
@@ -326,6 +337,17 @@ class ChatConsumer(GuardedConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
             await self.release_resources()
             await self.close(code=CLOSE_FORBIDDEN)
+
+    async def room_topic(self, event: dict[str, Any]) -> None:
+        """The room's topic changed: a `room.topic` frame."""
+        await self.send_json(
+            {
+                "type": "room.topic",
+                "room": event["room"],
+                "topic": event["topic"],
+                "by": event["by"],
+            }
+        )
 
     async def message_statuses(self, event: dict[str, Any]) -> None:
         """Delivery statuses of messages this user sent: a message.status frame each."""

@@ -149,8 +149,8 @@ def _user_named(username: str) -> Any:
     return user
 
 
-def room_create_private(*, name: str, created_by_id: int) -> Room:
-    """Create a private room with its creator as owner (its only member)."""
+def room_name_check(name: object) -> None:
+    """RoomError `invalid_name` unless `name` may name a new room (not a DM's)."""
     if not isinstance(name, str) or not re.fullmatch(ROOM_NAME_PATTERN, name):
         raise RoomError(
             "invalid_name", "A room name is 1-64 letters, digits, '-', '_' or '.'."
@@ -161,6 +161,11 @@ def room_create_private(*, name: str, created_by_id: int) -> Room:
             f"Names starting with {DM_ROOM_PREFIX!r} are reserved for direct "
             "conversations.",
         )
+
+
+def room_create_private(*, name: str, created_by_id: int) -> Room:
+    """Create a private room with its creator as owner (its only member)."""
+    room_name_check(name)
     try:
         with transaction.atomic():
             room = Room.objects.create(
@@ -264,6 +269,19 @@ def room_get_or_create(*, name: str) -> Room:
     return room
 
 
+def room_to_enter(*, name: str) -> Room:
+    """The room of this name. A DM conversation is created on first use; any other
+    room exists only once created (RoomNotFound `unknown_room` until then)."""
+    if dm_pair(name) is not None:
+        return room_get_or_create(name=name)
+    room = Room.objects.filter(name=name).first()
+    if room is None:
+        raise RoomNotFound(
+            "unknown_room", f"There is no room #{name}: create it first."
+        )
+    return room
+
+
 def _announce_joined(user_ids: Iterable[int], room_name: str) -> None:
     # the users' open /ws/notifications/ connections follow the room from now on
     events = [
@@ -282,13 +300,15 @@ def membership_join(*, user_id: int, room_name: str) -> bool:
     open /ws/notifications/ connections then follow the room too.
 
     A private room is not joined this way: RoomAccessDenied unless already a member;
-    a DM conversation is opened (and created) by its two users only.
+    a DM conversation is opened (and created) by its two users only. A room that was
+    never created, or a non-canonical dm- name, is not either: RoomNotFound
+    `unknown_room`.
     """
     _refuse_bad_dm_name(room_name)
     pair = dm_pair(room_name)
     if pair is not None and user_id not in pair:
         raise RoomAccessDenied(room_name)
-    room = room_get_or_create(name=room_name)
+    room = room_to_enter(name=room_name)
     room_require_member(user_id=user_id, room=room)
     _, created = RoomMembership.objects.get_or_create(
         user_id=user_id, room=room, defaults={"last_read_seq": room.next_seq - 1}

@@ -2,7 +2,7 @@
 
 from django.urls import re_path
 
-from chat.web import accounts, api, views
+from chat.web import accounts, api, room_views, views
 
 ROOM = r"(?P<room>[A-Za-z0-9_.\-]{1,64})"
 
@@ -16,6 +16,9 @@ urlpatterns = [
     re_path(r"^api/users/$", api.users_search, name="users-search"),
     re_path(r"^accounts/signup/$", accounts.signup, name="signup"),
     re_path(r"^rooms/private/$", views.room_create_private, name="room-create-private"),
+    re_path(r"^rooms/new/$", room_views.room_new, name="room-new"),
+    re_path(rf"^chat/{ROOM}/leave/$", room_views.room_leave, name="room-leave"),
+    re_path(rf"^chat/{ROOM}/topic/$", room_views.room_topic, name="room-topic"),
     re_path(rf"^chat/{ROOM}/members/$", views.room_member_invite, name="room-invite"),
     re_path(
         rf"^chat/{ROOM}/members/remove/$",

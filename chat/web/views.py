@@ -14,14 +14,15 @@ from django.views.decorators.http import require_POST
 from chat import selectors
 from chat.models import DM_ROOM_PREFIX, ROOM_NAME_PATTERN, dm_room_name
 from chat.services import rooms
+from chat.services.room_lifecycle import room_member_add
 from chat.services.rooms import (
     RoomError,
     RoomNotFound,
     dm_other,
     membership_join,
-    room_invite,
     room_remove_member,
 )
+from chat.web.room_views import room_directory, room_header, room_missing
 
 
 def _user_id(request: HttpRequest) -> int:
@@ -58,8 +59,8 @@ def dm_open(request: HttpRequest, username: str) -> HttpResponse:
 
 @login_required
 def room_index(request: HttpRequest) -> HttpResponse:
-    """The user's rooms with their unread counts, and rooms to join; a room name
-    typed in the form opens (and joins) that room."""
+    """The home page: the user's rooms, the public rooms (filtered by `q`, paged),
+    and the form that creates a room; a room name given as `room` opens that room."""
     name = request.GET.get("room", "").strip()
     error = ""
     if name and re.fullmatch(ROOM_NAME_PATTERN, name):
@@ -72,9 +73,9 @@ def room_index(request: HttpRequest) -> HttpResponse:
         "chat/index.html",
         {
             **sidebar,
+            **room_directory(request),
             "rooms": sidebar["sidebar_rooms"],
             "private_rooms": selectors.private_room_names(user_id=_user_id(request)),
-            "others": selectors.rooms_to_join(user_id=_user_id(request)),
             "error": error,
         },
     )
@@ -86,10 +87,14 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
     private one is shown to its members only (403 for anyone else)."""
     try:
         membership_join(user_id=_user_id(request), room_name=room)
+    except RoomNotFound as exc:
+        if exc.code == "unknown_room":
+            return room_missing(request, room)
+        return _error_page(request, exc)
     except RoomError as exc:
         return _error_page(request, exc)
     room_obj = selectors.room_get(name=room)
-    assert room_obj is not None  # membership_join created it
+    assert room_obj is not None  # membership_join found or created it
     return render(
         request,
         "chat/room.html",
@@ -106,6 +111,7 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
             "may_manage": room_obj.is_private
             and not room.startswith(DM_ROOM_PREFIX)
             and selectors.room_may_manage(user=request.user, room=room_obj),
+            **room_header(request, room_obj),
         },
     )
 
@@ -143,10 +149,10 @@ def _username(request: HttpRequest) -> str:
 @login_required
 @require_POST
 def room_member_invite(request: HttpRequest, room: str) -> HttpResponse:
-    """POST /chat/<room>/members/ with `username`: the owner (or staff) invites a
-    user into a private room."""
+    """POST /chat/<room>/members/ with `username`: add a user to the room (a
+    private room: its owner or staff only; a public one: any member)."""
     try:
-        room_invite(
+        room_member_add(
             room_name=room, username=_username(request), by_user_id=_user_id(request)
         )
     except RoomError as exc:

@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from chat.models import Message, Room
 from chat.services.rooms import room_get_or_create
 
-from ..support import ROOT, wait_for
+from ..support import ROOT, room_ensure, wait_for
 
 # README's pictures are rewritten with UPDATE_SCREENSHOTS=1 (make screenshots);
 # ordinary runs keep theirs under test-artifacts/, so a test run changes no tracked file.
@@ -42,9 +42,18 @@ class Pages:
         self.frames: dict[str, list[str]] = {}
 
     async def open(
-        self, server: str, username: str, path: str, password: str | None = None, **ctx
+        self,
+        server: str,
+        username: str,
+        path: str,
+        password: str | None = None,
+        create_room: bool = True,
+        **ctx,
     ) -> Any:
-        """Log in through the form and open `path`; return the page once connected."""
+        """Log in through the form and open `path`; return the page once connected.
+        A `/chat/<room>/` path's room is created first unless create_room is False."""
+        if create_room and path.startswith("/chat/"):
+            await database_sync_to_async(room_ensure)(path.split("/")[2])
         context = await self.browser.new_context(**{"viewport": DESKTOP, **ctx})
         page = await context.new_page()
         seen = self.frames.setdefault(username, [])

@@ -24,7 +24,7 @@ from chat.services.rooms import membership_join
 from chatproj.kafka_cluster import KafkaCluster, KafkaNode, admin_client
 
 from ..faults import FAST_RECOVERY, ChatLoad, check_and_record, users_cookies
-from ..support import unique_group, wait_for
+from ..support import room_ensure, unique_group, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -93,6 +93,7 @@ async def stream_with_fault(
     ended: list[float] = []
     bob = chat_users["bob"].id
     for room in ROOMS:
+        await database_sync_to_async(room_ensure)(room)
         for user in chat_users.values():
             await database_sync_to_async(membership_join)(
                 user_id=user.id, room_name=room
@@ -339,6 +340,7 @@ async def test_two_notification_agents_one_killed(
     group = unique_group()
     alice, bob = chat_users["alice"].id, chat_users["bob"].id
     for room in ROOMS:
+        await database_sync_to_async(room_ensure)(room)
         for user in (alice, bob):
             await database_sync_to_async(membership_join)(user_id=user, room_name=room)
     agents = [start_agent(topic, group, KAFKA_BOOTSTRAP_SERVERS=kafka3.bootstrap)

@@ -18,7 +18,7 @@ from playwright.async_api import expect
 from chat.models import Message
 from chat.services.rooms import membership_join
 
-from ..support import ROOT, WSClient
+from ..support import ROOT, WSClient, room_ensure
 from .browser import (
     ACKED,
     CONNECTED,
@@ -45,6 +45,7 @@ async def test_room_and_dm_between_two_browsers_and_a_third_sees_no_dm(
     worker = await database_sync_to_async(start_worker)()
     await database_sync_to_async(start_agent)(topic=worker.topic)
     alice_u = chat_users["alice"]
+    await database_sync_to_async(room_ensure)("random")
     await database_sync_to_async(membership_join)(
         user_id=chat_users["bob"].id, room_name="random"
     )

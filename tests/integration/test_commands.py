@@ -157,7 +157,9 @@ def session_of(pid: int) -> int | None:
 
 async def chat_round_trip(stack: RunStack, cookie: str, text: str) -> None:
     """A message sent over the WebSocket is acknowledged and published to Kafka."""
-    client = await WSClient.connect(f"127.0.0.1:{stack.web}", "lobby", cookie)
+    client = await WSClient.connect(  # the lobby exists from the migrations on
+        f"127.0.0.1:{stack.web}", "lobby", cookie, create_room=False
+    )
     try:
         await client.expect("history")
         await client.send({"message": text})

@@ -12,7 +12,7 @@ from chat.models import Message
 from chat.realtime.consumers import ChatConsumer
 from chatproj.asgi import application
 
-from ..support import WSClient, read_topic
+from ..support import WSClient, read_topic, room_ensure
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -127,6 +127,7 @@ async def test_subclass_with_super_calls_works(chat_users, start_worker):
     from django.urls import re_path
 
     await database_sync_to_async(start_worker)()
+    await database_sync_to_async(room_ensure)("sub")
     app = AuthMiddlewareStack(
         URLRouter(
             [re_path(r"^ws/chat/(?P<room>[\w.-]+)/$", ChatConsumerWithKafka.as_asgi())]

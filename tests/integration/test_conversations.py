@@ -18,7 +18,7 @@ from chat.models import Message, Room, dm_room_name
 from chat.services.messages import client_ids_expire, message_create
 from chat.services.rooms import room_create_private
 
-from ..support import WSClient, read_topic
+from ..support import WSClient, read_topic, room_ensure
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -154,6 +154,7 @@ def test_sign_up_logs_in_and_goes_on(db, in_memory_channel_layer, settings):
     """UserCreationForm: a new account is logged in and sent to `next` (only a local
     one); bad input re-renders with errors; the login page points to sign-up and
     shows the demo hint only in development."""
+    room_ensure("lobby")  # as the migrations leave it
     client = Client()
     assert client.get("/accounts/signup/").status_code == 200
     bad = client.post(

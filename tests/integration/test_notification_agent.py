@@ -41,6 +41,7 @@ from ..support import (
     ROOT,
     Agent,
     committed_offsets,
+    room_ensure,
     unique_group,
     unique_topic,
     wait_for,
@@ -99,6 +100,7 @@ def wait_all_committed(
 
 
 def member_of(room: str, *user_ids: int) -> None:
+    room_ensure(room)
     for user_id in user_ids:
         membership_join(user_id=user_id, room_name=room)
 

@@ -185,17 +185,17 @@ def test_dm_conversations_are_private_to_their_two_users(
 
 
 def test_listings_show_private_rooms_to_their_members_only(team):
-    """rooms_to_join never lists a private room or a DM; members see theirs."""
+    """public_rooms never lists a private room or a DM; members see theirs."""
     carol, bob = user("carol").pk, user("bob").pk
     room_get_or_create(name="lobby")
     room_get_or_create(name=dm_room_name(user("alice").pk, bob))
-    assert [r.name for r in selectors.rooms_to_join(user_id=carol)] == ["lobby"]
+    assert [r.name for r in selectors.public_rooms(user_id=carol)] == ["lobby"]
     assert [r.name for r in selectors.rooms_of_user(user_id=carol)] == []
     assert "team" in [r.name for r in selectors.rooms_of_user(user_id=bob)]
     page = browser("carol").get("/").content.decode()
     assert "/chat/team/" not in page and "/chat/dm-" not in page
     assert "/chat/lobby/" in page
-    mine = browser("bob").get("/").content.decode().partition("Join a room")[0]
+    mine = browser("bob").get("/").content.decode().partition("public-heading")[0]
     assert '/chat/team/">team</a> <span class="badge">private</span>' in mine
 
 

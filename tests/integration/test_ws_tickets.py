@@ -18,7 +18,7 @@ from chat.models import Message
 from chat.security import tickets
 
 from ..security_support import close_code, post_form, still_open
-from ..support import ROOT, WSClient
+from ..support import ROOT, WSClient, room_ensure
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,6 +37,8 @@ async def with_ticket(server: str, ticket: str, path: str = "ws/chat/tix/") -> W
     """A socket opened with `?ticket=` and no Origin header, as a script does."""
     from websockets.asyncio.client import connect
 
+    if path.startswith("ws/chat/"):
+        await database_sync_to_async(room_ensure)(path.split("/")[2])
     query = urllib.parse.urlencode({"ticket": ticket})
     return WSClient(await connect(f"ws://{server}/{path}?{query}", open_timeout=10))
 
@@ -44,6 +46,7 @@ async def with_ticket(server: str, ticket: str, path: str = "ws/chat/tix/") -> W
 async def test_example_client_logs_in_and_chats_with_a_ticket(asgi_server, chat_users):
     """The documented script logs in with username and password, gets a ticket and
     sends a message that is stored as alice's."""
+    await database_sync_to_async(room_ensure)("scripted")
     result = await database_sync_to_async(subprocess.run)(
         [sys.executable, "examples/ws_client.py", "--url", f"http://{asgi_server}",
          "--user", "alice", "--password", "pw-alice", "--room", "scripted",

@@ -36,6 +36,8 @@ from chat.realtime.routing import websocket_urlpatterns
 from chat.security import connection_limits
 from chat.services import presence, publish_queue
 
+from ..support import room_ensure
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CLOSE_UNAUTHENTICATED = 4401  # docs/protocol.md, "Close codes"
@@ -238,6 +240,7 @@ class Frames:
 
 
 async def open_room(room: str, user: Any, query: str = "") -> Frames:
+    await database_sync_to_async(room_ensure)(room)  # rooms are created on purpose
     frames = Frames(await connected(f"/ws/chat/{room}/{query}", user))
     return frames
 

@@ -384,6 +384,7 @@
         case "message.status": onStatus(frame); break;
         case "presence": onPresence(frame); break;
         case "error": onError(frame); break;
+        default: document.dispatchEvent(new CustomEvent("chat:frame", { detail: frame })); // room_tools.js
       }
     };
   }
@@ -400,6 +401,13 @@
       link.href = "/accounts/login/?next=" + encodeURIComponent(location.pathname + location.search);
       link.textContent = "Log in again";
       sessionNotice.replaceChildren("Your session has ended. ", link, " to come back to this conversation; what you typed is kept.");
+      sessionNotice.hidden = false;
+      return;
+    }
+    if (code === 4404) {
+      ended = true;
+      setConn("forbidden", "no such room");
+      sessionNotice.textContent = "There is no room #" + room + ": it must be created first.";
       sessionNotice.hidden = false;
       return;
     }
