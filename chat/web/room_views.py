@@ -58,7 +58,8 @@ def room_header(request: HttpRequest, room: Room) -> dict[str, Any]:
 
 
 def room_missing(request: HttpRequest, name: str) -> HttpResponse:
-    """The page of a room nobody created (404): offers to create it. Writes nothing."""
+    """The page of a room nobody created (404): offers to create it (but a dm- name,
+    reserved for direct conversations). Writes nothing."""
     return render(
         request,
         "chat/room_missing.html",

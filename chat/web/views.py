@@ -88,9 +88,9 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
     try:
         membership_join(user_id=_user_id(request), room_name=room)
     except RoomNotFound as exc:
-        if exc.code == "unknown_room":
+        if exc.code == "unknown_room" and not room.startswith(DM_ROOM_PREFIX):
             return room_missing(request, room)
-        return _error_page(request, exc)
+        return _error_page(request, exc)  # a dm- name says which names exist
     except RoomError as exc:
         return _error_page(request, exc)
     room_obj = selectors.room_get(name=room)

@@ -18,7 +18,7 @@ from chat.services.rooms import (
 )
 
 from ..security_support import close_code, still_open
-from ..support import WSClient, wait_for
+from ..support import WSClient, room_ensure, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -236,6 +236,7 @@ async def test_a_ticket_never_reaches_the_servers_log(asgi_server, chat_users, l
         pk=chat_users["alice"].id
     )
     room = f"tixlog{uuid.uuid4().hex[:8]}"
+    await database_sync_to_async(room_ensure)(room)
     good = await database_sync_to_async(ticket_issue)(user=alice, session_key=None)
     bad = good[:-6] + "AAAAAA"
     for ticket in (good, bad):
