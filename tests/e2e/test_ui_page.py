@@ -67,16 +67,17 @@ async def say(server: str, cookie: str, room: str, *texts: str) -> None:
     await client.close()
 
 
+# Whether an element lies inside the message scroller's visible box.
+IN_VIEW = """e => {
+  const r = e.getBoundingClientRect();
+  const s = document.getElementById('scroller').getBoundingClientRect();
+  return r.top >= s.top - 1 && r.bottom <= s.bottom + 1;
+}"""
+
+
 async def fully_visible(page, selector: str) -> bool:
     """Whether the element lies inside the message scroller's visible box."""
-    return await page.evaluate(
-        """sel => {
-          const r = document.querySelector(sel).getBoundingClientRect();
-          const s = document.getElementById('scroller').getBoundingClientRect();
-          return r.top >= s.top - 1 && r.bottom <= s.bottom + 1;
-        }""",
-        selector,
-    )
+    return await page.locator(selector).evaluate(IN_VIEW)
 
 
 # --- messages: links, markdown, grouping, mentions ---------------------------------------
@@ -342,7 +343,9 @@ async def test_notice_never_hides_the_last_message_is_dismissable_and_clears_on_
                  .map(e => e.getBoundingClientRect().toJSON())"""
     )
     assert boxes[0]["bottom"] <= boxes[1]["top"]  # no overlap
-    await expect.poll(lambda: fully_visible(page, "#seq-30")).to_be(True)
+    await page.wait_for_function(
+        f"() => ({IN_VIEW})(document.getElementById('seq-30'))"
+    )
 
     await notice.get_by_role("button", name="Dismiss this notice").click()
     await expect(notice).to_be_hidden()
@@ -441,7 +444,7 @@ async def test_favicon_counts_unread_and_desktop_notifications_when_hidden(
     dm = dm_room_name(alice.id, bob.id)
     await say(asgi_server, alice.cookie, dm, "psst, a DM")
     await say(asgi_server, alice.cookie, "random", "@bob look at this")
-    await page.wait_for_function("window.__notified.length >= 2", timeout=30_000)
+    await page.wait_for_function("() => window.__notified.length >= 2", timeout=30_000)
     notified = await page.evaluate("window.__notified")
     assert notified == [
         {"title": "alice (direct message)", "body": "psst, a DM"},
@@ -463,5 +466,5 @@ async def test_favicon_counts_unread_and_desktop_notifications_when_hidden(
     await expect(button).to_be_visible()
     assert await asking.evaluate("window.__asked") == 0  # never without a click
     await button.click()
-    await asking.wait_for_function("window.__asked === 1")
+    await asking.wait_for_function("() => window.__asked === 1")
     assert pages.csp_violations == []
