@@ -13,7 +13,8 @@
   const provisional = new Set();
   const notice = document.getElementById("notice");
   const baseTitle = document.title;
-  const dismissedKey = "chatproj:dismissed";
+  const meElement = document.getElementById("me");
+  const dismissedKey = "chatproj:" + (meElement ? meElement.dataset.userId : "") + ":dismissed";
   let retryDelay = 500;
 
   // A conversation the page was rendered without (a first DM, a new invitation).
