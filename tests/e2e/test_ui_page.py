@@ -17,7 +17,7 @@ from chat.models import dm_room_name
 from chat.services.rooms import membership_join, room_mark_read
 
 from ..support import WSClient
-from .browser import ACKED, CONNECTED, message, send, store
+from .browser import ACKED, CONNECTED, message, screenshot, send, store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -123,6 +123,7 @@ async def test_links_and_markdown_render_safely_and_hostile_text_stays_text(
     block = alice.locator("#seq-3 .content pre code")
     assert await block.text_content() == "for i in range(3):\n    print('<b>', i)"
 
+    await screenshot(alice, "formatting")
     tags = set(await alice.evaluate(TAGS_IN_MESSAGES))
     assert tags <= ALLOWED_TAGS, tags
     hostile = alice.locator("#seq-4 .content")
@@ -300,6 +301,7 @@ async def test_new_messages_line_at_the_first_unread_and_jump_to_latest(
     assert not await fully_visible(page, "#seq-45")
     jump = page.locator("#jump-latest")
     await expect(jump).to_have_text("New messages below — jump to latest")
+    await screenshot(page, "new-messages")
 
     await jump.click()
     await expect(jump).to_be_hidden()
@@ -343,6 +345,7 @@ async def test_notice_never_hides_the_last_message_is_dismissable_and_clears_on_
                  .map(e => e.getBoundingClientRect().toJSON())"""
     )
     assert boxes[0]["bottom"] <= boxes[1]["top"]  # no overlap
+    await screenshot(page, "notice")
     await page.wait_for_function(
         f"() => ({IN_VIEW})(document.getElementById('seq-30'))"
     )

@@ -111,6 +111,8 @@ def test_mentions_page_lists_only_the_users_own_newest_first(stack):
                      ("/chat/lobby/#seq-1", "bob in #lobby")]  # fmt: skip
     assert "&lt;b&gt;look&lt;/b&gt;" in html  # text, escaped
     assert "only for bob" not in html
+    assert "script-src 'self'" in page["Content-Security-Policy"]
+    assert re.findall(r"<script(?![^>]*\bsrc=)", html) == []  # no inline script
     assert html.count('class="badge">new<') == 1  # the lobby mention was read
     assert "only for bob" in bob.get("/mentions/").content.decode()
     anonymous = Client().get("/mentions/")

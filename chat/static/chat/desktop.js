@@ -24,7 +24,12 @@
     const n = e.detail;
     if (!document.hidden || Notification.permission !== "granted") return;
     const title = n.kind === "dm" ? n.sender + " (direct message)" : n.sender + " mentioned you in #" + n.room;
-    const shown = new Notification(title, { body: n.excerpt, tag: n.message_id });
+    let shown;
+    try {
+      shown = new Notification(title, { body: n.excerpt, tag: n.message_id });
+    } catch (err) {
+      return; // e.g. mobile browsers allow them from a service worker only
+    }
     shown.onclick = () => {
       window.focus();
       location.assign("/chat/" + encodeURIComponent(n.room) + "/#seq-" + n.seq);

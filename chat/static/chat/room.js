@@ -154,14 +154,15 @@
     const body = document.createElement("div");
     body.className = "content";
     body.dir = "auto"; // with unicode-bidi: isolate (chat.css) RTL text cannot reorder the rest
+    li.append(meta);
     if (window.ChatFormat.render(body, text, myName) && !mine) {
       li.classList.add("mentions-me");
       const note = document.createElement("span");
-      note.className = "visually-hidden";
-      note.textContent = " (mentions you)";
-      who.after(note);
+      note.className = "visually-hidden"; // said also when the header is grouped away
+      note.textContent = "(mentions you)";
+      li.append(note);
     }
-    li.append(meta, body);
+    li.append(body);
     if (mine) {
       const badge = document.createElement("span");
       badge.className = "status";
