@@ -53,9 +53,10 @@
 
   function dismissed() {
     try {
-      return JSON.parse(localStorage.getItem(dismissedKey) || "[]");
+      const ids = JSON.parse(localStorage.getItem(dismissedKey) || "[]");
+      return Array.isArray(ids) ? ids : [];
     } catch (err) {
-      return [];
+      return []; // unreadable or disabled storage: nothing was dismissed
     }
   }
 
