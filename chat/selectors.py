@@ -129,6 +129,29 @@ def notifications_unread(*, user_id: int, limit: int) -> list[Notification]:
     )
 
 
+def notifications_recent(*, user_id: int, limit: int) -> list[Notification]:
+    """The user's latest notifications, read or not, newest first."""
+    return list(
+        Notification.objects.filter(user_id=user_id)
+        .select_related("room")
+        .order_by("-created_at", "-id")[:limit]
+    )
+
+
+def room_is_member(*, user_id: int, room: Room) -> bool:
+    """Whether the user is a member of the room."""
+    return RoomMembership.objects.filter(user_id=user_id, room=room).exists()
+
+
+def room_member_names(*, room: Room, limit: int) -> list[str]:
+    """Usernames of a room's active members, by name (at most `limit`)."""
+    return list(
+        RoomMembership.objects.filter(room=room, user__is_active=True)
+        .order_by("user__username")
+        .values_list("user__username", flat=True)[:limit]
+    )
+
+
 def messages_by_id(*, message_ids: list[Any]) -> dict[str, Message]:
     """Messages (with room and sender) by their message_id string."""
     return {

@@ -2,7 +2,9 @@
 
 from django.contrib import admin
 from django.contrib.auth import urls as auth_urls
+from django.templatetags.static import static
 from django.urls import URLPattern, URLResolver, include, path
+from django.views.generic.base import RedirectView
 
 from chat.security import tickets
 from chat.security.login_throttle import throttle_login
@@ -39,6 +41,8 @@ account_urls: list[URLPattern | URLResolver] = [
 ]
 
 urlpatterns = [
+    # Browsers ask for /favicon.ico whatever the page links: the static file's URL.
+    path("favicon.ico", RedirectView.as_view(url=static("chat/favicon.ico"))),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics_view, name="metrics"),

@@ -224,8 +224,8 @@ class ChatConsumer(GuardedConsumer):
         if not await limiter.allow(self.user_id):
             raise ChatValidationError(
                 "rate_limited",
-                f"Too many messages: at most {limiter.describe()}; this one was "
-                "not sent, try again shortly.",
+                f"You are sending messages too fast (at most {limiter.describe()}): "
+                "this one was not sent; wait a moment and try again.",
             )
 
     async def receive(

@@ -250,8 +250,8 @@ class GuardedConsumer(AsyncJsonWebsocketConsumer):
         await self.refuse(
             ChatValidationError(
                 "rate_limited",
-                f"Too many frames: at most {limiter.describe()} per connection; "
-                "this one was dropped.",
+                f"You are sending too fast (at most {limiter.describe()} on one "
+                "connection): this was not handled; wait a moment and try again.",
             ),
             message,
             window=limiter.item.get_expiry() if limiter.item else 0,

@@ -95,11 +95,16 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
         return _error_page(request, exc)
     room_obj = selectors.room_get(name=room)
     assert room_obj is not None  # membership_join found or created it
+    sidebar = _sidebar(request)
     return render(
         request,
         "chat/room.html",
         {
-            **_sidebar(request),
+            **sidebar,
+            # where the reader left off: the page draws a "New messages" line after it
+            "last_read_seq": next(
+                (s.last_read_seq for s in sidebar["sidebar_rooms"] if s.room == room), 0
+            ),
             "max_length": settings.CHAT_MAX_MESSAGE_LENGTH,
             "room": room,
             "room_pattern": ROOM_NAME_PATTERN,

@@ -3,7 +3,9 @@ they saw, and small page helpers. The fixtures that use them are in conftest.py.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -79,8 +81,10 @@ class Pages:
 
 
 def message(text: str) -> str:
-    """Selector of the message whose content is exactly `text`."""
-    return f"#log li.msg:has(.content:text-is({text!r}))"
+    """Selector of the message whose content is exactly `text` (the text of its links,
+    mentions and formatting included: :text-is would not see across them)."""
+    pattern = json.dumps(r"^\s*" + re.escape(text) + r"\s*$", ensure_ascii=False)
+    return f"#log li.msg:has(.content:text-matches({pattern}))"
 
 
 async def contents(page: Any) -> list[str]:

@@ -1,6 +1,9 @@
 // Every page of a signed-in user: unread badges (added to the sidebar for a
-// conversation it does not list yet), the tab title's total, and a notice for each new
-// DM or @mention, live from /ws/notifications/.
+// conversation it does not list yet), the tab title's total, and a notice for the
+// latest DM or @mention, live from /ws/notifications/. The notice has a Dismiss button
+// and goes away once its conversation is read; /mentions/ lists them all.
+// Other scripts follow along through document events: "chat:unread" (detail: the
+// total) and "chat:notification" (detail: a new live notification).
 (function () {
   "use strict";
   const counts = {};
@@ -10,6 +13,8 @@
   const provisional = new Set();
   const notice = document.getElementById("notice");
   const baseTitle = document.title;
+  const meElement = document.getElementById("me");
+  const dismissedKey = "chatproj:" + (meElement ? meElement.dataset.userId : "") + ":dismissed";
   let retryDelay = 500;
 
   // A conversation the page was rendered without (a first DM, a new invitation).
@@ -42,6 +47,36 @@
       });
     }
     document.title = (total ? "(" + total + ") " : "") + baseTitle;
+    document.dispatchEvent(new CustomEvent("chat:unread", { detail: { total } }));
+    if (notice.dataset.room && counts[notice.dataset.room] === 0) hideNotice(); // read
+  }
+
+  function dismissed() {
+    try {
+      const ids = JSON.parse(localStorage.getItem(dismissedKey) || "[]");
+      return Array.isArray(ids) ? ids : [];
+    } catch (err) {
+      return []; // unreadable or disabled storage: nothing was dismissed
+    }
+  }
+
+  function hideNotice() {
+    notice.hidden = true;
+    notice.replaceChildren();
+    delete notice.dataset.room;
+    delete notice.dataset.messageId;
+  }
+
+  // Dismissed notices stay dismissed on the user's other pages.
+  function dismiss() {
+    const ids = dismissed().filter((id) => id !== notice.dataset.messageId);
+    ids.push(notice.dataset.messageId);
+    try {
+      localStorage.setItem(dismissedKey, JSON.stringify(ids.slice(-100)));
+    } catch (err) {
+      // storage disabled: dismissed on this page only
+    }
+    hideNotice();
   }
 
   function announce(n) {
@@ -56,7 +91,18 @@
     const text = document.createElement("span");
     text.dir = "auto";
     text.textContent = n.excerpt;
-    notice.replaceChildren(link, text);
+    const body = document.createElement("span");
+    body.className = "notice-text";
+    body.append(link, text);
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "dismiss";
+    button.textContent = "Dismiss";
+    button.setAttribute("aria-label", "Dismiss this notice");
+    button.addEventListener("click", dismiss);
+    notice.replaceChildren(body, button);
+    notice.dataset.room = n.room;
+    notice.dataset.messageId = n.message_id;
     notice.hidden = false;
   }
 
@@ -71,6 +117,7 @@
           const link = document.createElement("a");
           link.href = "/accounts/login/?next=" + encodeURIComponent(location.pathname + location.search);
           link.textContent = "Log in again";
+          hideNotice();
           notice.replaceChildren("Your session has ended. ", link, ".");
           notice.hidden = false;
         }
@@ -86,7 +133,9 @@
         for (const room of Object.keys(frame.counts)) provisional.delete(room);
         Object.assign(counts, frame.counts);
         render();
-        if (frame.notifications && frame.notifications.length) announce(frame.notifications[0]);
+        const gone = new Set(dismissed());
+        const latest = (frame.notifications || []).find((n) => !gone.has(n.message_id) && counts[n.room] !== 0);
+        if (latest) announce(latest);
       } else if (frame.type === "notification") {
         if (!(frame.room in counts) || provisional.has(frame.room)) {
           provisional.add(frame.room);
@@ -95,6 +144,7 @@
           render();
         }
         announce(frame);
+        document.dispatchEvent(new CustomEvent("chat:notification", { detail: frame }));
       }
     };
   }

@@ -1,6 +1,8 @@
 // The conversation page: history, live messages in seq order with date separators,
-// own-message states, an offline queue resent with the same client_id, gap filling and
-// resume after a reconnect, "load older", presence and the session-expiry notice.
+// grouped by sender, a "New messages" line at the first unread one, own-message
+// states, an offline queue resent with the same client_id, gap filling and resume after
+// a reconnect, "load older", "jump to latest", presence and the session-expiry notice.
+// Message text is drawn by format.js; the words people read come from words.js.
 (function () {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -20,20 +22,16 @@
   const historyStart = $("history-start");
   const presence = $("presence");
   const sessionNotice = $("session-notice");
+  const jumpButton = $("jump-latest");
   const storageKey = "chatproj:" + me + ":" + room + ":";
+  // The reader's read mark when the page was made: later messages are new to them.
+  const readAtLoad = JSON.parse($("last-read-seq").textContent);
+  const GROUP_MS = 5 * 60 * 1000; // one sender's messages this close share one header
 
-  // Own-message states: the word shown, and the tooltip that explains it.
-  const STATES = {
-    queued: ["queued", "Not sent yet: you are offline. It is sent when the connection is back."],
-    sending: ["sending…", "On its way to the server."],
-    sent: ["sent", "Stored by the server and shown to the others in this conversation."],
-    retrying: ["retrying", "The others have it; handing it to the message stream failed for now and the server keeps retrying."],
-    delivered: ["delivered", "Delivered: stored, shown to the others and published to the message stream."],
-    skipped: ["sent", "Stored and shown to the others; the message stream is off on this server."],
-    dead: ["not delivered", "The others have it, but it can never be published to the message stream."],
-  };
+  const { STATES, STREAM } = window.ChatWords;
   const RANK = { queued: 0, sending: 1, sent: 2, retrying: 3, skipped: 4, delivered: 4, dead: 5 };
   const FROM_SERVER = { pending: "sent", published: "delivered", failed: "retrying", dead: "dead", skipped: "skipped" };
+  const TO_STREAM = { sent: "pending", delivered: "published", retrying: "failed", dead: "dead", skipped: "skipped" };
 
   const byId = new Map(); // message_id -> <li>
   const seqs = new Set(); // seqs on the page
@@ -51,6 +49,9 @@
   let retryTimer = null;
   let ended = false; // the session ended or access was refused: no more reconnects
   let readSent = 0;
+  let unreadFrom = null; // the first message unread at load gets the "New messages" line
+  let newBelow = false; // messages arrived below while the reader was scrolled up
+  let atBottom = true;
 
   // --- small helpers -----------------------------------------------------------------
 
@@ -85,14 +86,16 @@
     scroller.scrollTop = scroller.scrollHeight;
   }
 
-  function showError(text) {
+  function showError(text, code) {
     errorBox.textContent = text;
+    errorBox.dataset.code = code || "";
     errorBox.hidden = false;
   }
 
   function hideError() {
     errorBox.hidden = true;
     errorBox.textContent = "";
+    delete errorBox.dataset.code;
   }
 
   function setConn(stateName, text) {
@@ -119,9 +122,14 @@
     if (current && RANK[stateName] < RANK[current] && stateName !== "queued") return; // never back
     const [word, tip] = STATES[stateName];
     const badge = li.querySelector(".status");
+    const stream = TO_STREAM[stateName];
     li.dataset.state = stateName;
-    badge.textContent = stateName === "dead" && detail ? word + ": " + detail : word;
-    badge.title = tip + (detail ? " (" + detail + ")" : "");
+    badge.textContent = word;
+    badge.title = tip;
+    if (stream) {
+      li.dataset.stream = stream; // the message stream's state, for operators and tests
+      badge.title += " " + STREAM[stream] + (detail ? " (" + detail + ")" : "");
+    }
   }
 
   function timeElement(created) {
@@ -132,10 +140,11 @@
     return time;
   }
 
-  function element(sender, text, created, mine) {
+  function element(sender, text, created, mine, senderId) {
     const li = document.createElement("li");
     li.className = "msg" + (mine ? " mine" : "");
     li.dataset.day = dayKey(created);
+    li.dataset.senderId = String(senderId);
     const meta = document.createElement("div");
     meta.className = "meta";
     const who = document.createElement("span");
@@ -145,8 +154,15 @@
     const body = document.createElement("div");
     body.className = "content";
     body.dir = "auto"; // with unicode-bidi: isolate (chat.css) RTL text cannot reorder the rest
-    body.textContent = text;
-    li.append(meta, body);
+    li.append(meta);
+    if (window.ChatFormat.render(body, text, myName) && !mine) {
+      li.classList.add("mentions-me");
+      const note = document.createElement("span");
+      note.className = "visually-hidden"; // said also when the header is grouped away
+      note.textContent = "(mentions you)";
+      li.append(note);
+    }
+    li.append(body);
     if (mine) {
       const badge = document.createElement("span");
       badge.className = "status";
@@ -169,6 +185,7 @@
   function remember(li, msg) {
     li.dataset.messageId = msg.message_id;
     li.dataset.seq = String(msg.seq);
+    li.id = "seq-" + msg.seq;
     byId.set(msg.message_id, li);
     seqs.add(msg.seq);
     maxSeq = Math.max(maxSeq, msg.seq);
@@ -199,7 +216,7 @@
       }
       if (known || seqs.has(msg.seq)) continue;
       const mine = msg.sender_id === me;
-      const li = element(msg.sender, msg.content, new Date(msg.created_at), mine);
+      const li = element(msg.sender, msg.content, new Date(msg.created_at), mine, msg.sender_id);
       remember(li, msg);
       place(li, msg.seq);
       if (mine) {
@@ -212,9 +229,20 @@
     return added;
   }
 
-  // Date separators before the first message of each day.
+  // The "New messages" line, date separators before the first message of each day,
+  // and one header for consecutive messages of one sender.
   function redrawDays() {
-    log.querySelectorAll("li.day").forEach((n) => n.remove());
+    log.querySelectorAll("li.day, li.unread-line").forEach((n) => n.remove());
+    const firstUnread = unreadFrom === null ? null : firstUnreadMessage();
+    if (firstUnread) {
+      const line = document.createElement("li");
+      line.className = "unread-line";
+      line.setAttribute("role", "separator");
+      const label = document.createElement("span");
+      label.textContent = "New messages";
+      line.append(label);
+      firstUnread.before(line);
+    }
     let previous = null;
     for (const li of Array.from(log.children)) {
       if (li.dataset.day && li.dataset.day !== previous) {
@@ -227,6 +255,94 @@
         li.before(separator);
       }
     }
+    regroup();
+  }
+
+  function firstUnreadMessage() {
+    for (const li of log.querySelectorAll("li.msg[data-seq]:not(.mine)")) {
+      if (Number(li.dataset.seq) > unreadFrom) return li;
+    }
+    return null;
+  }
+
+  function regroup() {
+    let previous = null;
+    for (const li of Array.from(log.children)) {
+      if (!li.classList.contains("msg")) {
+        previous = null; // a separator starts a new group
+        continue;
+      }
+      const time = Date.parse(li.querySelector("time").dateTime);
+      const grouped = previous !== null && previous.li.dataset.senderId === li.dataset.senderId
+        && time >= previous.time && time - previous.time < GROUP_MS;
+      li.classList.toggle("grouped", grouped);
+      previous = { li, time };
+    }
+  }
+
+  // --- scrolling: land at the first unread, "jump to latest" ---------------------------
+
+  function scrollToElement(node) {
+    scroller.scrollTop += node.getBoundingClientRect().top - scroller.getBoundingClientRect().top - 8;
+  }
+
+  function updateJump() {
+    atBottom = nearBottom();
+    if (atBottom) newBelow = false;
+    jumpButton.hidden = atBottom;
+    jumpButton.textContent = newBelow ? "New messages below — jump to latest" : "Jump to latest";
+  }
+
+  jumpButton.addEventListener("click", () => {
+    toBottom();
+    updateJump();
+    input.focus();
+  });
+  scroller.addEventListener("scroll", updateJump, { passive: true });
+  // The conversation's height changes (a notice above it, the box growing): whoever
+  // was reading the latest message still sees it.
+  new ResizeObserver(() => {
+    if (atBottom) toBottom();
+    updateJump();
+  }).observe(scroller);
+
+  // The message a link points at (#seq-<n>, e.g. from the mentions page), loading
+  // older pages to reach it; false when the page has no such link.
+  async function landOnLinked() {
+    const wanted = /^#seq-(\d+)$/.exec(location.hash);
+    if (!wanted) return false;
+    const seq = Number(wanted[1]);
+    for (let pages = 0; pages < 10 && !seqs.has(seq) && hasOlder && oldestSeq > seq; pages++) {
+      await loadOlder();
+    }
+    const target = document.getElementById("seq-" + seq);
+    if (target) {
+      target.classList.add("linked");
+      scrollToElement(target);
+    }
+    updateJump();
+    return true;
+  }
+
+  window.addEventListener("hashchange", landOnLinked);
+
+  // First history: land on the linked message, else at the "New messages" line (with
+  // older pages loaded to reach the first unread one), else at the bottom.
+  async function land() {
+    if (await landOnLinked()) return;
+    if (unreadFrom !== null) {
+      for (let pages = 0; pages < 4 && hasOlder && oldestSeq > unreadFrom + 1; pages++) {
+        await loadOlder();
+      }
+      const line = log.querySelector("li.unread-line");
+      if (line) {
+        scrollToElement(line);
+        newBelow = !nearBottom();
+      }
+    } else {
+      toBottom();
+    }
+    updateJump();
   }
 
   function updateOlder() {
@@ -254,7 +370,11 @@
   // --- frames from the server ----------------------------------------------------------
 
   function onHistory(frame) {
-    const stick = nearBottom() || !haveHistory;
+    const first = !haveHistory;
+    const stick = nearBottom() && !first;
+    if (first && (frame.messages || []).some((m) => m.seq > readAtLoad && m.sender_id !== me)) {
+      unreadFrom = readAtLoad;
+    }
     addMessages(frame.messages || []);
     if (frame.after_seq === undefined || frame.after_seq === null) {
       // The latest messages: everything up to the newest is here.
@@ -268,13 +388,15 @@
     }
     advance();
     updateOlder();
-    if (stick) toBottom();
+    if (first) land();
+    else if (stick) toBottom();
     markRead();
   }
 
   function onLive(msg) {
     if (msg.room && msg.room !== room) return; // other conversations only bump badges
     const stick = nearBottom() || msg.sender_id === me;
+    if (!stick && !seqs.has(msg.seq)) newBelow = true;
     addMessages([msg]);
     if (haveHistory && !resuming && msg.seq > lastSeq + 1) {
       resume(); // a live frame was missed: fill the gap
@@ -283,6 +405,7 @@
     }
     if (stick) toBottom();
     updateOlder();
+    updateJump();
     markRead();
   }
 
@@ -337,7 +460,7 @@
       save();
       input.focus();
     }
-    showError(frame.code + ": " + frame.detail);
+    showError(window.ChatWords.error(frame.code, frame.detail), frame.code);
   }
 
   function onPresence(frame) {
@@ -456,7 +579,7 @@
       hasOlder = !!data.has_more;
       scroller.scrollTop = scroller.scrollHeight - fromBottom; // keep what the reader sees
     } catch (err) {
-      showError("Could not load older messages: " + err.message);
+      showError("Older messages could not be loaded (" + err.message + "). Try again in a moment.", "load_older");
     } finally {
       loadingOlder = false;
       updateOlder();
@@ -498,12 +621,12 @@
     if (text === "") return;
     const n = characters(text);
     if (maxLength !== null && n > maxLength) {
-      showError("too_long: This message has " + n + " characters; the limit is " + maxLength + ". Shorten it, then send it.");
+      showError(window.ChatWords.error("too_long", "", { length: n, limit: maxLength }), "too_long");
       input.focus();
       return; // the text stays in the box
     }
     hideError();
-    const li = element(myName, text, new Date(), true);
+    const li = element(myName, text, new Date(), true, me);
     li.classList.add("pending");
     const entry = { clientId: uuid(), text, li };
     outbox.set(entry.clientId, entry);
@@ -522,7 +645,7 @@
   try {
     input.value = sessionStorage.getItem(storageKey + "draft") || "";
     for (const saved of JSON.parse(sessionStorage.getItem(storageKey + "outbox") || "[]")) {
-      const li = element(myName, saved.text, new Date(), true);
+      const li = element(myName, saved.text, new Date(), true, me);
       li.classList.add("pending");
       log.append(li);
       outbox.set(saved.clientId, { clientId: saved.clientId, text: saved.text, li });

@@ -1,11 +1,9 @@
-// The sidebar: people search (to start a DM), and the phone-width toggle.
+// The sidebar: people search (to start a DM). The phone-width panel is panel.js.
 (function () {
   "use strict";
-  const sidebar = document.getElementById("sidebar");
   const query = document.getElementById("people-q");
   const results = document.getElementById("people-results");
   const status = document.getElementById("people-status");
-  const toggle = document.getElementById("sidebar-toggle");
   const meElement = document.getElementById("me");
   const myName = meElement ? meElement.textContent : "";
   let timer = null;
@@ -78,30 +76,5 @@
         (at === 0 ? query : links[at - 1]).focus();
       }
     });
-  }
-
-  // Phone width: the sidebar is a panel over the conversation, opened by a button.
-  function setOpen(open) {
-    document.body.classList.toggle("sidebar-open", open);
-    toggle.setAttribute("aria-expanded", String(open));
-    if (open) {
-      const current = sidebar.querySelector("[aria-current=page]") || sidebar.querySelector("a, input");
-      if (current) current.focus();
-    }
-  }
-  if (toggle && sidebar) {
-    toggle.addEventListener("click", () => setOpen(!document.body.classList.contains("sidebar-open")));
-    document.addEventListener("keydown", (e) => {
-      if (e.key === "Escape" && document.body.classList.contains("sidebar-open")) {
-        setOpen(false);
-        toggle.focus();
-      }
-    });
-    // Following a link to the page's own anchors (e.g. #people-q) opens the panel.
-    document.querySelectorAll('a[href="#people-q"]').forEach((a) =>
-      a.addEventListener("click", () => {
-        if (getComputedStyle(toggle).display !== "none") setOpen(true);
-        query.focus();
-      }));
   }
 })();
