@@ -16,7 +16,7 @@ from playwright.async_api import expect
 from chat.models import dm_room_name
 from chat.services.rooms import membership_join, room_mark_read
 
-from ..support import WSClient
+from ..support import WSClient, room_ensure
 from .browser import ACKED, CONNECTED, message, screenshot, send, store
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,7 +53,8 @@ RECORD_NOTIFICATIONS = """
 
 
 async def join(user_id: int, room: str) -> None:
-    """Make the user a member of the room (caught up to now)."""
+    """Make the user a member of the room (created if need be; caught up to now)."""
+    await database_sync_to_async(room_ensure)(room)
     await database_sync_to_async(membership_join)(user_id=user_id, room_name=room)
 
 

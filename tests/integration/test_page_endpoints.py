@@ -20,13 +20,16 @@ from chat.services.rooms import (
     room_mark_read,
 )
 
+from ..support import room_ensure
 from .test_notifications_web import post
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def client_of(name: str) -> tuple[Client, int]:
-    """A logged-in test client of a new user, and the user's id."""
+    """A logged-in test client of a new user, and the user's id (and the lobby, which
+    the tests open)."""
+    room_ensure("lobby")
     user = get_user_model().objects.create_user(username=name, password="pw")
     client = Client()
     client.force_login(user)
