@@ -17,10 +17,13 @@ from chat.realtime.channels_hooks import run_outbound_first
 from chat.realtime.frame_context import handling_frame, message_create_once
 from chat.realtime.frames import (
     ChatFrame,
+    PingFrame,
     ReadFrame,
     ResumeFrame,
+    TypingFrame,
     parse_frame,
 )
+from chat.realtime.heartbeat import CLOSE_IDLE, IdleWatchdog
 from chat.realtime.sending import checked_frame
 from chat.realtime.socket_guard import (
     CLOSE_FLOODING,
@@ -28,6 +31,7 @@ from chat.realtime.socket_guard import (
     CLOSE_UNAUTHENTICATED,
     GuardedConsumer,
 )
+from chat.realtime.typing import typing_announce, typing_frame
 from chat.schemas import (
     MAX_DB_ID,
     ChatValidationError,
@@ -54,6 +58,7 @@ CLOSE_FORBIDDEN = 4403  # not a member of this private room (or no longer one)
 __all__ = [
     "CLOSE_FLOODING",
     "CLOSE_FORBIDDEN",
+    "CLOSE_IDLE",
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_UNAUTHENTICATED",
     "ChatConsumer",
@@ -68,6 +73,7 @@ class ChatConsumer(GuardedConsumer):
     read_mark = 0  # the highest up_to_seq this connection has stored
     # seqs a resume sent that may also come live (committed while it read): skipped
     resumed: set[int]
+    watchdog: IdleWatchdog | None = None  # closes the socket when the client is silent
 
     async def run(self, scope: Any, receive: Any, send: Any) -> None:
         """The consumer loop that delivers what this connection owes before it
@@ -106,6 +112,8 @@ class ChatConsumer(GuardedConsumer):
         await sync_to_async(self.refresh, thread_sensitive=False)()  # presence
         await self._announce_presence()
         self.start_keepalive()
+        self.watchdog = IdleWatchdog(settings.CHAT_IDLE_TIMEOUT, self._close_idle)
+        self.watchdog.start()
 
     async def _send_latest(self) -> None:
         messages, has_older = await database_sync_to_async(
@@ -191,6 +199,8 @@ class ChatConsumer(GuardedConsumer):
         """
         if not self.counted or self.closing:  # a refused or closing connection
             return
+        if self.watchdog is not None:  # any frame, even one refused, is a sign of life
+            self.watchdog.touch()
         if not await self.admit_frame(message):
             return
         with handling_frame(sender_id=self.user_id, admit=self._admit_message):
@@ -277,15 +287,45 @@ class ChatConsumer(GuardedConsumer):
         """Send what the client missed after its last seq."""
         await self._resume(frame.after_seq)
 
+    async def on_ping(self, frame: PingFrame) -> None:
+        """The client's heartbeat: answer at once (its deadline runs)."""
+        await self.send_json({"type": "pong"})
+
+    async def on_typing(self, frame: TypingFrame) -> None:
+        """Tell the room's other members that this user is typing (throttled; never
+        stored nor published)."""
+        await typing_announce(
+            self.channel_layer,
+            room_name=self.room_name,
+            user_id=self.user_id,
+            username=self.scope["user"].get_username(),
+        )
+
     # Frame type → the name of its handler (docs/architecture.md: a new frame type).
     HANDLERS: ClassVar[dict[str, str]] = {
         "chat.message": "on_message",
         "read": "on_read",
         "resume": "on_resume",
+        "ping": "on_ping",
+        "typing": "on_typing",
     }
+
+    async def _close_idle(self) -> None:
+        """No frame for CHAT_IDLE_TIMEOUT seconds: the link is gone or frozen. Presence
+        ends now (a frozen link may not deliver the close), then close with 4408."""
+        logger.info(
+            "Closing user %s's socket to %s: no frame for %g s",
+            self.user_id,
+            self.room_name,
+            settings.CHAT_IDLE_TIMEOUT,
+        )
+        await self.release_resources()
+        await self.close_with(CLOSE_IDLE)
 
     async def release_resources(self) -> None:
         """The connections gauge and presence (groups are left by GuardedConsumer)."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if not self.counted:
             return
         self.counted = False
@@ -326,6 +366,11 @@ class ChatConsumer(GuardedConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
             await self.release_resources()
             await self.close(code=CLOSE_FORBIDDEN)
+
+    async def typing_notice(self, event: dict[str, Any]) -> None:
+        """Someone else in the room is typing: a `typing` frame."""
+        if event["user_id"] != self.user_id and event["room"] == self.room_name:
+            await self.send_json(typing_frame(event))
 
     async def message_statuses(self, event: dict[str, Any]) -> None:
         """Delivery statuses of messages this user sent: a message.status frame each."""

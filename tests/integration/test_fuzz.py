@@ -175,12 +175,18 @@ invisible = st.builds(
 
 
 def _is_control_frame(text: str) -> bool:
-    """A read or resume frame (answered without an error, so not garbage)."""
+    """A read, resume, ping or typing frame (answered without an error, so not
+    garbage)."""
     try:
         raw = json.loads(text)
     except (ValueError, RecursionError):
         return False
-    return isinstance(raw, dict) and raw.get("type") in ("read", "resume")
+    return isinstance(raw, dict) and raw.get("type") in (
+        "read",
+        "resume",
+        "ping",
+        "typing",
+    )
 
 
 garbage_text = any_text.filter(lambda t: not _is_control_frame(t)).map(Frame)
