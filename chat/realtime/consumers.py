@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, ClassVar
 
@@ -238,7 +239,10 @@ class ChatConsumer(GuardedConsumer):
             text_data if text_data is not None else bytes_data,
             max_length=config.chat().max_message_length,
         )
-        await getattr(self, self.HANDLERS[frame.type])(frame)
+        # a frame being handled is not silence (a slow database)
+        busy = self.watchdog.handling() if self.watchdog else contextlib.nullcontext()
+        with busy:
+            await getattr(self, self.HANDLERS[frame.type])(frame)
 
     async def on_message(self, frame: ChatFrame) -> None:
         """Persist the message (once per frame), and ack the sender."""

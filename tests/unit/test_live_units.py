@@ -103,3 +103,24 @@ def test_timings_that_cannot_work_fail_at_start_up(env, complaint):
     )
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr and complaint in result.stderr
+
+
+async def test_a_frame_being_handled_is_not_silence():
+    """While a frame is handled (a slow database) the watchdog waits, however long;
+    the clock restarts when the handling ends."""
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    fired: list[float] = []
+
+    async def on_idle() -> None:
+        fired.append(loop.time())
+        done.set()
+
+    watchdog = IdleWatchdog(0.2, on_idle)
+    watchdog.start()
+    with watchdog.handling():
+        await asyncio.sleep(0.6)  # a slow frame: three timeouts long
+        assert not fired
+    handled = loop.time()
+    await asyncio.wait_for(done.wait(), 5)
+    assert fired[0] - handled >= 0.19
