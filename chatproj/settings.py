@@ -264,9 +264,11 @@ PRESENCE_TTL = env.float("PRESENCE_TTL", default=60.0)
 # at all came back this many seconds after a ping: a frozen link is noticed within
 # about CHAT_HEARTBEAT_INTERVAL + CHAT_HEARTBEAT_TIMEOUT seconds.
 CHAT_HEARTBEAT_INTERVAL = env.float("CHAT_HEARTBEAT_INTERVAL", default=5.0)
-CHAT_HEARTBEAT_TIMEOUT = env.float("CHAT_HEARTBEAT_TIMEOUT", default=10.0)
-# The server closes a chat socket (4408) that sent no frame for this many seconds, and
-# its presence ends then (0: never). It must leave room for several heartbeats.
+CHAT_HEARTBEAT_TIMEOUT = env.float("CHAT_HEARTBEAT_TIMEOUT", default=8.0)
+# The server asks a chat socket silent for a third of this many seconds for a sign of
+# life (a ping, which pages answer even when the browser throttles a background tab's
+# timers), and closes it (4408) when it sent no frame for all of it; its presence ends
+# then (0: never). It must leave room for several heartbeats.
 CHAT_IDLE_TIMEOUT = env.float("CHAT_IDLE_TIMEOUT", default=45.0)
 # At most one typing notice per user and room per this many seconds reaches the room;
 # the page shows one for twice as long unless the user's message comes first.

@@ -19,6 +19,7 @@ from chat.realtime.frame_context import handling_frame, message_create_once
 from chat.realtime.frames import (
     ChatFrame,
     PingFrame,
+    PongFrame,
     ReadFrame,
     ResumeFrame,
     TypingFrame,
@@ -113,7 +114,9 @@ class ChatConsumer(GuardedConsumer):
         await sync_to_async(self.refresh, thread_sensitive=False)()  # presence
         await self._announce_presence()
         self.start_keepalive()
-        self.watchdog = IdleWatchdog(settings.CHAT_IDLE_TIMEOUT, self._close_idle)
+        self.watchdog = IdleWatchdog(
+            settings.CHAT_IDLE_TIMEOUT, self._close_idle, self._probe
+        )
         self.watchdog.start()
 
     async def _send_latest(self) -> None:
@@ -295,6 +298,9 @@ class ChatConsumer(GuardedConsumer):
         """The client's heartbeat: answer at once (its deadline runs)."""
         await self.send_json({"type": "pong"})
 
+    async def on_pong(self, frame: PongFrame) -> None:
+        """The answer to the server's `ping`: a sign of life, nothing to do."""
+
     async def on_typing(self, frame: TypingFrame) -> None:
         """Tell the room's other members that this user is typing (throttled; never
         stored nor published)."""
@@ -311,8 +317,13 @@ class ChatConsumer(GuardedConsumer):
         "read": "on_read",
         "resume": "on_resume",
         "ping": "on_ping",
+        "pong": "on_pong",
         "typing": "on_typing",
     }
+
+    async def _probe(self) -> None:
+        """Silent for a while: ask the client for a sign of life."""
+        await self.send_json({"type": "ping"})
 
     async def _close_idle(self) -> None:
         """No frame for CHAT_IDLE_TIMEOUT seconds: the link is gone or frozen. Presence

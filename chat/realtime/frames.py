@@ -1,8 +1,8 @@
 """Client frames of the chat socket: one pydantic discriminated union, parsed once.
 
 `parse_frame()` turns a raw WebSocket text frame into a ChatFrame, a ReadFrame, a
-ResumeFrame, a PingFrame or a TypingFrame (by its `type`; a frame without one is a
-chat message), or raises
+ResumeFrame, a PingFrame, a PongFrame or a TypingFrame (by its `type`; a frame
+without one is a chat message), or raises
 ChatValidationError with the protocol's error code (docs/protocol.md). The consumer
 keeps one table from frame type to handler (ChatConsumer.HANDLERS).
 """
@@ -57,6 +57,14 @@ class PingFrame(BaseModel):
     type: Literal["ping"]
 
 
+class PongFrame(BaseModel):
+    """The client's answer to the server's `ping`: a sign of life."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    type: Literal["pong"]
+
+
 class TypingFrame(BaseModel):
     """The user is typing in this socket's room: an ephemeral notice to the others."""
 
@@ -65,10 +73,10 @@ class TypingFrame(BaseModel):
     type: Literal["typing"]
 
 
-AnyFrame = ChatFrame | ReadFrame | ResumeFrame | PingFrame | TypingFrame
+AnyFrame = ChatFrame | ReadFrame | ResumeFrame | PingFrame | PongFrame | TypingFrame
 ClientFrame = Annotated[AnyFrame, Field(discriminator="type")]
 _CLIENT_FRAME: TypeAdapter[AnyFrame] = TypeAdapter(ClientFrame)
-FRAME_TYPES = ("chat.message", "read", "resume", "ping", "typing")
+FRAME_TYPES = ("chat.message", "read", "resume", "ping", "pong", "typing")
 
 
 def parse_frame(text_data: Any, *, max_length: int) -> AnyFrame:

@@ -1,5 +1,8 @@
-"""The server's half of the heartbeat: a chat socket that sends nothing for
-CHAT_IDLE_TIMEOUT seconds is closed with CLOSE_IDLE (docs/protocol.md#heartbeat).
+"""The server's half of the heartbeat (docs/protocol.md#heartbeat): a chat socket
+that sent nothing for a third of CHAT_IDLE_TIMEOUT is asked for a sign of life (a
+`ping` frame, which pages answer at once, even in a background tab whose timers the
+browser throttles), and one that sent nothing for CHAT_IDLE_TIMEOUT is closed with
+CLOSE_IDLE.
 
 A link that froze (a sleeping laptop, a Wi-Fi change, a NAT or proxy that dropped the
 flow without closing it) delivers no frame, and may not deliver a close either: the
@@ -18,16 +21,24 @@ from collections.abc import Awaitable, Callable, Iterator
 logger = logging.getLogger(__name__)
 
 CLOSE_IDLE = 4408  # no frame for CHAT_IDLE_TIMEOUT seconds: reconnect and resume
+PROBE_SEND_TIMEOUT = 5.0  # a probe into a link whose buffers are full is given up
 
 
 class IdleWatchdog:
-    """Calls `on_idle` once when no frame arrived for `timeout` seconds (never with a
-    timeout of 0). A frame still being handled is not silence: a slow database must
-    not close the socket of a client that is waiting for it."""
+    """Calls `on_quiet` once per silence of `timeout` / 3 seconds, and `on_idle` once
+    when no frame arrived for `timeout` seconds (never with a timeout of 0). A frame
+    still being handled is not silence: a slow database must not close the socket
+    of a client that is waiting for it."""
 
-    def __init__(self, timeout: float, on_idle: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        on_idle: Callable[[], Awaitable[None]],
+        on_quiet: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.timeout = timeout
         self.on_idle = on_idle
+        self.on_quiet = on_quiet
         self.last_frame = time.monotonic()
         self.in_flight = 0  # frames being handled now
         self.task: asyncio.Task[None] | None = None
@@ -60,10 +71,30 @@ class IdleWatchdog:
         self.task = None
 
     async def _watch(self) -> None:
-        while (
-            left := self.last_frame + self.timeout - time.monotonic()
-        ) > 0 or self.in_flight:
-            await asyncio.sleep(left if left > 0 else 1.0)
+        quiet_after = self.timeout / 3
+        probed: float | None = None  # the last_frame a probe was sent after
+        while True:
+            silent = time.monotonic() - self.last_frame
+            if self.in_flight:
+                wait = 1.0
+            elif silent >= self.timeout:
+                break
+            elif silent < quiet_after:
+                wait = quiet_after - silent
+            elif probed != self.last_frame and self.on_quiet is not None:
+                probed = self.last_frame
+                await self._probe(self.on_quiet)
+                continue
+            else:
+                wait = self.timeout - silent
+            await asyncio.sleep(wait)
         self.task = None
         with contextlib.suppress(Exception):  # the client may be gone already
             await self.on_idle()
+
+    @staticmethod
+    async def _probe(on_quiet: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await asyncio.wait_for(on_quiet(), PROBE_SEND_TIMEOUT)
+        except Exception as exc:  # the deadline still holds
+            logger.debug("Heartbeat probe not sent: %r", exc)

@@ -5,6 +5,8 @@ message delivered once; the header says who is typing until their message comes.
 
 from __future__ import annotations
 
+import datetime
+import json
 import time
 
 import pytest
@@ -15,7 +17,7 @@ from chat.models import Message
 from chatproj.embedded import free_port
 
 from ..faults import FaultProxy
-from .browser import ACKED, CONNECTED, contents, message, send
+from .browser import ACKED, CONNECTED, contents, message, send, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -100,3 +102,41 @@ async def test_the_header_says_who_is_typing_until_their_message_arrives(
     await expect(typing).to_have_text("", timeout=1500)  # long before it would expire
     assert any('"typing"' in frame for frame in pages.frames["bob"])
     assert not any('"typing"' in frame for frame in pages.frames["alice"])
+
+
+async def test_a_page_whose_timers_stand_still_answers_the_server_and_stays(
+    start_web, chat_users, pages
+):
+    """A background tab's timers may run once a minute: with the page's clock paused
+    (no heartbeat of its own), it still answers the server's pings from the message
+    event, so it is not closed after CHAT_IDLE_TIMEOUT and bob keeps seeing it."""
+    idle = 3.0
+    base = await database_sync_to_async(start_web)(
+        CHAT_HEARTBEAT_INTERVAL="1", CHAT_IDLE_TIMEOUT=str(idle)
+    )
+    server = base.removeprefix("http://")
+    bob = await pages.open(server, "bob", "/chat/lobby/")
+    alice = await pages.open(server, "alice", "/chat/lobby/")
+    await alice.clock.install()
+    await alice.reload()  # room.js's timers now run on the installed clock
+    await alice.wait_for_selector(CONNECTED)
+    await alice.clock.pause_at(datetime.datetime.now() + datetime.timedelta(hours=1))
+    await bob.wait_for_selector("#presence:has-text('alice')")
+    seen_by_bob = len(pages.frames["bob"])
+    seen_by_alice = len(pages.frames["alice"])
+
+    def server_pings() -> int:
+        return sum('"ping"' in f for f in pages.frames["alice"][seen_by_alice:])
+
+    asked_from = time.monotonic()
+    await wait_until(lambda: server_pings() >= 4, timeout=idle * 4)
+    assert time.monotonic() - asked_from >= idle  # longer than the idle timeout
+    assert await alice.locator(CONNECTED).count() == 1
+    later = [json.loads(f) for f in pages.frames["bob"][seen_by_bob:]]
+    left = [
+        f
+        for f in later
+        if f.get("type") == "presence"
+        and "alice" not in {u["username"] for u in f["online"]}
+    ]
+    assert not left, left

@@ -124,3 +124,26 @@ async def test_pings_are_answered_keep_a_socket_open_and_cost_no_messages(
         await alice.send({"message": f"after pings {n}", "client_id": f"p-{n}"})
         await alice.expect("message.ack")
     assert alice.connection.close_code is None
+
+
+async def test_the_server_asks_a_quiet_socket_and_an_answer_keeps_it_open(
+    start_web, chat_users
+):
+    """A client that never pings but answers the server's `ping` with `pong` (as a
+    background tab whose timers are throttled does) is asked after a third of
+    CHAT_IDLE_TIMEOUT of silence, and stays open well past CHAT_IDLE_TIMEOUT."""
+    base = await database_sync_to_async(start_web)(**FAST)
+    server = base.removeprefix("http://")
+    alice = await WSClient.connect(server, "lobby", chat_users["alice"].cookie)
+    await alice.expect("history")
+    opened = time.monotonic()
+    asked = []
+    while time.monotonic() - opened < IDLE * 2:
+        await alice.expect("ping", timeout=IDLE)
+        asked.append(time.monotonic() - opened)
+        await alice.send({"type": "pong"})
+    assert len(asked) >= 4, asked
+    assert asked[0] >= IDLE / 3 - 0.3, asked  # asked after a quiet while, not before
+    await alice.send({"message": "still open", "client_id": "q-1"})
+    await alice.expect("message.ack")
+    assert not [f for f in alice.unread if f.get("type") == "error"], alice.unread

@@ -30,7 +30,7 @@ def test_ping_and_typing_frames_parse_and_ignore_unknown_fields():
     with pytest.raises(ChatValidationError) as exc:
         parse_frame('{"type": "typed"}', max_length=10)
     assert exc.value.code == "invalid_message"
-    assert "ping, typing" in exc.value.detail
+    assert "ping, pong, typing" in exc.value.detail
 
 
 async def test_the_watchdog_fires_once_after_silence_and_not_while_touched():
@@ -124,3 +124,33 @@ async def test_a_frame_being_handled_is_not_silence():
     handled = loop.time()
     await asyncio.wait_for(done.wait(), 5)
     assert fired[0] - handled >= 0.19
+
+
+async def test_the_watchdog_asks_once_per_silence_after_a_third_of_the_timeout():
+    """on_quiet runs after timeout / 3 of silence, once per silence: a frame that
+    answers it starts a new one; an unanswered one is followed by on_idle."""
+    loop = asyncio.get_running_loop()
+    asked: list[float] = []
+    idle = asyncio.Event()
+    answer = True
+    watchdog: IdleWatchdog
+
+    async def on_quiet() -> None:
+        asked.append(loop.time())
+        if answer:
+            watchdog.touch()
+
+    async def on_idle() -> None:
+        idle.set()
+
+    watchdog = IdleWatchdog(0.6, on_idle, on_quiet)
+    started = loop.time()
+    watchdog.start()
+    while len(asked) < 3:  # answered: asked again after each new silence
+        await asyncio.sleep(0.05)
+        assert loop.time() - started < 5
+    assert not idle.is_set()
+    assert asked[0] - started >= 0.19
+    answer = False
+    await asyncio.wait_for(idle.wait(), 5)
+    assert len(asked) == 4  # the unanswered one, then the close

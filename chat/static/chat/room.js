@@ -389,6 +389,12 @@
     }
   }
 
+  // The server asks for a sign of life after a quiet while: answered from the message
+  // event, which the timer throttling of a background tab does not delay.
+  function answerPing(ws) {
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "pong" }));
+  }
+
   // Drop the socket without waiting for its close handshake, which a frozen link never
   // completes; unacknowledged sends are queued again and resent with their client_id.
   function linkDead(ws) {
@@ -484,6 +490,7 @@
         case "history": onHistory(frame); break;
         case "chat.message": typingStopped(frame.sender_id); onLive(frame); break;
         case "typing": onTyping(frame); break;
+        case "ping": answerPing(ws); break;
         case "message.ack": onAck(frame); break;
         case "message.status": onStatus(frame); break;
         case "presence": onPresence(frame); break;
