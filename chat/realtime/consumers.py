@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any, ClassVar
 
@@ -18,20 +17,17 @@ from chat.realtime.channels_hooks import run_outbound_first
 from chat.realtime.frame_context import handling_frame, message_create_once
 from chat.realtime.frames import (
     ChatFrame,
-    PingFrame,
-    PongFrame,
     ReadFrame,
     ResumeFrame,
     TypingFrame,
     parse_frame,
 )
-from chat.realtime.heartbeat import CLOSE_IDLE, IdleWatchdog
+from chat.realtime.heartbeat import CLOSE_IDLE, HeartbeatConsumer
 from chat.realtime.sending import checked_frame
 from chat.realtime.socket_guard import (
     CLOSE_FLOODING,
     CLOSE_INTERNAL_ERROR,
     CLOSE_UNAUTHENTICATED,
-    GuardedConsumer,
 )
 from chat.realtime.typing import typing_announce, typing_frame
 from chat.schemas import (
@@ -67,7 +63,7 @@ __all__ = [
 ]
 
 
-class ChatConsumer(GuardedConsumer):
+class ChatConsumer(HeartbeatConsumer):
     """One browser connection to one room, plus its user's personal group."""
 
     room_name: str
@@ -75,7 +71,6 @@ class ChatConsumer(GuardedConsumer):
     read_mark = 0  # the highest up_to_seq this connection has stored
     # seqs a resume sent that may also come live (committed while it read): skipped
     resumed: set[int]
-    watchdog: IdleWatchdog | None = None  # closes the socket when the client is silent
 
     async def run(self, scope: Any, receive: Any, send: Any) -> None:
         """The consumer loop that delivers what this connection owes before it
@@ -114,10 +109,7 @@ class ChatConsumer(GuardedConsumer):
         await sync_to_async(self.refresh, thread_sensitive=False)()  # presence
         await self._announce_presence()
         self.start_keepalive()
-        self.watchdog = IdleWatchdog(
-            settings.CHAT_IDLE_TIMEOUT, self._close_idle, self._probe
-        )
-        self.watchdog.start()
+        self.start_heartbeat()
 
     async def _send_latest(self) -> None:
         messages, has_older = await database_sync_to_async(
@@ -203,8 +195,7 @@ class ChatConsumer(GuardedConsumer):
         """
         if not self.counted or self.closing:  # a refused or closing connection
             return
-        if self.watchdog is not None:  # any frame, even one refused, is a sign of life
-            self.watchdog.touch()
+        self.frame_arrived()
         if not await self.admit_frame(message):
             return
         with handling_frame(sender_id=self.user_id, admit=self._admit_message):
@@ -242,9 +233,7 @@ class ChatConsumer(GuardedConsumer):
             text_data if text_data is not None else bytes_data,
             max_length=config.chat().max_message_length,
         )
-        # a frame being handled is not silence (a slow database)
-        busy = self.watchdog.handling() if self.watchdog else contextlib.nullcontext()
-        with busy:
+        with self.heartbeat_busy():
             await getattr(self, self.HANDLERS[frame.type])(frame)
 
     async def on_message(self, frame: ChatFrame) -> None:
@@ -294,13 +283,6 @@ class ChatConsumer(GuardedConsumer):
         """Send what the client missed after its last seq."""
         await self._resume(frame.after_seq)
 
-    async def on_ping(self, frame: PingFrame) -> None:
-        """The client's heartbeat: answer at once (its deadline runs)."""
-        await self.send_json({"type": "pong"})
-
-    async def on_pong(self, frame: PongFrame) -> None:
-        """The answer to the server's `ping`: a sign of life, nothing to do."""
-
     async def on_typing(self, frame: TypingFrame) -> None:
         """Tell the room's other members that this user is typing (throttled; never
         stored nor published)."""
@@ -321,26 +303,10 @@ class ChatConsumer(GuardedConsumer):
         "typing": "on_typing",
     }
 
-    async def _probe(self) -> None:
-        """Silent for a while: ask the client for a sign of life."""
-        await self.send_json({"type": "ping"})
-
-    async def _close_idle(self) -> None:
-        """No frame for CHAT_IDLE_TIMEOUT seconds: the link is gone or frozen. Presence
-        ends now (a frozen link may not deliver the close), then close with 4408."""
-        logger.info(
-            "Closing user %s's socket to %s: no frame for %g s",
-            self.user_id,
-            self.room_name,
-            settings.CHAT_IDLE_TIMEOUT,
-        )
-        await self.release_resources()
-        await self.close_with(CLOSE_IDLE)
-
     async def release_resources(self) -> None:
-        """The connections gauge and presence (groups are left by GuardedConsumer)."""
-        if self.watchdog is not None:
-            self.watchdog.stop()
+        """The heartbeat, the connections gauge and presence (groups are left by
+        GuardedConsumer)."""
+        await super().release_resources()
         if not self.counted:
             return
         self.counted = False

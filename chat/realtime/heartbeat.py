@@ -17,6 +17,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
+
+from django.conf import settings
+
+from chat.realtime.frames import PingFrame, PongFrame
+from chat.realtime.socket_guard import GuardedConsumer
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +104,55 @@ class IdleWatchdog:
             await asyncio.wait_for(on_quiet(), PROBE_SEND_TIMEOUT)
         except Exception as exc:  # the deadline still holds
             logger.debug("Heartbeat probe not sent: %r", exc)
+
+
+class HeartbeatConsumer(GuardedConsumer):
+    """A socket with the server's half of the heartbeat: `ping` answered with `pong`,
+    a quiet client asked, a silent one closed (CHAT_IDLE_TIMEOUT)."""
+
+    watchdog: IdleWatchdog | None = None
+
+    def start_heartbeat(self) -> None:
+        """Watch the client's silence from now (once the socket is accepted)."""
+        self.watchdog = IdleWatchdog(
+            settings.CHAT_IDLE_TIMEOUT, self._close_idle, self._ask_for_life
+        )
+        self.watchdog.start()
+
+    def frame_arrived(self) -> None:
+        """Any frame, even one refused, is a sign of life."""
+        if self.watchdog is not None:
+            self.watchdog.touch()
+
+    def heartbeat_busy(self) -> AbstractContextManager[None]:
+        """Around a frame's handling: however long it takes, it is not silence."""
+        if self.watchdog is None:
+            return contextlib.nullcontext()
+        return self.watchdog.handling()
+
+    async def on_ping(self, frame: PingFrame) -> None:
+        """The client's heartbeat: answer at once (its deadline runs)."""
+        await self.send_json({"type": "pong"})
+
+    async def on_pong(self, frame: PongFrame) -> None:
+        """The answer to the server's `ping`: a sign of life, nothing to do."""
+
+    async def _ask_for_life(self) -> None:
+        await self.send_json({"type": "ping"})
+
+    async def _close_idle(self) -> None:
+        """No frame for CHAT_IDLE_TIMEOUT seconds: the link is gone or frozen. What
+        the socket holds (presence) is released now, as a frozen link may not deliver
+        the close, then it is closed with 4408."""
+        logger.info(
+            "Closing a socket of %s: no frame for %g s",
+            self._who(),
+            settings.CHAT_IDLE_TIMEOUT,
+        )
+        await self.release_resources()
+        await self.close_with(CLOSE_IDLE)
+
+    async def release_resources(self) -> None:
+        """Stop watching (subclasses release theirs after calling this)."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
