@@ -10,12 +10,12 @@ from channels.db import database_sync_to_async
 
 from chat.models import Message
 
-from .test_consumer_units import (  # noqa: F401 - fixtures
-    FRAME_TIMEOUT,
-    open_room,
-    redis_stand_ins,
-    users,
-)
+from . import test_consumer_units as consumer_units
+from .test_consumer_units import FRAME_TIMEOUT, open_room
+
+# That module's fixtures: the Redis stand-ins (autouse) and alice and bob.
+redis_stand_ins = consumer_units.redis_stand_ins
+users = consumer_units.users
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
