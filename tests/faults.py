@@ -107,8 +107,15 @@ class FaultProxy:
         self._run(thaw())
 
     def stop(self) -> None:
-        """Cut and stop the thread."""
+        """Cut, let the connections' handlers end, and stop the thread."""
         self.cut()
+
+        async def handlers_end() -> None:
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            if others:
+                await asyncio.wait(others, timeout=2)
+
+        self._run(handlers_end())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
