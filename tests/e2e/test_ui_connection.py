@@ -58,7 +58,7 @@ async def test_a_frozen_link_is_noticed_shown_as_reconnecting_and_resumed(
             timeout=(BEAT + DEAD_AFTER + 3) * 1000,
         )
         noticed = time.monotonic() - frozen
-        assert noticed <= BEAT + DEAD_AFTER + 2, noticed
+        assert noticed <= BEAT + DEAD_AFTER + 3, noticed  # a second of ticks, and slack
         assert "reconnecting" in await alice.locator("#conn-state").text_content()
 
         # new connections flow (a fresh path): it resumes and resends the message
