@@ -174,6 +174,9 @@ class Stack:
             "CHAT_RATE_LIMIT": "",  # the benchmark measures the pipeline, not the limit
             "CHAT_FRAME_RATE": "",
             "CHAT_MAX_CONNECTIONS_PER_USER": "0",
+            # The load's clients send no heartbeat, and one may wait longer than the
+            # idle timeout between two messages at a low rate or during a drain.
+            "CHAT_IDLE_TIMEOUT": "0",
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             "PYTHONUNBUFFERED": "1",
         }

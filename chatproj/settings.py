@@ -267,6 +267,22 @@ CHAT_CLIENT_ID_WINDOW = env.int("CHAT_CLIENT_ID_WINDOW", default=86400)
 # (a connection refreshes every third of it; a crashed process's entries expire).
 PRESENCE_TTL = env.float("PRESENCE_TTL", default=60.0)
 
+# --- Live connection: heartbeat and typing (docs/protocol.md#heartbeat) -------------
+# The page sends a ping after this many seconds without sending anything, and gives
+# the link up (closes it, shows "reconnecting…", resumes on a new socket) when no frame
+# at all came back this many seconds after a ping: a frozen link is noticed within
+# about CHAT_HEARTBEAT_INTERVAL + CHAT_HEARTBEAT_TIMEOUT seconds.
+CHAT_HEARTBEAT_INTERVAL = env.float("CHAT_HEARTBEAT_INTERVAL", default=5.0)
+CHAT_HEARTBEAT_TIMEOUT = env.float("CHAT_HEARTBEAT_TIMEOUT", default=8.0)
+# The server asks a chat socket silent for a third of this many seconds for a sign of
+# life (a ping, which pages answer even when the browser throttles a background tab's
+# timers), and closes it (4408) when it sent no frame for all of it; its presence ends
+# then (0: never). It must leave room for several heartbeats.
+CHAT_IDLE_TIMEOUT = env.float("CHAT_IDLE_TIMEOUT", default=45.0)
+# At most one typing notice per user and room per this many seconds reaches the room;
+# the page shows one for twice as long unless the user's message comes first.
+CHAT_TYPING_INTERVAL = env.float("CHAT_TYPING_INTERVAL", default=3.0)
+
 # --- WebSocket security (docs/security.md) --------------------------------------
 # Where CHAT_RATE_LIMIT is counted: an async `limits` storage URI. Empty: the shared
 # Redis of REDIS_URL (async+redis://...), so the limit holds across web replicas;
@@ -493,6 +509,17 @@ if KAFKA_TOPIC_MIN_INSYNC_REPLICAS > KAFKA_TOPIC_REPLICATION_FACTOR:
     raise ImproperlyConfigured(
         "KAFKA_TOPIC_MIN_INSYNC_REPLICAS cannot exceed KAFKA_TOPIC_REPLICATION_FACTOR: "
         "no write could ever be acknowledged."
+    )
+if min(CHAT_HEARTBEAT_INTERVAL, CHAT_HEARTBEAT_TIMEOUT, CHAT_TYPING_INTERVAL) <= 0:
+    raise ImproperlyConfigured(
+        "CHAT_HEARTBEAT_INTERVAL, CHAT_HEARTBEAT_TIMEOUT and CHAT_TYPING_INTERVAL must "
+        "be positive numbers of seconds."
+    )
+if CHAT_IDLE_TIMEOUT < 0 or 0 < CHAT_IDLE_TIMEOUT < 3 * CHAT_HEARTBEAT_INTERVAL:
+    raise ImproperlyConfigured(
+        f"CHAT_IDLE_TIMEOUT ({CHAT_IDLE_TIMEOUT:g} s) must be 0 (never) or at least "
+        f"three heartbeats (3 x CHAT_HEARTBEAT_INTERVAL = "
+        f"{3 * CHAT_HEARTBEAT_INTERVAL:g} s), or healthy pages are closed."
     )
 if KAFKA_RETRY_TRIES < 1:
     raise ImproperlyConfigured("KAFKA_RETRY_TRIES counts attempts: it must be >= 1.")

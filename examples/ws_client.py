@@ -81,9 +81,13 @@ async def chat(url: str, messages: list[str], listen: float) -> int:
             deadline = loop.time() + listen
             while (remaining := deadline - loop.time()) > 0:
                 try:
-                    print(await asyncio.wait_for(socket.recv(), remaining), flush=True)
+                    raw = await asyncio.wait_for(socket.recv(), remaining)
                 except TimeoutError:
                     break
+                if json.loads(raw).get("type") == "ping":  # the server's heartbeat:
+                    await socket.send(json.dumps({"type": "pong"}))  # or it closes
+                    continue
+                print(raw, flush=True)
         except ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd else 1006
             print(json.dumps({"closed": code}), flush=True)

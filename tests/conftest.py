@@ -241,6 +241,9 @@ def process_env(
         "CHAT_FRAME_RATE": "1000/second",
         "CHAT_MAX_CONNECTIONS_PER_USER": "100",
         "CHAT_CONNECT_RATE": "1000/second",
+        # Test clients (WSClient, the fault load) send no heartbeat and may wait
+        # minutes for a status: no idle timeout, unless a test sets its own.
+        "CHAT_IDLE_TIMEOUT": "0",
         "PYTHONUNBUFFERED": "1",
     }
 

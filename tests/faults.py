@@ -36,7 +36,10 @@ class FaultProxy:
     """TCP proxy 127.0.0.1:listen → 127.0.0.1:target that can be cut and restored.
 
     Cutting aborts every open connection and stops listening, so clients see resets
-    and refused connections: the broker is down as far as they can tell.
+    and refused connections: the broker is down as far as they can tell. Freezing
+    stops forwarding on the open connections without closing anything (what a
+    sleeping laptop, a Wi-Fi change or a NAT timeout does), while new connections
+    flow: a fresh path.
     """
 
     def __init__(self, listen_port: int, target_port: int) -> None:
@@ -46,6 +49,7 @@ class FaultProxy:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: asyncio.Server | None = None
         self.transports: set[asyncio.BaseTransport] = set()
+        self.gates: set[asyncio.Event] = set()  # one per open connection: set = flowing
 
     def start(self) -> FaultProxy:
         """Start the event loop thread and listen."""
@@ -75,15 +79,43 @@ class FaultProxy:
             for transport in list(self.transports):
                 transport.abort()
             self.transports.clear()
+            for gate in self.gates:  # frozen pipes end on the aborted transports
+                gate.set()
             if self.server is not None:
                 await self.server.wait_closed()
                 self.server = None
 
         self._run(cut())
 
+    def freeze(self) -> None:
+        """Hold every byte of the open connections (in both directions), closing
+        nothing; new connections are not affected."""
+
+        async def freeze() -> None:
+            for gate in self.gates:
+                gate.clear()
+
+        self._run(freeze())
+
+    def thaw(self) -> None:
+        """Let the frozen connections flow again, held bytes first."""
+
+        async def thaw() -> None:
+            for gate in self.gates:
+                gate.set()
+
+        self._run(thaw())
+
     def stop(self) -> None:
-        """Cut and stop the thread."""
+        """Cut, let the connections' handlers end, and stop the thread."""
         self.cut()
+
+        async def handlers_end() -> None:
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            if others:
+                await asyncio.wait(others, timeout=2)
+
+        self._run(handlers_end())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
@@ -98,12 +130,16 @@ class FaultProxy:
             client_writer.transport.abort()
             return
         self.transports.update({client_writer.transport, upstream_writer.transport})
+        gate = asyncio.Event()
+        gate.set()
+        self.gates.add(gate)
 
         async def pipe(
             reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         ) -> None:
             try:
                 while data := await reader.read(65536):
+                    await gate.wait()  # frozen: hold it, and read no more
                     writer.write(data)
                     await writer.drain()
             except (ConnectionError, OSError):
@@ -112,9 +148,13 @@ class FaultProxy:
                 writer.transport.abort()
                 self.transports.discard(writer.transport)
 
-        await asyncio.gather(
-            pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer)
-        )
+        try:
+            await asyncio.gather(
+                pipe(client_reader, upstream_writer),
+                pipe(upstream_reader, client_writer),
+            )
+        finally:
+            self.gates.discard(gate)
 
 
 class ChatLoad:

@@ -19,16 +19,18 @@ from chat.realtime.frames import (
     ChatFrame,
     ReadFrame,
     ResumeFrame,
+    TypingFrame,
     parse_frame,
 )
+from chat.realtime.heartbeat import CLOSE_IDLE, HeartbeatConsumer
 from chat.realtime.mentions import unreached_mentions
 from chat.realtime.sending import checked_frame
 from chat.realtime.socket_guard import (
     CLOSE_FLOODING,
     CLOSE_INTERNAL_ERROR,
     CLOSE_UNAUTHENTICATED,
-    GuardedConsumer,
 )
+from chat.realtime.typing import typing_announce, typing_frame
 from chat.schemas import (
     MAX_DB_ID,
     ChatValidationError,
@@ -57,6 +59,7 @@ CLOSE_NO_ROOM = 4404  # no room of this name (never created, or a non-canonical 
 __all__ = [
     "CLOSE_FLOODING",
     "CLOSE_FORBIDDEN",
+    "CLOSE_IDLE",
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_NO_ROOM",
     "CLOSE_UNAUTHENTICATED",
@@ -64,7 +67,7 @@ __all__ = [
 ]
 
 
-class ChatConsumer(GuardedConsumer):
+class ChatConsumer(HeartbeatConsumer):
     """One browser connection to one room, plus its user's personal group."""
 
     room_name: str
@@ -114,6 +117,7 @@ class ChatConsumer(GuardedConsumer):
         await sync_to_async(self.refresh, thread_sensitive=False)()  # presence
         await self._announce_presence()
         self.start_keepalive()
+        self.start_heartbeat()
 
     async def _send_latest(self) -> None:
         messages, has_older = await database_sync_to_async(
@@ -199,6 +203,7 @@ class ChatConsumer(GuardedConsumer):
         """
         if not self.counted or self.closing:  # a refused or closing connection
             return
+        self.frame_arrived()
         if not await self.admit_frame(message):
             return
         with handling_frame(sender_id=self.user_id, admit=self._admit_message):
@@ -236,7 +241,8 @@ class ChatConsumer(GuardedConsumer):
             text_data if text_data is not None else bytes_data,
             max_length=config.chat().max_message_length,
         )
-        await getattr(self, self.HANDLERS[frame.type])(frame)
+        with self.heartbeat_busy():
+            await getattr(self, self.HANDLERS[frame.type])(frame)
 
     async def on_message(self, frame: ChatFrame) -> None:
         """Persist the message (once per frame), and ack the sender."""
@@ -288,15 +294,30 @@ class ChatConsumer(GuardedConsumer):
         """Send what the client missed after its last seq."""
         await self._resume(frame.after_seq)
 
+    async def on_typing(self, frame: TypingFrame) -> None:
+        """Tell the room's other members that this user is typing (throttled; never
+        stored nor published)."""
+        await typing_announce(
+            self.channel_layer,
+            room_name=self.room_name,
+            user_id=self.user_id,
+            username=self.scope["user"].get_username(),
+        )
+
     # Frame type → the name of its handler (docs/architecture.md: a new frame type).
     HANDLERS: ClassVar[dict[str, str]] = {
         "chat.message": "on_message",
         "read": "on_read",
         "resume": "on_resume",
+        "ping": "on_ping",
+        "pong": "on_pong",
+        "typing": "on_typing",
     }
 
     async def release_resources(self) -> None:
-        """The connections gauge and presence (groups are left by GuardedConsumer)."""
+        """The heartbeat, the connections gauge and presence (groups are left by
+        GuardedConsumer)."""
+        await super().release_resources()
         if not self.counted:
             return
         self.counted = False
@@ -348,6 +369,11 @@ class ChatConsumer(GuardedConsumer):
                 "by": event["by"],
             }
         )
+
+    async def typing_notice(self, event: dict[str, Any]) -> None:
+        """Someone else in the room is typing: a `typing` frame."""
+        if event["user_id"] != self.user_id and event["room"] == self.room_name:
+            await self.send_json(typing_frame(event))
 
     async def message_statuses(self, event: dict[str, Any]) -> None:
         """Delivery statuses of messages this user sent: a message.status frame each."""

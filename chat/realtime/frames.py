@@ -1,7 +1,8 @@
 """Client frames of the chat socket: one pydantic discriminated union, parsed once.
 
-`parse_frame()` turns a raw WebSocket text frame into a ChatFrame, a ReadFrame or a
-ResumeFrame (by its `type`; a frame without one is a chat message), or raises
+`parse_frame()` turns a raw WebSocket text frame into a ChatFrame, a ReadFrame, a
+ResumeFrame, a PingFrame, a PongFrame or a TypingFrame (by its `type`; a frame
+without one is a chat message), or raises
 ChatValidationError with the protocol's error code (docs/protocol.md). The consumer
 keeps one table from frame type to handler (ChatConsumer.HANDLERS).
 """
@@ -48,18 +49,37 @@ class ResumeFrame(BaseModel):
     after_seq: int = Field(ge=0, le=MAX_DB_ID)
 
 
-ClientFrame = Annotated[
-    ChatFrame | ReadFrame | ResumeFrame, Field(discriminator="type")
-]
-_CLIENT_FRAME: TypeAdapter[ChatFrame | ReadFrame | ResumeFrame] = TypeAdapter(
-    ClientFrame
-)
-FRAME_TYPES = ("chat.message", "read", "resume")
+class PingFrame(BaseModel):
+    """The client's heartbeat: answered with a `pong` frame (docs/protocol.md)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    type: Literal["ping"]
 
 
-def parse_frame(
-    text_data: Any, *, max_length: int
-) -> ChatFrame | ReadFrame | ResumeFrame:
+class PongFrame(BaseModel):
+    """The client's answer to the server's `ping`: a sign of life."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    type: Literal["pong"]
+
+
+class TypingFrame(BaseModel):
+    """The user is typing in this socket's room: an ephemeral notice to the others."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    type: Literal["typing"]
+
+
+AnyFrame = ChatFrame | ReadFrame | ResumeFrame | PingFrame | PongFrame | TypingFrame
+ClientFrame = Annotated[AnyFrame, Field(discriminator="type")]
+_CLIENT_FRAME: TypeAdapter[AnyFrame] = TypeAdapter(ClientFrame)
+FRAME_TYPES = ("chat.message", "read", "resume", "ping", "pong", "typing")
+
+
+def parse_frame(text_data: Any, *, max_length: int) -> AnyFrame:
     """The frame `text_data` holds; ChatValidationError with its code if it is not
     one (not JSON, not an object, an unknown type, a bad field, a message over
     `max_length` or against the content rules)."""

@@ -106,6 +106,11 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
                 (s.last_read_seq for s in sidebar["sidebar_rooms"] if s.room == room), 0
             ),
             "max_length": settings.CHAT_MAX_MESSAGE_LENGTH,
+            "live": {  # the page's heartbeat and typing timings (room.js)
+                "heartbeat_interval": settings.CHAT_HEARTBEAT_INTERVAL,
+                "heartbeat_timeout": settings.CHAT_HEARTBEAT_TIMEOUT,
+                "typing_interval": settings.CHAT_TYPING_INTERVAL,
+            },
             "room": room,
             "room_pattern": ROOM_NAME_PATTERN,
             "is_private": room_obj.is_private,

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat.models import Message
+from chat.realtime.frames import FRAME_TYPES
 
 from ..support import WSClient, event_of, read_topic, wait_for
 
@@ -175,12 +176,14 @@ invisible = st.builds(
 
 
 def _is_control_frame(text: str) -> bool:
-    """A read or resume frame (answered without an error, so not garbage)."""
+    """A frame of a type other than chat.message (read, resume, ping, pong,
+    typing): answered without an error, or not at all, so not garbage."""
     try:
         raw = json.loads(text)
     except (ValueError, RecursionError):
         return False
-    return isinstance(raw, dict) and raw.get("type") in ("read", "resume")
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    return kind in FRAME_TYPES and kind != "chat.message"
 
 
 garbage_text = any_text.filter(lambda t: not _is_control_frame(t)).map(Frame)

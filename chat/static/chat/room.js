@@ -1,7 +1,8 @@
 // The conversation page: history, live messages in seq order with date separators,
 // grouped by sender, a "New messages" line at the first unread one, own-message
 // states, an offline queue resent with the same client_id, gap filling and resume after
-// a reconnect, "load older", "jump to latest", presence and the session-expiry notice.
+// a reconnect, "load older", "jump to latest", presence, the session-expiry notice, a
+// heartbeat that gives up a frozen link, and who is typing.
 // Message text is drawn by format.js; the words people read come from words.js.
 (function () {
   "use strict";
@@ -468,6 +469,112 @@
     presence.textContent = names.length ? "Online: " + names.join(", ") : "";
   }
 
+  // --- heartbeat: a frozen link is noticed, given up and resumed ------------------------
+  // A ping every heartbeat_interval; when no frame at all comes back heartbeat_timeout
+  // after one, the link is dead even if the socket says OPEN (a sleeping laptop, a
+  // Wi-Fi change, a proxy or NAT that dropped it silently): reconnect and resume.
+
+  const liveConfig = JSON.parse($("live-config").textContent);
+  const PING_EVERY = liveConfig.heartbeat_interval * 1000;
+  const DEAD_AFTER = liveConfig.heartbeat_timeout * 1000;
+  let lastPing = 0;
+  let pingSentAt = null; // a ping waiting for any frame back
+  let heartbeatTimer = null;
+
+  function heartbeatStart(ws) {
+    clearInterval(heartbeatTimer);
+    lastPing = Date.now();
+    pingSentAt = null;
+    heartbeatTimer = setInterval(() => heartbeatTick(ws), Math.min(1000, PING_EVERY / 2));
+  }
+
+  function heartbeatStop() {
+    clearInterval(heartbeatTimer);
+    heartbeatTimer = null;
+    pingSentAt = null;
+  }
+
+  // Any frame from the server proves the link.
+  function heard() {
+    pingSentAt = null;
+  }
+
+  function heartbeatTick(ws) {
+    if (socket !== ws || ws.readyState !== WebSocket.OPEN) return;
+    const now = Date.now();
+    if (pingSentAt !== null) {
+      if (now - pingSentAt > DEAD_AFTER) linkDead(ws);
+      return;
+    }
+    if (now - lastPing >= PING_EVERY) {
+      lastPing = pingSentAt = now;
+      ws.send(JSON.stringify({ type: "ping" }));
+    }
+  }
+
+  // The server asks for a sign of life after a quiet while: answered from the message
+  // event, which the timer throttling of a background tab does not delay.
+  function answerPing(ws) {
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "pong" }));
+  }
+
+  // Drop the socket without waiting for its close handshake, which a frozen link never
+  // completes; unacknowledged sends are queued again and resent with their client_id.
+  function linkDead(ws) {
+    ws.onopen = ws.onclose = ws.onmessage = null;
+    try {
+      ws.close();
+    } catch (err) { /* already closing */ }
+    closed(1006);
+  }
+
+  // --- who is typing -------------------------------------------------------------------
+  // A typing frame at most once per typing_interval while the box has text; others'
+  // notices are shown for twice that, or until their message arrives.
+
+  const typingLine = $("typing");
+  const TYPING_EVERY = liveConfig.typing_interval * 1000;
+  const typists = new Map(); // user_id -> {name, timer}
+  let typingSent = 0;
+
+  function typed() {
+    const now = Date.now();
+    if (!input.value.trim() || now - typingSent < TYPING_EVERY) return;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    typingSent = now;
+    socket.send(JSON.stringify({ type: "typing" }));
+  }
+  input.addEventListener("input", typed);
+
+  function showTypists() {
+    const names = Array.from(typists.values(), (t) => t.name);
+    if (names.length === 0) typingLine.textContent = "";
+    else if (names.length === 1) typingLine.textContent = names[0] + " is typing…";
+    else if (names.length === 2) typingLine.textContent = names[0] + " and " + names[1] + " are typing…";
+    else typingLine.textContent = names.length + " people are typing…";
+  }
+
+  function onTyping(frame) {
+    if (frame.room !== room || frame.user_id === me) return;
+    const known = typists.get(frame.user_id);
+    if (known) clearTimeout(known.timer);
+    const timer = setTimeout(() => typingStopped(frame.user_id), 2 * TYPING_EVERY);
+    typists.set(frame.user_id, { name: frame.username, timer });
+    showTypists();
+  }
+
+  function typingStopped(userId) {
+    const known = typists.get(userId);
+    if (!known) return;
+    clearTimeout(known.timer);
+    typists.delete(userId);
+    showTypists();
+  }
+
+  function typingClear() {
+    for (const userId of Array.from(typists.keys())) typingStopped(userId);
+  }
+
   // --- the socket ----------------------------------------------------------------------
 
   function send(entry) {
@@ -493,16 +600,20 @@
     ws.onopen = () => {
       retryDelay = 500;
       setConn("open", "connected");
+      heartbeatStart(ws);
       for (const entry of outbox.values()) send(entry); // same client_id: never twice
     };
     ws.onclose = (e) => {
       if (socket === ws) closed(e.code);
     };
     ws.onmessage = (e) => {
+      heard();
       const frame = JSON.parse(e.data);
       switch (frame.type) {
         case "history": onHistory(frame); break;
-        case "chat.message": onLive(frame); break;
+        case "chat.message": typingStopped(frame.sender_id); onLive(frame); break;
+        case "typing": onTyping(frame); break;
+        case "ping": answerPing(ws); break;
         case "message.ack": onAck(frame); break;
         case "message.status": onStatus(frame); break;
         case "presence": onPresence(frame); break;
@@ -516,6 +627,8 @@
     socket = null;
     resuming = false;
     presence.textContent = "";
+    heartbeatStop();
+    typingClear();
     for (const entry of outbox.values()) setState(entry.li, "queued");
     if (code === 4401) {
       ended = true;
