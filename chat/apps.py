@@ -12,7 +12,12 @@ class ChatConfig(AppConfig):
     def ready(self) -> None:
         """Connect worker lifecycle signals; check settings read lazily elsewhere."""
         from chat.infra import worker_hooks  # noqa: F401
-        from chat.security import login_throttle, session_end, throttles  # noqa: F401
+        from chat.security import (  # noqa: F401
+            login_throttle,
+            session_end,
+            throttles,
+            usernames,
+        )
         from chat.security.rate_limit import check_settings
 
         check_settings()  # a bad CHAT_RATE_LIMIT (or frame rate, storage) fails now

@@ -205,3 +205,16 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} for {self.user_id}: {self.message_id}"
+
+
+class UsernameSkeleton(models.Model):
+    """What a username looks like (chat.security.usernames.skeleton), kept for every
+    user so that a sign-up finds a look-alike with one indexed lookup."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    skeleton = models.CharField(max_length=600, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.skeleton}"

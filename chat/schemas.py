@@ -14,7 +14,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from chat.models import Message
+    from chat.models import Message, Notification
 
 EVENT_SCHEMA_VERSION: Literal[1] = 1
 MAX_DB_ID = 2**63 - 1
@@ -188,3 +188,19 @@ def notification_payload(
         "excerpt": excerpt + ("…" if len(content) > len(excerpt) else ""),
         "created_at": iso_utc(created_at),
     }
+
+
+def notification_payload_of(
+    notification: Notification, message: Message
+) -> dict[str, Any]:
+    """notification_payload of a stored notification and its message."""
+    return notification_payload(
+        kind=notification.kind,
+        message_id=notification.message_id,
+        room=notification.room.name,
+        seq=notification.seq,
+        sender_id=message.sender_id,
+        sender=message.sender.get_username(),
+        content=message.content,
+        created_at=message.created_at,
+    )

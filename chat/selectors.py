@@ -162,6 +162,20 @@ def messages_by_id(*, message_ids: list[Any]) -> dict[str, Message]:
     }
 
 
+def notifications_with_messages(
+    notifications: Iterable[Notification],
+) -> list[tuple[Notification, Message]]:
+    """Each notification with its message (room and sender loaded), in the given
+    order; those whose message is gone are left out."""
+    notifications = list(notifications)
+    messages = messages_by_id(message_ids=[n.message_id for n in notifications])
+    return [
+        (n, messages[str(n.message_id)])
+        for n in notifications
+        if str(n.message_id) in messages
+    ]
+
+
 def message_by_client_id(*, sender_id: int, client_id: str) -> Message | None:
     """The message the sender stored with this idempotency key within
     CHAT_CLIENT_ID_WINDOW (`replayed` set), or None."""

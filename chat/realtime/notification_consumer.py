@@ -20,7 +20,7 @@ from chat.realtime.socket_guard import (
 )
 from chat.schemas import (
     ChatValidationError,
-    notification_payload,
+    notification_payload_of,
 )
 from chat.services.broadcast import (
     notify_room_group,
@@ -192,24 +192,10 @@ def _notification_snapshot(
     notifications = selectors.notifications_unread(
         user_id=user_id, limit=settings.NOTIFICATIONS_ON_CONNECT
     )
-    messages = selectors.messages_by_id(
-        message_ids=[n.message_id for n in notifications]
-    )
-    payloads = []
-    for notification in notifications:
-        message = messages.get(str(notification.message_id))
-        if message is None:  # the message was deleted since
-            continue
-        payloads.append(
-            notification_payload(
-                kind=notification.kind,
-                message_id=notification.message_id,
-                room=notification.room.name,
-                seq=notification.seq,
-                sender_id=message.sender_id,
-                sender=message.sender.get_username(),
-                content=message.content,
-                created_at=message.created_at,
-            )
+    payloads = [
+        notification_payload_of(notification, message)
+        for notification, message in selectors.notifications_with_messages(
+            notifications
         )
+    ]
     return states, payloads

@@ -16,11 +16,15 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from confusable_homoglyphs import confusables
-from django.contrib.auth import get_user_model
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db.models.functions import Length
+from django.db.models.signals import post_save
+from django.dispatch import receiver
+
+from chat.models import UsernameSkeleton
 
 RULE = (
     "Letters of one script (Latin, Cyrillic, Greek...), digits and @ . + - _; "
@@ -70,17 +74,26 @@ def username_check(username: str) -> None:
             "letter among Latin ones): use letters of one script.",
             code="mixed_script",
         )
-    wanted = skeleton(username)
-    # The skeleton keeps the length (one character for one), casefold aside.
-    same_length = (
-        get_user_model()
-        ._default_manager.annotate(length=Length("username"))
-        .filter(length=len(username))
-        .values_list("username", flat=True)
+    if UsernameSkeleton.objects.filter(skeleton=skeleton(username)).exists():
+        raise ValidationError(
+            "This username looks like an existing one: pick another.",
+            code="confusable",
+        )
+
+
+@receiver(
+    post_save,
+    sender=settings.AUTH_USER_MODEL,
+    dispatch_uid="chat.security.usernames.skeleton",
+)
+def _keep_skeleton(
+    sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any
+) -> None:
+    """Every user's skeleton is stored, whichever way the user was saved (sign-up,
+    admin, createsuperuser, a shell); a save of other fields (last_login) skips it."""
+    if update_fields is not None and "username" not in update_fields:
+        return
+    UsernameSkeleton.objects.update_or_create(
+        user_id=instance.pk,
+        defaults={"skeleton": skeleton(instance.get_username())},
     )
-    for existing in same_length.iterator():
-        if skeleton(existing) == wanted:
-            raise ValidationError(
-                "This username looks like an existing one: pick another.",
-                code="confusable",
-            )

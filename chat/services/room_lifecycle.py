@@ -24,11 +24,10 @@ from chat.schemas import BIDI_CONTROLS, CONTROL_CHARACTERS
 from chat.selectors import room_may_manage
 from chat.services import broadcast
 from chat.services.rooms import (
-    ACCESS_REVOKED_EVENT,
-    MEMBERSHIP_LEFT_EVENT,
     RoomAccessDenied,
     RoomError,
     RoomNotFound,
+    membership_ended,
     room_invite,
     room_name_check,
 )
@@ -128,21 +127,7 @@ def membership_leave(*, user_id: int, room_name: str) -> None:
                 heir.save(update_fields=["role"])
                 logger.info("Room %s passed to user %s", room_name, heir.user_id)
     logger.info("User %s left room %s", user_id, room_name)
-    transaction.on_commit(
-        lambda: broadcast.send_events(
-            [
-                (
-                    broadcast.user_group(user_id),
-                    {"type": ACCESS_REVOKED_EVENT, "room": room_name},
-                ),
-                (
-                    broadcast.notify_user_group(user_id),
-                    {"type": MEMBERSHIP_LEFT_EVENT, "room": room_name},
-                ),
-            ]
-        ),
-        robust=True,
-    )
+    membership_ended(user_id=user_id, room_name=room_name)
 
 
 def room_may_set_topic(*, user: object, room: Room) -> bool:

@@ -226,21 +226,7 @@ def room_remove_member(*, room_name: str, username: str, by_user_id: int) -> Non
         membership.delete()
     logger.info("User %s removed %s from %s", by_user_id, username, room_name)
     user_id = user.pk
-    transaction.on_commit(
-        lambda: broadcast.send_events(
-            [
-                (
-                    broadcast.user_group(user_id),
-                    {"type": ACCESS_REVOKED_EVENT, "room": room_name},
-                ),
-                (
-                    broadcast.notify_user_group(user_id),
-                    {"type": MEMBERSHIP_LEFT_EVENT, "room": room_name},
-                ),
-            ]
-        ),
-        robust=True,
-    )
+    membership_ended(user_id=user_id, room_name=room_name)
 
 
 def room_get_or_create(*, name: str) -> Room:
@@ -290,6 +276,22 @@ def _announce_joined(user_ids: Iterable[int], room_name: str) -> None:
             {"type": "membership.joined", "room": room_name},
         )
         for user_id in user_ids
+    ]
+    transaction.on_commit(lambda: broadcast.send_events(events), robust=True)
+
+
+def membership_ended(*, user_id: int, room_name: str) -> None:
+    """After the commit, the user's chat sockets to the room close (4403) and their
+    notification sockets stop following it: removed, or left."""
+    events = [
+        (
+            broadcast.user_group(user_id),
+            {"type": ACCESS_REVOKED_EVENT, "room": room_name},
+        ),
+        (
+            broadcast.notify_user_group(user_id),
+            {"type": MEMBERSHIP_LEFT_EVENT, "room": room_name},
+        ),
     ]
     transaction.on_commit(lambda: broadcast.send_events(events), robust=True)
 

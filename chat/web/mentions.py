@@ -3,7 +3,7 @@ message in its conversation (the notice on every page shows only the latest)."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -11,7 +11,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from chat import selectors
-from chat.schemas import notification_payload
+from chat.schemas import notification_payload_of
 
 MENTIONS_SHOWN = 50
 
@@ -24,25 +24,14 @@ def mentions(request: HttpRequest) -> HttpResponse:
     notifications = selectors.notifications_recent(
         user_id=user_id, limit=MENTIONS_SHOWN
     )
-    messages = selectors.messages_by_id(
-        message_ids=[n.message_id for n in notifications]
-    )
-    entries: list[dict[str, Any]] = []
-    for notification in notifications:
-        message = messages.get(str(notification.message_id))
-        if message is None:  # deleted since
-            continue
-        entry = notification_payload(
-            kind=notification.kind,
-            message_id=notification.message_id,
-            room=notification.room.name,
-            seq=notification.seq,
-            sender_id=message.sender_id,
-            sender=message.sender.get_username(),
-            content=message.content,
-            created_at=message.created_at,
+    entries = [
+        {
+            **notification_payload_of(notification, message),
+            "unread": notification.read_at is None,
+            "at": message.created_at,
+        }
+        for notification, message in selectors.notifications_with_messages(
+            notifications
         )
-        entries.append(
-            {**entry, "unread": notification.read_at is None, "at": message.created_at}
-        )
+    ]
     return render(request, "chat/mentions.html", {"entries": entries})

@@ -72,7 +72,8 @@ def room_missing(request: HttpRequest, name: str) -> HttpResponse:
     )
 
 
-def _refused(request: HttpRequest, error: RoomError) -> HttpResponse:
+def error_page(request: HttpRequest, error: RoomError) -> HttpResponse:
+    """A refused room action, as a page with its HTTP status (400, 403 or 404)."""
     return render(
         request,
         "chat/error.html",
@@ -98,7 +99,7 @@ def room_new(request: HttpRequest) -> HttpResponse:
             topic=request.POST.get("topic", ""),
         )
     except RoomError as exc:
-        return _refused(request, exc)
+        return error_page(request, exc)
     return redirect("chat:room", room=name)
 
 
@@ -109,7 +110,7 @@ def room_leave(request: HttpRequest, room: str) -> HttpResponse:
     try:
         membership_leave(user_id=_user_id(request), room_name=room)
     except RoomError as exc:
-        return _refused(request, exc)
+        return error_page(request, exc)
     return redirect("chat:index")
 
 
@@ -125,5 +126,5 @@ def room_topic(request: HttpRequest, room: str) -> HttpResponse:
             by_user_id=_user_id(request),
         )
     except RoomError as exc:
-        return _refused(request, exc)
+        return error_page(request, exc)
     return redirect("chat:room", room=room)

@@ -22,7 +22,7 @@ from chat.services.rooms import (
     membership_join,
     room_remove_member,
 )
-from chat.web.room_views import room_directory, room_header, room_missing
+from chat.web.room_views import error_page, room_directory, room_header, room_missing
 
 
 def _user_id(request: HttpRequest) -> int:
@@ -50,7 +50,7 @@ def dm_open(request: HttpRequest, username: str) -> HttpResponse:
     """/dm/<username>/: the conversation with that user (created on first use)."""
     other = get_user_model().objects.filter(username=username, is_active=True).first()
     if other is None:
-        return _error_page(
+        return error_page(
             request,
             RoomNotFound("unknown_user", f"There is no user {username!r}."),
         )
@@ -90,9 +90,9 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
     except RoomNotFound as exc:
         if exc.code == "unknown_room" and not room.startswith(DM_ROOM_PREFIX):
             return room_missing(request, room)
-        return _error_page(request, exc)  # a dm- name says which names exist
+        return error_page(request, exc)  # a dm- name says which names exist
     except RoomError as exc:
-        return _error_page(request, exc)
+        return error_page(request, exc)
     room_obj = selectors.room_get(name=room)
     assert room_obj is not None  # membership_join found or created it
     sidebar = _sidebar(request)
@@ -126,16 +126,6 @@ def room_detail(request: HttpRequest, room: str) -> HttpResponse:
     )
 
 
-def _error_page(request: HttpRequest, error: RoomError) -> HttpResponse:
-    """A refused room action, as a page with its HTTP status (400, 403 or 404)."""
-    return render(
-        request,
-        "chat/error.html",
-        {"code": error.code, "detail": error.detail, "status": error.status},
-        status=error.status,
-    )
-
-
 @login_required
 @require_POST
 def room_create_private(request: HttpRequest) -> HttpResponse:
@@ -145,7 +135,7 @@ def room_create_private(request: HttpRequest) -> HttpResponse:
     try:
         rooms.room_create_private(name=name, created_by_id=_user_id(request))
     except RoomError as exc:
-        return _error_page(request, exc)
+        return error_page(request, exc)
     return redirect("chat:room", room=name)
 
 
@@ -166,7 +156,7 @@ def room_member_invite(request: HttpRequest, room: str) -> HttpResponse:
             room_name=room, username=_username(request), by_user_id=_user_id(request)
         )
     except RoomError as exc:
-        return _error_page(request, exc)
+        return error_page(request, exc)
     return redirect("chat:room", room=room)
 
 
@@ -180,5 +170,5 @@ def room_member_remove(request: HttpRequest, room: str) -> HttpResponse:
             room_name=room, username=_username(request), by_user_id=_user_id(request)
         )
     except RoomError as exc:
-        return _error_page(request, exc)
+        return error_page(request, exc)
     return redirect("chat:room", room=room)

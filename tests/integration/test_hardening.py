@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.test import Client
 
 from chat.models import Room, RoomMembership, dm_room_name
@@ -313,6 +314,27 @@ def test_sign_up_refuses_look_alike_usernames(db, username, code):
     assert response.status_code == 400
     assert code in response.content.decode().replace("&#x27;", "'")
     assert get_user_model().objects.count() == 2
+
+
+def test_the_look_alike_check_is_one_lookup_whatever_the_number_of_users(
+    db, django_assert_num_queries
+):
+    """Each saved user's skeleton is stored (also a rename, also a user made outside
+    the form); the check is one indexed query, not a scan of the users."""
+    from chat.models import UsernameSkeleton
+    from chat.security.usernames import username_check
+
+    users = [get_user_model().objects.create(username=f"user{n}") for n in range(50)]
+    users[0].username = "coco"
+    users[0].save()
+    assert UsernameSkeleton.objects.count() == 50
+    with django_assert_num_queries(1):
+        username_check("fresh_name")
+    with pytest.raises(ValidationError), django_assert_num_queries(1):
+        username_check("\u0441\u043e\u0441\u043e")  # Cyrillic сосо
+    users[1].last_login = users[1].date_joined
+    with django_assert_num_queries(1):  # a save of other fields leaves it alone
+        users[1].save(update_fields=["last_login"])
 
 
 def test_sign_up_accepts_names_of_one_script_and_shows_the_rule(
