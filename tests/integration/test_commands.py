@@ -172,7 +172,9 @@ async def chat_round_trip(stack: RunStack, cookie: str, text: str) -> None:
 
 async def chat_round_trips(stack: RunStack, cookie: str, count: int) -> None:
     """`count` messages on one socket, each acknowledged and published to Kafka."""
-    client = await WSClient.connect(f"127.0.0.1:{stack.web}", "lobby", cookie)
+    client = await WSClient.connect(
+        f"127.0.0.1:{stack.web}", "lobby", cookie, create_room=False
+    )
     try:
         await client.expect("history")
         for number in range(count):
