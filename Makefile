@@ -46,7 +46,8 @@ chromium:
 
 # Rewrites README's pictures (docs/screenshots/) from the browser tests.
 screenshots: $(STAMP) $(DOTENV) chromium
-	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/e2e/test_ui.py tests/e2e/test_ui_page.py
+	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/e2e/test_ui.py tests/e2e/test_ui_page.py \
+	  tests/e2e/test_ui_rooms.py
 
 # Re-measures the fault-injection scenarios (embedded Tansu, and a real three-node
 # Apache Kafka) and rewrites docs/RELIABILITY.md.
