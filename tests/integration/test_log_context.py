@@ -47,9 +47,12 @@ def test_plain_lines_carry_message_id(start_worker, chat_users):
         room_name="logs", sender_id=chat_users["bob"].id, receiver_id=None, content="y"
     )
     wait_for(lambda: Message.objects.get(pk=message.pk).status == "published", 20)
-    line = next(
-        line for line in worker.log().splitlines() if "Published 1 message(s)" in line
-    )
+
+    def published_line() -> str | None:  # written just after the status is stored
+        lines = worker.log().splitlines()
+        return next((line for line in lines if "Published 1 message(s)" in line), None)
+
+    line = wait_for(published_line, 10, what="the Published line")
     assert line.endswith(f"[message_id={message.message_id}]")
 
 
