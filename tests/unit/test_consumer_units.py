@@ -248,7 +248,7 @@ async def open_room(room: str, user: Any, query: str = "") -> Frames:
 # --- Tests ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/ws/chat/lobby/", "/ws/notifications/"])
+@pytest.mark.parametrize("path", ["/ws/chat/anon-room/", "/ws/notifications/"])
 async def test_an_anonymous_socket_is_accepted_then_closed_with_4401(
     path, redis_stand_ins
 ):
@@ -269,7 +269,8 @@ async def test_an_anonymous_socket_is_accepted_then_closed_with_4401(
     assert closed == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
     await communicator.disconnect(timeout=FRAME_TIMEOUT)
     assert redis_stand_ins.open_sockets() == {}
-    assert not await database_sync_to_async(Room.objects.filter(name="lobby").exists)()
+    opened = Room.objects.filter(name="anon-room")
+    assert not await database_sync_to_async(opened.exists)()
 
 
 async def test_the_routed_consumers_refuse_an_anonymous_scope_user():
