@@ -33,7 +33,8 @@ def _user_id(request: HttpRequest) -> int:
 def room_directory(request: HttpRequest) -> dict[str, Any]:
     """The home page's context: the user's rooms and one page of the public rooms
     (`?q=` filters on name and topic, `?page=` pages)."""
-    text = request.GET.get("q", "").strip()[:MAX_FILTER_LENGTH]
+    # NUL is no character of a name or topic (and Postgres refuses it in a query)
+    text = request.GET.get("q", "").replace("\x00", "").strip()[:MAX_FILTER_LENGTH]
     paginator = Paginator(
         selectors.public_rooms(user_id=_user_id(request), text=text),
         DIRECTORY_PAGE_SIZE,
