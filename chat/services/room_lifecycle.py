@@ -28,6 +28,7 @@ from chat.services.rooms import (
     RoomError,
     RoomNotFound,
     membership_ended,
+    membership_started,
     room_invite,
     room_name_check,
 )
@@ -63,8 +64,13 @@ def room_create(
     logger.info(
         "Room %s created by user %s (private=%s)", name, created_by_id, is_private
     )
-    _announce(created_by_id, {"type": "membership.joined", "room": name})
+    membership_started(user_ids=[created_by_id], room_name=name)
     return room
+
+
+def room_create_private(*, name: str, created_by_id: int) -> Room:
+    """room_create of a private room without a topic (`POST /rooms/private/`)."""
+    return room_create(name=name, created_by_id=created_by_id, is_private=True)
 
 
 def topic_clean(topic: object) -> str:
@@ -193,12 +199,5 @@ def room_member_add(*, room_name: str, username: str, by_user_id: int) -> bool:
             created = False
     if created:
         logger.info("User %s added %s to %s", by_user_id, username, room_name)
-        _announce(added.pk, {"type": "membership.joined", "room": room_name})
+        membership_started(user_ids=[added.pk], room_name=room_name)
     return created
-
-
-def _announce(user_id: int, event: dict[str, str]) -> None:
-    transaction.on_commit(
-        lambda: broadcast.send_events([(broadcast.notify_user_group(user_id), event)]),
-        robust=True,
-    )

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from chat.models import (
@@ -163,25 +163,6 @@ def room_name_check(name: object) -> None:
         )
 
 
-def room_create_private(*, name: str, created_by_id: int) -> Room:
-    """Create a private room with its creator as owner (its only member)."""
-    room_name_check(name)
-    try:
-        with transaction.atomic():
-            room = Room.objects.create(
-                name=name, is_private=True, created_by_id=created_by_id
-            )
-            RoomMembership.objects.create(
-                user_id=created_by_id, room=room, role=RoomMembership.Role.OWNER
-            )
-    except IntegrityError:
-        raise RoomError(
-            "name_taken", f"A room named {name!r} already exists: pick another name."
-        ) from None
-    logger.info("Private room %s created by user %s", name, created_by_id)
-    return room
-
-
 def room_invite(*, room_name: str, username: str, by_user_id: int) -> bool:
     """Make a user a member of a private room (owner or staff only); True if they
     were not one yet. They start caught up, as a user opening a public room."""
@@ -193,17 +174,7 @@ def room_invite(*, room_name: str, username: str, by_user_id: int) -> bool:
         )
     if created:
         logger.info("User %s invited %s to %s", by_user_id, username, room_name)
-        transaction.on_commit(
-            lambda: broadcast.send_events(
-                [
-                    (
-                        broadcast.notify_user_group(user.pk),
-                        {"type": "membership.joined", "room": room_name},
-                    )
-                ]
-            ),
-            robust=True,
-        )
+        membership_started(user_ids=[user.pk], room_name=room_name)
     return created
 
 
@@ -251,7 +222,7 @@ def room_get_or_create(*, name: str) -> Room:
                     [RoomMembership(user=user, room=room) for user in users],
                     ignore_conflicts=True,
                 )
-                _announce_joined([user.pk for user in users], name)
+                membership_started(user_ids=[user.pk for user in users], room_name=name)
     return room
 
 
@@ -268,8 +239,9 @@ def room_to_enter(*, name: str) -> Room:
     return room
 
 
-def _announce_joined(user_ids: Iterable[int], room_name: str) -> None:
-    # the users' open /ws/notifications/ connections follow the room from now on
+def membership_started(*, user_ids: Iterable[int], room_name: str) -> None:
+    """After the commit, the users' open /ws/notifications/ connections follow the
+    room: joined, invited, added, or its creator."""
     events = [
         (
             broadcast.notify_user_group(user_id),
@@ -317,7 +289,7 @@ def membership_join(*, user_id: int, room_name: str) -> bool:
     )
     if created:
         logger.info("User %s joined room %s", user_id, room_name)
-        _announce_joined([user_id], room_name)
+        membership_started(user_ids=[user_id], room_name=room_name)
     return created
 
 

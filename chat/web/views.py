@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from chat import selectors
 from chat.models import DM_ROOM_PREFIX, ROOM_NAME_PATTERN, dm_room_name
-from chat.services import rooms
+from chat.services import room_lifecycle
 from chat.services.room_lifecycle import room_member_add
 from chat.services.rooms import (
     RoomError,
@@ -133,7 +133,7 @@ def room_create_private(request: HttpRequest) -> HttpResponse:
     then open it."""
     name = request.POST.get("name", "").strip()
     try:
-        rooms.room_create_private(name=name, created_by_id=_user_id(request))
+        room_lifecycle.room_create_private(name=name, created_by_id=_user_id(request))
     except RoomError as exc:
         return error_page(request, exc)
     return redirect("chat:room", room=name)

@@ -16,7 +16,7 @@ from django.utils import timezone
 from chat import selectors
 from chat.models import Message, Room, dm_room_name
 from chat.services.messages import client_ids_expire, message_create
-from chat.services.rooms import room_create_private
+from chat.services.room_lifecycle import room_create_private
 
 from ..support import WSClient, read_topic, room_ensure
 

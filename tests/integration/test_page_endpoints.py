@@ -13,9 +13,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from chat.models import Notification, dm_room_name
+from chat.services.room_lifecycle import room_create_private
 from chat.services.rooms import (
     membership_join,
-    room_create_private,
     room_get_or_create,
     room_mark_read,
 )

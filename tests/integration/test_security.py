@@ -22,7 +22,8 @@ from django.db.models import F
 from django.test import Client, RequestFactory
 
 from chat.security.site import operator_refusal
-from chat.services.rooms import room_create_private, room_invite
+from chat.services.room_lifecycle import room_create_private
+from chat.services.rooms import room_invite
 
 from ..support import ROOT
 
