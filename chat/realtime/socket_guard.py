@@ -38,7 +38,11 @@ from chat.realtime.channels_hooks import dispatch_without_connection_check
 from chat.realtime.frames import client_id_of
 from chat.schemas import ChatValidationError
 from chat.security import connection_limits, session_end, throttles
-from chat.security.rate_limit import frame_rate_limiter, limited_log
+from chat.security.rate_limit import (
+    OncePerWindow,
+    frame_rate_limiter,
+    limited_log,
+)
 from chat.security.server_log import quiet_socket
 
 logger = logging.getLogger(__name__)
@@ -48,7 +52,7 @@ CLOSE_FLOODING = 4429
 CLOSE_INTERNAL_ERROR = 1011
 GROUP_LEAVE_TIMEOUT = 5.0
 
-_cap_logged = throttles.OncePerWindow()  # users refused for the connection cap
+_cap_logged = OncePerWindow()  # users refused for the connection cap
 
 
 class SocketCrashed(Exception):

@@ -177,21 +177,34 @@ def frame_rate_limiter() -> FrameRateLimiter:
     return limiter
 
 
+class OncePerWindow:
+    """Says whether to log about a key: once per key per window (per process)."""
+
+    def __init__(self) -> None:
+        self.logged: dict[str, float] = {}
+
+    def first(self, key: str, window: float) -> bool:
+        """True if nothing was logged about `key` in the last `window` seconds."""
+        now = time.monotonic()
+        if now - self.logged.get(key, -window - 1) <= window:
+            return False
+        if len(self.logged) > 10_000:  # forget keys whose window is over
+            self.logged = {k: t for k, t in self.logged.items() if now - t <= window}
+        self.logged[key] = now
+        return True
+
+
 class LimitedLog:
     """Says "user N is being limited" at most once per user per window (per process),
     so a flood costs a few log lines, not one per refused frame."""
 
     def __init__(self) -> None:
-        self.logged: dict[int, float] = {}
+        self.logged = OncePerWindow()
 
     def limited(self, user_id: int, what: str, window: float) -> None:
         """Log that `user_id` is limited, unless it was logged in the last window."""
-        now = time.monotonic()
-        if now - self.logged.get(user_id, -window - 1) <= window:
+        if not self.logged.first(str(user_id), window):
             return
-        if len(self.logged) > 10_000:  # forget users whose window is over
-            self.logged = {u: t for u, t in self.logged.items() if now - t <= window}
-        self.logged[user_id] = now
         logger.warning(
             "User %s is being rate limited (%s); further refusals in the next %g s "
             "are only counted (chat_frames_refused_total)",

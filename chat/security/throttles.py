@@ -20,7 +20,12 @@ from django.conf import settings
 from limits import RateLimitItem, strategies
 from limits.storage import MemoryStorage, Storage, storage_from_string
 
-from chat.security.rate_limit import STORAGE_ERRORS, parse_rate, storage_uri
+from chat.security.rate_limit import (
+    STORAGE_ERRORS,
+    OncePerWindow,
+    parse_rate,
+    storage_uri,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,23 +43,6 @@ def _shared_storage(uri: str) -> Storage:
 
 _fallback = strategies.MovingWindowRateLimiter(MemoryStorage())
 _fallback_logged = [0.0]
-
-
-class OncePerWindow:
-    """Says whether to log about a key: once per key per window (per process)."""
-
-    def __init__(self) -> None:
-        self.logged: dict[str, float] = {}
-
-    def first(self, key: str, window: float) -> bool:
-        """True if nothing was logged about `key` in the last `window` seconds."""
-        now = time.monotonic()
-        if now - self.logged.get(key, -window - 1) <= window:
-            return False
-        if len(self.logged) > 10_000:  # forget keys whose window is over
-            self.logged = {k: t for k, t in self.logged.items() if now - t <= window}
-        self.logged[key] = now
-        return True
 
 
 @dataclass
