@@ -204,6 +204,23 @@ def room_ensure(name: str) -> None:
         Room.objects.get_or_create(name=name)
 
 
+async def close_code(client: WSClient, timeout: float = 10.0) -> tuple[int, list]:
+    """Wait (bounded) until the server closes the socket: its code, and the frames
+    that came before."""
+    import asyncio
+
+    from websockets.exceptions import ConnectionClosed
+
+    frames = list(client.unread)
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                frames.append(await client.connection.recv())
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None, "closed without a close frame"
+                return closed.rcvd.code, frames
+
+
 class WSClient:
     """A real WebSocket client (websockets library) speaking the chat protocol."""
 

@@ -12,11 +12,11 @@ from django.test import Client
 from chat import selectors
 from chat.agents import ChatValidationError, KafkaChatAgent
 from chat.models import Message, Room, RoomMembership, dm_room_name
+from chat.services.room_lifecycle import room_create_private
 from chat.services.rooms import (
     RoomAccessDenied,
     RoomError,
     membership_join,
-    room_create_private,
     room_get_or_create,
     room_invite,
     room_mark_read,
@@ -24,7 +24,7 @@ from chat.services.rooms import (
 )
 from chatproj.asgi import application
 
-from ..support import WSClient
+from ..support import WSClient, close_code
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -354,23 +354,6 @@ async def test_consumer_refuses_an_outsider_before_any_frame(team, stack):
 
 
 # --- through the real server: uvicorn, Redis ------------------------------------------
-
-
-async def close_code(client: WSClient, timeout: float = 10.0) -> tuple[int, list]:
-    """Wait (bounded) until the server closes the socket: its code, and the frames
-    that came before."""
-    import asyncio
-
-    from websockets.exceptions import ConnectionClosed
-
-    frames = list(client.unread)
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                frames.append(await client.connection.recv())
-            except ConnectionClosed as closed:
-                assert closed.rcvd is not None, "closed without a close frame"
-                return closed.rcvd.code, frames
 
 
 async def test_private_room_through_the_real_server(asgi_server, stack, chat_users):

@@ -23,7 +23,7 @@ from chat.services.room_lifecycle import (
 from chat.services.rooms import RoomAccessDenied, RoomError, RoomNotFound
 from chat.web.room_views import DIRECTORY_PAGE_SIZE
 
-from ..support import WSClient
+from ..support import WSClient, close_code
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,23 +42,6 @@ def members(room: str) -> dict[str, str]:
             "user__username", "role"
         )
     )
-
-
-async def close_code(client: WSClient, timeout: float = 10.0) -> tuple[int, list]:
-    """Wait (bounded) until the server closes the socket: its code, and the frames
-    that came before."""
-    import asyncio
-
-    from websockets.exceptions import ConnectionClosed
-
-    frames = list(client.unread)
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                frames.append(await client.connection.recv())
-            except ConnectionClosed as closed:
-                assert closed.rcvd is not None, "closed without a close frame"
-                return closed.rcvd.code, frames
 
 
 # --- creating, and the page of a room nobody created ---------------------------------
